@@ -1,0 +1,298 @@
+"""Typed run configuration: dataclasses, YAML files, dotted overrides, validation.
+
+A config is built from (1) the dataclass defaults, (2) a YAML file (a path, or the name of a
+file shipped in ``anim_clip/configs``), (3) ``--set section.key=value`` overrides, in that order.
+Every value is checked against its field's type; an unknown key is reported with the closest
+known one. The resolved config is saved beside every result so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from anim_clip.errors import ConfigError
+from anim_clip.io import atomic_write_text
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where its videos are, and which knowledge files describe its classes."""
+
+    name: str = "demo"  # free text, recorded in caches and reports
+    format: Literal["ak", "mammalnet", "lote", "csv"] = "ak"  # which reader parses the lists
+    root: str | None = None  # folder the split files' video paths are relative to
+    annotations: str | None = None  # folder of label/species/relation/split files; None = shipped copy
+    # file names inside `annotations`; None = the format's usual name (csv: derived from the lists)
+    labels: str | None = None
+    species: str | None = None
+    relation: str | None = None
+    train: str | None = None
+    test: str | None = None
+    graph: Literal["release", "train"] = "train"  # release file, or rebuilt from the train split (D6)
+    descriptions: str | None = None  # action descriptions (release CSV or our id,name,description CSV)
+    species_descriptions: str | None = None
+    split_sentences: bool = False  # split long descriptions into <= 77-token sentence pieces
+    unseen_species: list[str] = field(default_factory=list)  # held out of training, reported alone
+
+
+@dataclass
+class SamplingConfig:
+    """How frames are taken from a video and turned into model input (METHOD.md §4.4, §4.5)."""
+
+    num_frames: int = 8
+    decoder: Literal["decord", "pyav"] = "decord"
+    decode_threads: int = 1
+    image_size: int = 224
+    resize: int = 256  # short side before cropping (train, 1-crop test)
+    normalization: Literal["clip", "imagenet"] = "clip"  # imagenet = release-compatible (D5)
+    train_views: int = 4  # augmented views cached per training clip
+    test_clips: int = 1  # temporal views per test clip
+    test_crops: Literal[1, 3] = 1  # spatial views per test clip
+
+
+@dataclass
+class BackboneConfig:
+    """The open_clip model whose image tower encodes frames."""
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = "openai"  # open_clip tag, a local checkpoint file, or None (random)
+    quick_gelu: bool = True  # the OpenAI weights need QuickGELU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
+    batch_frames: int = 256  # frames per forward pass during extraction
+    compile: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The Animal-CLIP head; defaults reproduce the release (METHOD.md Appendix C)."""
+
+    mit_layers: int = 1
+    prompt_layers: int = 3
+    prompts_alpha: float = 0.1
+    refine: bool = True  # the species-action graph refinement of the text features
+    refine_graph: Literal["release", "normalized"] = "release"  # normalized = sym. norm + residual
+    text_prompt: bool = True  # category-specific prompt on the text side
+    video_prompt: bool = True  # category-specific prompt on the video side
+    pooling: Literal["max", "mean"] = "max"  # over the K descriptions of a class
+    species_source: Literal["oracle", "predicted", "none"] = "oracle"
+    video_specific_prompt: bool = False  # X-CLIP's prompt from time-averaged patch tokens
+    logit_scale: float = 100.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation; defaults are the release's recipe (METHOD.md §6)."""
+
+    mode: Literal["cached", "e2e"] = "cached"
+    epochs: int = 30
+    batch_size: int = 16
+    accumulation: int = 4
+    lr: float = 8e-6  # backbone (e2e mode)
+    head_lr: float = 8e-5  # message tokens, MIT, prompts, graph
+    min_lr: float = 8e-8
+    warmup_epochs: float = 5.0
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    loss: Literal["ce", "bce", "ce_norm", "asl"] = "ce"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_species: bool = True  # mix the species vector with the same lambda (D7)
+    grad_clip: float | None = None
+    grad_checkpointing: bool = False
+    seed: int = 1024
+    deterministic: bool = False
+    num_workers: int = 4
+
+
+@dataclass
+class EvalConfig:
+    """How scores are formed and which metrics are reported (METHOD.md §5)."""
+
+    scores: Literal["softmax", "sigmoid"] = "softmax"
+    batch_size: int = 64
+    long_tail: bool = True
+    inconsistency: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_TRUE = {"true", "on", "yes", "1"}
+_FALSE = {"false", "off", "no", "0"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the few safe cases (int->float, on/off)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"'{key}': cannot be null")
+    if origin is Literal:
+        if isinstance(value, str) and value not in args and any(isinstance(a, int) for a in args):
+            try:
+                value = int(value)
+            except ValueError:
+                pass
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"'{key}': {value!r} is not one of {choices}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}': expected a list, got {value!r}")
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"'{key}': expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return [_coerce(v, args[0], key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"'{key}': expected true/false (or on/off), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"'{key}': expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"'{key}': unsupported type {tp!r}")  # a programming error, kept loud
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown key '{key}'{hint}")
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, cls in _fields(Config).items() for k in _fields(cls)]
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    """Set ``section.key`` on ``cfg`` after validating the value against the field type."""
+    parts = key.split(".")
+    sections = _fields(Config)
+    if len(parts) != 2 or parts[0] not in sections or parts[1] not in _fields(sections[parts[0]]):
+        raise _unknown(key, _all_keys())
+    section = getattr(cfg, parts[0])
+    setattr(section, parts[1], _coerce(value, _fields(type(section))[parts[1]], key))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a shipped config (``ak``, ``demo``, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"{name_or_path}: no such config file; shipped configs are: {names}")
+
+
+def _flatten(tree: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...)")
+    flat: dict[str, Any] = {}
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping")
+        for k, v in values.items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.lr=1e-4`` -> ('train.lr', 0.0001); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}': expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from defaults, an optional YAML file and dotted overrides."""
+    cfg = Config()
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
+        for key, value in _flatten(tree, path).items():
+            try:
+                _apply(cfg, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    for text in overrides:
+        _apply(cfg, *parse_override(text))
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+    out = dataclasses.asdict(cfg)
+    for section in out.values():
+        for k, v in section.items():
+            if isinstance(v, tuple):
+                section[k] = list(v)
+    return out
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Inverse of :func:`config_to_dict`, with the same validation as a YAML file."""
+    cfg = Config()
+    for key, value in _flatten(tree, Path("<saved config>")).items():
+        _apply(cfg, key, value)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,233 @@
+"""One in-memory dataset model for every source: AK, MammalNet, LoTE-Animal, a user's CSV, the demo.
+
+A ``Dataset`` holds the action and species vocabularies, the clips of each split (video path,
+action ids, species ids, and the (species, action) pairs where the annotation pairs them), the
+release's relation graph when one is given, and it derives the tensors the model needs: multi-hot
+targets, species vectors, and the species–action graph rebuilt from the training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anim_clip.config import DataConfig
+from anim_clip.data.formats import (
+    SplitEntry,
+    read_ak_split,
+    read_class_list,
+    read_csv_split,
+    read_id_split,
+    read_name_list,
+    read_relation,
+)
+from anim_clip.data.graph import SpeciesActionGraph
+from anim_clip.errors import ConfigError, DatasetFormatError
+
+RELEASE_DIR = Path(__file__).parent / "release"
+
+# Per format: the shipped annotation folder and its file names (METHOD.md §4.2).
+FORMATS: dict[str, dict[str, str | None]] = {
+    "ak": dict(
+        folder="AK", labels="label.csv", species="animal_label.csv",
+        relation="animal-action-relation.txt", train="train_all.txt", test="test_animal.txt",
+    ),
+    "mammalnet": dict(
+        folder="MammalNet", labels="behavior_to_id.csv", species="genus_to_id.csv",
+        relation="relation.txt", train="train.txt", test="test.txt",
+    ),
+    "lote": dict(
+        folder="LoTE-Animal", labels="LoTE_label.csv", species="animal_label.csv",
+        relation="relation.txt", train="LoTE_train.txt", test="LoTE_test.txt",
+    ),
+    "csv": dict(folder=None, labels=None, species=None, relation=None, train="train.csv", test="test.csv"),
+}
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str  # as written in the split file, relative to the video root
+    actions: tuple[int, ...]
+    species: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]  # (species, action) pairs; empty when the clip has no species
+
+
+@dataclass
+class Dataset:
+    name: str
+    actions: list[str]
+    species: list[str]
+    splits: dict[str, list[Clip]]
+    release_graph: SpeciesActionGraph | None
+    root: Path | None
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_species(self) -> int:
+        return len(self.species)
+
+    def clips(self, split: str) -> list[Clip]:
+        if split not in self.splits:
+            raise ConfigError(f"unknown split '{split}'; this dataset has {', '.join(self.splits)}")
+        return self.splits[split]
+
+    def targets(self, split: str) -> np.ndarray:
+        """Multi-hot action targets ``(N, C)`` float32 (duplicate labels collapse)."""
+        return _multi_hot([c.actions for c in self.clips(split)], self.num_actions)
+
+    def species_vectors(self, split: str) -> np.ndarray:
+        """Multi-hot species vectors ``(N, A)`` float32 (the release's ``animal_pred``)."""
+        return _multi_hot([c.species for c in self.clips(split)], self.num_species)
+
+    def video_path(self, clip: Clip) -> Path:
+        if self.root is None:
+            raise ConfigError("data.root is not set: point it at the folder that holds the videos")
+        return self.root / clip.path
+
+    def train_graph(self, splits: tuple[str, ...] = ("train",)) -> SpeciesActionGraph:
+        """The species–action graph rebuilt from annotated pairs (METHOD.md D6: no test leakage)."""
+        pairs = [p for split in splits for clip in self.clips(split) for p in clip.pairs]
+        return SpeciesActionGraph.from_pairs(pairs, self.num_species, self.num_actions)
+
+    def graph(self, source: str) -> SpeciesActionGraph:
+        """``release``: the relation file as shipped; ``train``: rebuilt from the train split."""
+        if source == "train":
+            return self.train_graph()
+        if self.release_graph is None:
+            raise ConfigError("data.graph=release but this dataset has no relation file; use data.graph=train")
+        return self.release_graph
+
+    def manifest_sha256(self, split: str) -> str:
+        """Fingerprint of a split's clip list and labels: caches built from another list are refused."""
+        h = hashlib.sha256()
+        for c in self.clips(split):
+            h.update(f"{c.path}\t{c.actions}\t{c.species}\n".encode())
+        return h.hexdigest()
+
+
+def _multi_hot(rows: list[tuple[int, ...]], width: int) -> np.ndarray:
+    out = np.zeros((len(rows), width), dtype=np.float32)
+    for i, ids in enumerate(rows):
+        out[i, list(ids)] = 1.0
+    return out
+
+
+def _index(names: list[str], path: Path, what: str) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(name, i)
+    return index
+
+
+def _resolve(entries: list[SplitEntry], path: Path, actions: dict[str, int], species: dict[str, int],
+             num_actions: int, num_species: int) -> list[Clip]:
+    """Turn names or ids into vocabulary ids, with the line number of anything unknown."""
+    clips = []
+    for e in entries:
+        pairs = []
+        for s, a in e.pairs:
+            if isinstance(a, int):
+                if a >= num_actions:
+                    raise DatasetFormatError(path, f"action id {a} out of range (0..{num_actions - 1})", e.line)
+                ai = a
+            elif a in actions:
+                ai = actions[a]
+            else:
+                raise DatasetFormatError(path, f"action {a!r} is not in the label list", e.line)
+            if s is None:
+                pairs.append((None, ai))
+                continue
+            if isinstance(s, int):
+                if s >= num_species:
+                    raise DatasetFormatError(path, f"species id {s} out of range (0..{num_species - 1})", e.line)
+                si = s
+            elif s in species:
+                si = species[s]
+            else:
+                raise DatasetFormatError(path, f"species {s!r} is not in the species list", e.line)
+            pairs.append((si, ai))
+        acts = tuple(sorted({a for _, a in pairs}))
+        spec = tuple(sorted({s for s, _ in pairs if s is not None}))
+        known = tuple(sorted({(s, a) for s, a in pairs if s is not None}))
+        clips.append(Clip(e.path, acts, spec, known))
+    return clips
+
+
+def _file(cfg: DataConfig, folder: Path, key: str) -> Path | None:
+    name = getattr(cfg, key) or FORMATS[cfg.format][key]
+    return None if name is None else folder / name
+
+
+def _vocab_from_entries(entries: list[list[SplitEntry]], position: int) -> list[str]:
+    names = {pair[position] for split in entries for e in split for pair in e.pairs}
+    return sorted(n for n in names if n is not None)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Read a dataset as ``cfg`` describes it; every file problem is one ``DatasetFormatError``."""
+    fmt = FORMATS[cfg.format]
+    if cfg.annotations is not None:
+        folder = Path(cfg.annotations).expanduser()
+    elif fmt["folder"] is not None:
+        folder = RELEASE_DIR / str(fmt["folder"])
+    else:
+        raise ConfigError("data.format=csv needs data.annotations: the folder with your train/test CSV files")
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: annotation folder not found (data.annotations)")
+
+    reader = {"ak": read_ak_split, "mammalnet": read_id_split, "lote": read_id_split, "csv": read_csv_split}[cfg.format]
+    split_paths = {s: _file(cfg, folder, s) for s in SPLITS}
+    entries = {s: reader(p) for s, p in split_paths.items()}
+
+    labels_path, species_path = _file(cfg, folder, "labels"), _file(cfg, folder, "species")
+    if labels_path is not None:
+        actions = read_name_list(labels_path) if cfg.format == "csv" else read_class_list(labels_path)
+    else:
+        actions = _vocab_from_entries(list(entries.values()), 1)
+    if species_path is not None:
+        species = read_name_list(species_path) if cfg.format == "csv" else read_class_list(species_path)
+    else:
+        species = _vocab_from_entries(list(entries.values()), 0)
+
+    action_index = _index(actions, labels_path or folder, "action")
+    species_index = _index(species, species_path or folder, "species")
+    splits = {
+        s: _resolve(entries[s], split_paths[s], action_index, species_index, len(actions), len(species))
+        for s in SPLITS
+    }
+
+    release_graph = None
+    relation_path = _file(cfg, folder, "relation")
+    if relation_path is not None and (cfg.format != "csv" or relation_path.exists()):
+        rows = read_relation(relation_path, len(actions))
+        if len(rows) != len(species):
+            raise DatasetFormatError(relation_path, f"{len(rows)} species lines, but the species list has {len(species)}")
+        for i, (name, _) in enumerate(rows):
+            if name != species[i]:
+                raise DatasetFormatError(relation_path, f"species {name!r} where the species list has {species[i]!r}", i + 1)
+        release_graph = SpeciesActionGraph.from_lists((ids for _, ids in rows), len(actions))
+
+    dataset = Dataset(cfg.name, actions, species, splits, release_graph,
+                      Path(cfg.root).expanduser() if cfg.root else None)
+    _hold_out_unseen(dataset, cfg.unseen_species)
+    return dataset
+
+
+def _hold_out_unseen(dataset: Dataset, names: list[str]) -> None:
+    """Drop training clips that show a held-out species, so test results on them measure transfer."""
+    if not names:
+        return
+    index = _index(dataset.species, Path("data.unseen_species"), "species")
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ConfigError(f"data.unseen_species: {unknown[0]!r} is not in the species list")
+    held = {index[n] for n in names}
+    dataset.splits["train"] = [c for c in dataset.splits["train"] if not held & set(c.species)]
