@@ -185,6 +185,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"'{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}': expected a number, got {value!r}")
         return float(value)
@@ -200,14 +205,22 @@ def _fields(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _unknown(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"unknown key '{key}'{hint}")
-
-
-def _all_keys() -> list[str]:
-    return [f"{s}.{k}" for s, cls in _fields(Config).items() for k in _fields(cls)]
+def _unknown(key: str) -> ConfigError:
+    """Name the closest known key, or else the keys of the section (or the sections) there are."""
+    sections = _fields(Config)
+    section, _, name = key.partition(".")
+    if section in sections:
+        close = [f"{section}.{k}" for k in difflib.get_close_matches(name, list(_fields(sections[section])), n=1)]
+    else:
+        known = [f"{s}.{k}" for s, cls in sections.items() for k in _fields(cls)]
+        close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        hint = f"did you mean '{close[0]}'?"
+    elif section in sections:
+        hint = f"'{section}' has: {', '.join(_fields(sections[section]))}"
+    else:
+        hint = f"sections are: {', '.join(sections)}"
+    return ConfigError(f"unknown key '{key}'; {hint}")
 
 
 def _apply(cfg: Config, key: str, value: Any) -> None:
@@ -215,7 +228,7 @@ def _apply(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
     sections = _fields(Config)
     if len(parts) != 2 or parts[0] not in sections or parts[1] not in _fields(sections[parts[0]]):
-        raise _unknown(key, _all_keys())
+        raise _unknown(key)
     section = getattr(cfg, parts[0])
     setattr(section, parts[1], _coerce(value, _fields(type(section))[parts[1]], key))
 
@@ -232,9 +245,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{name_or_path}: no such config file; shipped configs are: {names}")
 
 
-def _flatten(tree: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...)")
+def _flatten(tree: dict[str, Any], path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, values in tree.items():
         if not isinstance(values, dict):
@@ -256,16 +267,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Flat ``section.key -> value`` of a YAML file, after the file it ``extends`` (if any)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...)")
+    base = tree.pop("extends", None)
+    flat: dict[str, Any] = {}
+    if base is not None:
+        base_path = path.parent / f"{base}" if (path.parent / f"{base}").is_file() else resolve_config_path(base)
+        flat.update(_read_yaml(base_path, seen + (path.resolve(),)))
+    flat.update(_flatten(tree, path))
+    return flat
+
+
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated Config from defaults, an optional YAML file and dotted overrides."""
+    """Build a validated Config from defaults, an optional YAML file and dotted overrides.
+
+    A YAML file may start with ``extends: <config name or path>`` to change a few values of another.
+    """
     cfg = Config()
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
-        for key, value in _flatten(tree, path).items():
+        for key, value in _read_yaml(path).items():
             try:
                 _apply(cfg, key, value)
             except ConfigError as e:

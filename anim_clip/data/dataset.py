@@ -120,7 +120,8 @@ def _multi_hot(rows: list[tuple[int, ...]], width: int) -> np.ndarray:
     return out
 
 
-def _index(names: list[str], path: Path, what: str) -> dict[str, int]:
+def _index(names: list[str]) -> dict[str, int]:
+    """Name -> id; a name listed twice keeps its first id."""
     index: dict[str, int] = {}
     for i, name in enumerate(names):
         index.setdefault(name, i)
@@ -197,8 +198,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         species = _vocab_from_entries(list(entries.values()), 0)
 
-    action_index = _index(actions, labels_path or folder, "action")
-    species_index = _index(species, species_path or folder, "species")
+    action_index = _index(actions)
+    species_index = _index(species)
     splits = {
         s: _resolve(entries[s], split_paths[s], action_index, species_index, len(actions), len(species))
         for s in SPLITS
@@ -225,7 +226,7 @@ def _hold_out_unseen(dataset: Dataset, names: list[str]) -> None:
     """Drop training clips that show a held-out species, so test results on them measure transfer."""
     if not names:
         return
-    index = _index(dataset.species, Path("data.unseen_species"), "species")
+    index = _index(dataset.species)
     unknown = [n for n in names if n not in index]
     if unknown:
         raise ConfigError(f"data.unseen_species: {unknown[0]!r} is not in the species list")

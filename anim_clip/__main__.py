@@ -1,0 +1,3 @@
+from anim_clip.cli import main
+
+main()

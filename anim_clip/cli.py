@@ -1,0 +1,134 @@
+"""The ``anim-clip`` command line: thin typer commands that parse options and call the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from anim_clip.errors import AnimClipError
+from anim_clip.ui import console
+
+app = typer.Typer(
+    name="anim-clip",
+    help="Animal-CLIP, fast: cache frozen CLIP features of animal videos once, then train and "
+    "evaluate the action-recognition head on them in minutes.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a shipped one: ak, ak-cached, mammalnet, mammalnet-cached, lote, lote-cached, demo.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable).")]
+
+DEFAULT_DEMO_DIR = Path("demo-out")
+
+
+def _load(config: str, overrides: list[str] | None):
+    from anim_clip.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def demo_config(data_dir: Path, overrides: list[str] | None = None):
+    """The shipped demo config pointed at a generated demo dataset."""
+    return _load("demo", [f"data.annotations={data_dir}", f"data.root={data_dir / 'videos'}", *(overrides or [])])
+
+
+@app.command("make-demo-data")
+def make_demo_data_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into (created; reused when complete).")],
+    train_clips: Annotated[int, typer.Option(help="Training clips to generate.")] = 240,
+    test_clips: Annotated[int, typer.Option(help="Test clips to generate.")] = 96,
+    frames: Annotated[int, typer.Option(help="Frames per clip.")] = 32,
+    size: Annotated[int, typer.Option(help="Frame width and height in pixels.")] = 112,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 0,
+) -> None:
+    """Generate the procedural demo dataset: real H.264 clips of animals whose actions differ in motion,
+    with label, species, relation and split files in the Animal Kingdom release format."""
+    from anim_clip.data.demo import make_demo_data
+
+    summary = make_demo_data(out_dir, train_clips=train_clips, test_clips=test_clips, seed=seed, size=size, num_frames=frames)
+    _print_dataset(demo_config(out_dir))
+    console.print(f"demo dataset in [bold]{out_dir}[/] ({summary.train_clips} train / {summary.test_clips} test clips)")
+
+
+@app.command("dataset-info")
+def dataset_info_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+) -> None:
+    """Read a dataset's label, species, relation and split files and summarise them (no video is opened)."""
+    summary = _print_dataset(_load(config, set_))
+    if json_out is not None:
+        from anim_clip.io import atomic_write_json
+
+        atomic_write_json(json_out, summary)
+
+
+def _print_dataset(cfg) -> dict:
+    from anim_clip.data.dataset import load_dataset
+    from anim_clip.data.summary import dataset_summary, summary_table
+
+    dataset = load_dataset(cfg.data)
+    summary = dataset_summary(dataset, cfg.data.graph)
+    console.print(summary_table(summary))
+    if "release_vs_train_graph" in summary:
+        console.print(f"release relation file vs graph rebuilt from train: {summary['release_vs_train_graph']}")
+    return summary
+
+
+@app.command("describe")
+def describe_cmd(
+    config: ConfigArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for actions.csv and species.csv (id,name,description; K rows per class).")],
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (ollama).")],
+    model: Annotated[str, typer.Option(help="Model name the endpoint serves.")],
+    k: Annotated[int, typer.Option("-k", help="Descriptions per class (the release's loader expects 50).")] = 50,
+    kind: Annotated[str, typer.Option(help="What to describe: actions, species or both.")] = "both",
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or written).")] = "OPENAI_API_KEY",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Response cache (default: OUT/.cache); cached requests are never sent again.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write K short visual descriptions per action and per species with an LLM; resumable and cached."""
+    from anim_clip.data.dataset import load_dataset
+    from anim_clip.data.describe import ChatClient, describe_classes
+
+    if kind not in ("actions", "species", "both"):
+        raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
+    dataset = load_dataset(_load(config, set_).data)
+    client = ChatClient(base_url, model, api_key_env=api_key_env, cache_dir=cache_dir or out_dir / ".cache")
+    jobs = {"actions": ("action", dataset.actions), "species": ("species", dataset.species)}
+    for name in (["actions", "species"] if kind == "both" else [kind]):
+        what, names = jobs[name]
+        path = describe_classes(names, what, k, out_dir / f"{name}.csv", client)
+        console.print(f"{len(names)} {name} x {k} descriptions -> [bold]{path}[/]")
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo's data and results.")] = DEFAULT_DEMO_DIR,
+    seed: Annotated[int, typer.Option(help="Random seed of the generated dataset.")] = 0,
+) -> None:
+    """Run the whole pipeline on the embedded demo dataset (generated on the fly, no download)."""
+    from anim_clip.data.demo import make_demo_data
+
+    data_dir = out_dir / "data"
+    make_demo_data(data_dir, seed=seed)
+    _print_dataset(demo_config(data_dir))
+    console.print(f"demo dataset ready in [bold]{data_dir}[/]")
+
+
+def main() -> None:
+    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    try:
+        app()
+    except AnimClipError as e:
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

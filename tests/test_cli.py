@@ -1,0 +1,70 @@
+"""The command line as a user meets it: help texts, one-line errors, JSON results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+
+from anim_clip.cli import app
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _commands() -> list[str]:
+    group = get_command(app)
+    names = []
+    for name, cmd in group.commands.items():
+        names += [f"{name} {sub}" for sub in cmd.commands] if hasattr(cmd, "commands") else [name]
+    return names
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_option_is_explained(command):
+    """Every subcommand has a docstring and every parameter a help text."""
+    group = get_command(app)
+    cmd = group.commands[command.split()[0]]
+    if " " in command:
+        cmd = cmd.commands[command.split()[1]]
+    assert cmd.help and len(cmd.help) > 20, command
+    for param in cmd.params:
+        if param.name != "help":
+            assert getattr(param, "help", None), f"{command}: option {param.name} has no help"
+
+
+def test_help_runs():
+    out = run_cli("--help").stdout
+    for name in ("demo", "make-demo-data", "dataset-info", "describe"):
+        assert name in out
+    assert "--set" in run_cli("dataset-info", "--help").stdout
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path):
+    proc = run_cli("dataset-info", "ak", "--set", "train.lrr=1", check=False)
+    assert proc.returncode == 2
+    assert "unknown key 'train.lrr'; did you mean 'train.lr'?" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    bad = tmp_path / "train.csv"
+    bad.write_text("path,actions\na.mp4,\n")
+    (tmp_path / "test.csv").write_text("path,actions\nb.mp4,Run\n")
+    proc = run_cli("dataset-info", "ak", "--set", "data.format=csv", "--set", f"data.annotations={tmp_path}", check=False)
+    assert proc.returncode == 2 and f"{bad}:2: a clip needs a path and at least one action" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_dataset_info_writes_json(tmp_path):
+    out = tmp_path / "lote.json"
+    proc = run_cli("dataset-info", "lote", "--json", str(out))
+    summary = json.loads(out.read_text())
+    assert summary["actions"] == 21 and summary["species"] == 11
+    assert summary["splits"]["train"]["clips"] == 6994 and summary["splits"]["test"]["clips"] == 2997
+    assert "6994" in proc.stdout
