@@ -1,0 +1,308 @@
+"""Video decoding: random access to RGB frames of a file, with decord or PyAV.
+
+``open_video(path)`` returns a :class:`VideoFile`; ``get_frames(indices)`` returns the requested
+frames as one uint8 ``(len(indices), H, W, 3)`` RGB array, in the requested order (indices may
+repeat). Every problem with the file itself raises :class:`~anim_clip.errors.VideoDecodeError`
+naming the file and the reason, so extraction can record the clip as bad and go on.
+
+Both backends first demux (without decoding) every packet of the first video stream with PyAV
+(:func:`_scan`). That pass is cheap next to decoding and gives what the headers alone cannot:
+a file holding fewer packets than its container declares (``stream.frames``), or holding a packet
+cut short, is truncated and rejected at open, before any decoder returns half-decoded frames; a
+stream with no packets has zero frames. The frame count is the number of packets, which is also
+how decord counts, so both backends report the same ``num_frames``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+
+from anim_clip.errors import VideoDecodeError
+
+_DECORD_ERRORS = (decord.DECORDError, RuntimeError)
+
+
+@contextmanager
+def _av_errors(path: Path) -> Iterator[None]:
+    """Turn PyAV/FFmpeg exceptions into VideoDecodeError naming the file."""
+    try:
+        yield
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(path, f"ffmpeg: {error.strerror or error}") from error
+
+
+_DECORD_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\]\s*\S+:\d+:\s*")
+
+
+def _decord_reason(error: Exception) -> str:
+    """decord's message without its timestamps and C++ source locations."""
+    reason = _DECORD_LOCATION.sub("", str(error)).strip()
+    return f"decord: {reason or type(error).__name__}"
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one demux pass learns about the first video stream."""
+
+    pts: list[int | None]
+    dts: list[int | None]
+    keyframes: np.ndarray
+    fps: float
+    height: int
+    width: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+
+def _scan(path: Path) -> _Scan:
+    """Demux every packet of the first video stream and validate the file (module docstring)."""
+    with _av_errors(path), av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
+        stream = container.streams.video[0]
+        pts, dts, keyframes = [], [], []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                continue
+            if packet.is_corrupt:
+                raise VideoDecodeError(
+                    path, f"packet {len(pts)} is cut short or damaged (truncated file?)"
+                )
+            pts.append(packet.pts)
+            dts.append(packet.dts)
+            keyframes.append(packet.is_keyframe)
+        if not pts:
+            raise VideoDecodeError(path, "the video stream has zero frames")
+        if stream.frames > len(pts):
+            raise VideoDecodeError(
+                path,
+                f"truncated: the container declares {stream.frames} frames "
+                f"but holds only {len(pts)}",
+            )
+        rate = stream.average_rate or stream.guessed_rate
+        return _Scan(
+            pts=pts,
+            dts=dts,
+            keyframes=np.array(keyframes, dtype=bool),
+            fps=float(rate) if rate else 0.0,
+            height=stream.height,
+            width=stream.width,
+        )
+
+
+class VideoFile(ABC):
+    """An open video file: its metadata and random access to its frames.
+
+    ``fps`` is the container's average frame rate (0.0 when it declares none); ``height`` and
+    ``width`` are the decoded frame size.
+    """
+
+    def __init__(self, path: Path, num_frames: int, fps: float, height: int, width: int):
+        self.path = path
+        self.num_frames = num_frames
+        self.fps = fps
+        self.height = height
+        self.width = width
+
+    def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        """Frames ``indices`` as uint8 ``(len(indices), H, W, 3)`` RGB, in the given order.
+
+        Each distinct frame is decoded once, in increasing order, whatever order was asked for.
+        """
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
+        if len(indices) == 0:
+            return np.empty((0, self.height, self.width, 3), dtype=np.uint8)
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise IndexError(
+                f"{self.path}: frame indices must lie in [0, {self.num_frames - 1}], "
+                f"got [{indices.min()}, {indices.max()}]"
+            )
+        unique, inverse = np.unique(indices, return_inverse=True)
+        frames = self._decode(unique.astype(np.int64))
+        if frames.shape != (len(unique), self.height, self.width, 3):
+            raise VideoDecodeError(
+                self.path,
+                f"decoded frames have shape {frames.shape[1:]}, expected "
+                f"{(self.height, self.width, 3)}",
+            )
+        return frames[inverse]
+
+    @abstractmethod
+    def _decode(self, indices: np.ndarray) -> np.ndarray:
+        """Decode sorted, unique, in-range ``indices`` to uint8 ``(len, H, W, 3)`` RGB."""
+
+    def close(self) -> None:
+        """Release the decoder (a closed file cannot decode)."""
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, frames={self.num_frames}, "
+            f"fps={self.fps:.3f}, size={self.width}x{self.height})"
+        )
+
+
+class DecordVideo(VideoFile):
+    """decord's ``VideoReader`` on the CPU (the release's decoder, METHOD.md §4.4)."""
+
+    def __init__(self, path: Path, threads: int):
+        scan = _scan(path)
+        try:
+            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        except _DECORD_ERRORS as error:
+            raise VideoDecodeError(path, _decord_reason(error)) from error
+        super().__init__(path, len(self._reader), self._reader.get_avg_fps(), scan.height, scan.width)
+
+    def _decode(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._reader.get_batch(indices.tolist()).asnumpy()
+        except _DECORD_ERRORS as error:
+            raise VideoDecodeError(self.path, _decord_reason(error)) from error
+
+    def close(self) -> None:
+        self._reader = None
+
+
+@dataclass(frozen=True)
+class _SeekIndex:
+    """Frame index of each timestamp, and the keyframes a seek can land on."""
+
+    frame_of_pts: dict[int, int]
+    key_frames: np.ndarray  # frame indices of the keyframes, increasing
+    key_seek_ts: list[int]  # the timestamp a seek to each of them uses
+
+    @classmethod
+    def build(cls, scan: _Scan) -> _SeekIndex | None:
+        """None when timestamps are missing or repeated, or no packet is marked a keyframe."""
+        if None in scan.pts or len(set(scan.pts)) < len(scan.pts) or not scan.keyframes.any():
+            return None
+        order = np.argsort(np.array(scan.pts, dtype=np.int64), kind="stable")
+        frame_of_pts = {scan.pts[p]: k for k, p in enumerate(order.tolist())}
+        key_packets = np.flatnonzero(scan.keyframes).tolist()
+        key_frames = np.array([frame_of_pts[scan.pts[p]] for p in key_packets], dtype=np.int64)
+        # Seek by dts, which the demuxers' seek indexes are keyed on (pts where dts is missing).
+        seek_ts = [scan.pts[p] if scan.dts[p] is None else scan.dts[p] for p in key_packets]
+        by_frame = np.argsort(key_frames, kind="stable")
+        return cls(frame_of_pts, key_frames[by_frame], [seek_ts[i] for i in by_frame.tolist()])
+
+    def keyframe_slot(self, index: int) -> int:
+        """Position of the last keyframe at or before frame ``index`` (the first if none)."""
+        return max(int(np.searchsorted(self.key_frames, index, side="right")) - 1, 0)
+
+    def seek_skips_frames(self, current: int, target: int) -> bool:
+        """Whether seeking to the keyframe before ``target`` skips frames after ``current``."""
+        return int(self.key_frames[self.keyframe_slot(target)]) > current + 1
+
+
+class PyAVVideo(VideoFile):
+    """PyAV (FFmpeg) decoding that seeks to the keyframe before each wanted frame.
+
+    Frame k is the packet with the k-th smallest presentation timestamp (decoders output frames
+    in presentation order). Sorted wanted frames are decoded in runs: a run seeks to the keyframe
+    at or before its first frame and decodes forward; the next wanted frame starts a new run
+    only when seeking to its keyframe skips frames that decoding on would have to decode.
+    Streams that cannot seek this way (timestamps missing or repeated, no keyframe flags) are
+    decoded from the start in one pass, frame k being the k-th decoded frame.
+    """
+
+    def __init__(self, path: Path, threads: int):
+        scan = _scan(path)
+        super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
+        self._threads = threads
+        self._container, self._stream = self._open()
+        self._index = _SeekIndex.build(scan)
+
+    def _open(self) -> tuple[av.container.InputContainer, av.VideoStream]:
+        with _av_errors(self.path):
+            container = av.open(str(self.path))
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.thread_count = self._threads
+        return container, stream
+
+    def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+
+    def _missing(self, index: int) -> VideoDecodeError:
+        return VideoDecodeError(self.path, f"frame {index} could not be decoded")
+
+    def _decode(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+        with _av_errors(self.path):
+            if self._index is None:
+                self._decode_from_start(indices, out)
+            else:
+                done = 0
+                while done < len(indices):
+                    done = self._decode_run(self._index, indices, done, out)
+        return out
+
+    def _decode_run(self, index: _SeekIndex, indices: np.ndarray, done: int, out: np.ndarray) -> int:
+        """Seek before ``indices[done]``, decode forward; return how many frames are now done."""
+        seek_ts = index.key_seek_ts[index.keyframe_slot(int(indices[done]))]
+        self._container.seek(seek_ts, backward=True, any_frame=False, stream=self._stream)
+        for frame in self._container.decode(self._stream):
+            k = index.frame_of_pts.get(frame.pts)
+            if k is None or k < indices[done]:
+                continue
+            if k > indices[done]:
+                raise self._missing(int(indices[done]))
+            out[done] = self._rgb(frame)
+            done += 1
+            if done == len(indices) or index.seek_skips_frames(k, int(indices[done])):
+                return done
+        raise self._missing(int(indices[done]))
+
+    def _decode_from_start(self, indices: np.ndarray, out: np.ndarray) -> None:
+        """One pass from the first frame, on a freshly opened container (rewinding it)."""
+        self.close()
+        self._container, self._stream = self._open()
+        done = 0
+        for k, frame in enumerate(self._container.decode(self._stream)):
+            if k == indices[done]:
+                out[done] = self._rgb(frame)
+                done += 1
+                if done == len(indices):
+                    return
+        raise self._missing(int(indices[done]))
+
+    def close(self) -> None:
+        self._container.close()
+
+
+_READERS: dict[str, type[VideoFile]] = {"decord": DecordVideo, "pyav": PyAVVideo}
+BACKENDS: tuple[str, ...] = tuple(_READERS)
+
+
+def open_video(path: str | Path, backend: str = "decord", threads: int = 1) -> VideoFile:
+    """Open ``path`` for random frame access with ``backend`` (one of :data:`BACKENDS`).
+
+    ``threads`` is the decoder's thread count (0 lets the decoder choose). Raises
+    VideoDecodeError when the file is missing, empty, not a video, truncated or has no frames.
+    """
+    if backend not in _READERS:
+        raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+    return _READERS[backend](path, threads)

@@ -1,0 +1,87 @@
+"""Test videos written with PyAV: frames that encode their own index, and broken files.
+
+Frame k of :func:`indexed_frames` is a grey level ``BASE + STEP*k`` with a little random
+texture of its own on top (so every frame costs the encoder real bytes and a file cut in half
+loses about half of its frames); :func:`frame_ids` reads k back from decoded frames, within codec tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+BASE = 10
+STEP = 6
+TEXTURE = 8
+
+
+def indexed_frames(num_frames: int = 40, height: int = 64, width: int = 96) -> np.ndarray:
+    """uint8 ``(num_frames, height, width, 3)``: frame k has mean grey level ``BASE + STEP*k``."""
+    if BASE + STEP * (num_frames - 1) + TEXTURE > 255:
+        raise ValueError(f"{num_frames} frames do not fit the 8-bit intensity code")
+    rng = np.random.default_rng(0)
+    texture = rng.integers(-TEXTURE, TEXTURE + 1, size=(num_frames, height, width, 1))
+    levels = BASE + STEP * np.arange(num_frames)[:, None, None, None]
+    return np.broadcast_to(levels + texture, (num_frames, height, width, 3)).astype(np.uint8)
+
+
+def frame_ids(frames: np.ndarray) -> np.ndarray:
+    """The index k each decoded frame encodes (nearest code level of its mean)."""
+    means = frames.reshape(len(frames), -1).mean(axis=1)
+    return np.rint((means - BASE) / STEP).astype(np.int64)
+
+
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 25,
+    codec: str = "libx264",
+    keyframe_interval: int | None = None,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode uint8 ``(T, H, W, 3)`` RGB frames; the container follows the file suffix.
+
+    ``options`` go to the muxer (e.g. ``{"movflags": "faststart"}`` puts the mp4 index first).
+    """
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        if codec == "mpeg4":
+            stream.bit_rate = 4_000_000  # the default is too coarse for the intensity code
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_empty(path: Path) -> Path:
+    """A 0-byte file."""
+    path.write_bytes(b"")
+    return path
+
+
+def write_garbage(path: Path, size: int = 5000) -> Path:
+    """Random bytes under a video file name."""
+    path.write_bytes(np.random.default_rng(1).bytes(size))
+    return path
+
+
+def write_truncated(source: Path, path: Path, keep: float = 0.5) -> Path:
+    """The first ``keep`` fraction of ``source``'s bytes, like an interrupted download."""
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_zero_frames(path: Path, height: int = 64, width: int = 96) -> Path:
+    """A valid container (use .avi) with one H.264 video stream and no frames in it."""
+    template = write_video(path.with_name(path.stem + "-template.mp4"), indexed_frames(1, height, width))
+    with av.open(str(template)) as source, av.open(str(path), "w") as container:
+        container.add_stream_from_template(source.streams.video[0])
+        container.start_encoding()
+    return path
