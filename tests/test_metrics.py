@@ -1,0 +1,83 @@
+"""Metrics against independent oracles: sklearn for AP, plain numpy loops for the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from anim_clip.config import DataConfig
+from anim_clip.data.dataset import load_dataset
+from anim_clip.evaluate.metrics import (
+    frequency_groups,
+    group_means,
+    group_topk_accuracy,
+    inconsistency_rate,
+    mean_average_precision,
+    per_class_accuracy,
+    topk_accuracy,
+)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_map_equals_sklearn(ties):
+    rng = np.random.default_rng(0)
+    targets = (rng.random((300, 40)) < 0.1).astype(np.float32)
+    targets[:, 5] = 0  # a class without positives is left out
+    scores = rng.random((300, 40))
+    if ties:
+        scores = np.round(scores * 8) / 8  # many tied scores
+    mAP, per_class = mean_average_precision(scores, targets)
+    valid = targets.sum(0) > 0
+    oracle = average_precision_score(targets[:, valid], scores[:, valid], average=None)
+    np.testing.assert_allclose(per_class[valid], oracle, rtol=1e-12)
+    assert np.isnan(per_class[5])
+    assert mAP == pytest.approx(oracle.mean(), rel=1e-12)
+    mAP_t, _ = mean_average_precision(torch.from_numpy(scores), torch.from_numpy(targets))
+    assert mAP_t == pytest.approx(mAP)
+
+
+def test_ak_groups_reproduce_the_release_lists():
+    """METHOD.md §5: head > 500, tail < 100 training clips give the release's hard-coded AK lists."""
+    train = load_dataset(DataConfig(format="ak")).targets("train").sum(0)
+    groups = frequency_groups(train, head_min=500, tail_max=100)
+    assert groups["head"].tolist() == [1, 2, 15, 38, 40, 48, 52, 67, 68, 69, 78, 90, 100, 102, 104, 123, 128, 133]
+    assert groups["middle"].tolist() == [5, 7, 8, 10, 13, 16, 25, 26, 27, 32, 39, 45, 46, 47, 49, 51, 58, 65, 80,
+                                         84, 96, 97, 99, 103, 105, 108, 112, 114, 116, 118, 120, 135]
+    assert len(groups["tail"]) == 90
+
+
+def test_group_means_ignore_undefined_classes():
+    per_class = np.array([0.5, np.nan, 1.0, 0.25])
+    out = group_means(per_class, {"head": np.array([0, 1]), "tail": np.array([2, 3]), "middle": np.array([1])})
+    assert out["head"] == 0.5 and out["tail"] == 0.625 and np.isnan(out["middle"])
+
+
+def test_single_label_accuracies():
+    rng = np.random.default_rng(1)
+    scores = rng.random((200, 12))
+    labels = rng.integers(0, 12, 200)
+    ranks = [(scores[i] > scores[i, labels[i]]).sum() for i in range(200)]
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(np.mean([r < 1 for r in ranks]))
+    assert topk_accuracy(scores, labels, 5) == pytest.approx(np.mean([r < 5 for r in ranks]))
+    pca = per_class_accuracy(scores, labels, 13)
+    for c in range(12):
+        mask = labels == c
+        assert pca[c] == pytest.approx((scores[mask].argmax(1) == c).mean())
+    assert np.isnan(pca[12])
+    groups = {"head": np.array([0, 1, 2]), "tail": np.array([3, 4])}
+    acc = group_topk_accuracy(scores, labels, groups, 1)
+    mask = np.isin(labels, [0, 1, 2])
+    assert acc["head"] == pytest.approx((scores[mask].argmax(1) == labels[mask]).mean())
+
+
+def test_inconsistency_counts_impossible_top5():
+    can = np.array([[1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1]], dtype=bool)  # 2 species, 7 actions
+    scores = np.array([[7, 6, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]], dtype=float)
+    species = np.array([[1, 0], [1, 0], [0, 0]])
+    # clip 0: top-5 = 0..4, species 0 performs 0,1 -> 3 impossible; clip 1: top-5 = 6..2 -> 5 impossible;
+    # clip 2 has no species and is left out
+    assert inconsistency_rate(scores, species, can) == pytest.approx(8 / 10)
+    both = np.array([[1, 1], [1, 1]])
+    assert inconsistency_rate(scores[:2], both, can) == 0.0
