@@ -50,7 +50,7 @@ def make_demo_data_cmd(
     with label, species, relation and split files in the Animal Kingdom release format."""
     from anim_clip.data.demo import make_demo_data
 
-    summary = make_demo_data(out_dir, train_clips=train_clips, test_clips=test_clips, seed=seed, size=size, num_frames=frames)
+    summary = make_demo_data(out_dir, train_clips=train_clips, test_clips=test_clips, seed=seed, size=size, num_frames=frames, progress=True)
     _print_dataset(demo_config(out_dir))
     console.print(f"demo dataset in [bold]{out_dir}[/] ({summary.train_clips} train / {summary.test_clips} test clips)")
 
@@ -117,7 +117,7 @@ def demo_cmd(
     from anim_clip.data.demo import make_demo_data
 
     data_dir = out_dir / "data"
-    make_demo_data(data_dir, seed=seed)
+    make_demo_data(data_dir, seed=seed, progress=True)
     _print_dataset(demo_config(data_dir))
     console.print(f"demo dataset ready in [bold]{data_dir}[/]")
 
