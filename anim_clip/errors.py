@@ -30,3 +30,7 @@ class VideoDecodeError(AnimClipError):
         super().__init__(f"{path}: cannot decode video: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+class CacheError(AnimClipError):
+    """A feature cache is missing, built for another config, or inconsistent."""

@@ -1,0 +1,401 @@
+"""The zarr feature store: round trips, sharding, crash safety with real processes, reader, verify."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from anim_clip.cache import store
+from anim_clip.cache.inspect import cache_info, cache_info_tables, verify_cache
+from anim_clip.cache.store import (
+    FeatureCache,
+    SplitSpec,
+    SplitWriter,
+    TextFeatures,
+    check_compatible,
+    create_split,
+    create_store,
+    shard_range,
+    write_text,
+)
+from anim_clip.errors import AnimClipError, CacheError
+from anim_clip.models.features import FrameFeatures
+from anim_clip.ui import console
+
+N, V, T, D, P, W, C, A = 10, 2, 3, 8, 4, 5, 6, 3
+CLIPS_PER_CHUNK = 3  # chunks [0,3) [3,6) [6,9) [9,10): the last one partial
+CHUNK_BYTES = CLIPS_PER_CHUNK * V * T * D * 2
+CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None},
+          "sampling": {"num_frames": T, "image_size": 224}, "dataset": "demo"}
+FAILING = {4: "cannot decode video:\n  moov atom   not found"}
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "CHUNK_BYTES", CHUNK_BYTES)
+
+
+def spec(first_clip: int = 0) -> SplitSpec:
+    rng = np.random.default_rng(1)
+    return SplitSpec(
+        clip_ids=[f"video_{i + first_clip:02d}.mp4" for i in range(N)],
+        targets=rng.integers(0, 2, (N, C)),
+        species=rng.integers(0, 2, (N, A)),
+        views=V,
+        frames=T,
+        dim=D,
+        view_kind="augmented",
+        patch_shape=(P, W),
+    )
+
+
+def clip_cls(i: int) -> np.ndarray:
+    return (np.arange(V * T * D).reshape(V, T, D) / 16 - i).astype(np.float16)
+
+
+def clip_frames(i: int) -> np.ndarray:
+    return np.arange(V * T).reshape(V, T) + 100 * i
+
+
+def clip_patches(i: int) -> np.ndarray:
+    return (np.arange(V * T * P * W).reshape(V, T, P, W) / 32 + i).astype(np.float16)
+
+
+def give(writer: SplitWriter, i: int) -> None:
+    if i in FAILING:
+        writer.fail(i, FAILING[i])
+    else:
+        writer.write(i, FrameFeatures(torch.from_numpy(clip_cls(i)).float(), torch.from_numpy(clip_patches(i))),
+                     clip_frames(i))
+
+
+def extract(path: str, shard: int = 0, num_shards: int = 1, kill_after_clip: int | None = None,
+            kill_at_done_call: int | None = None) -> None:
+    """What an extraction process does; optionally SIGKILLs itself at a chosen moment."""
+    store.CHUNK_BYTES = CHUNK_BYTES  # spawned children do not inherit the fixture
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    writer = SplitWriter(path, "train", shard, num_shards)
+    if kill_at_done_call is not None:
+        mark_done, calls = writer._mark_done, []
+
+        def dying_mark_done(start: int, stop: int) -> None:
+            calls.append(start)
+            if len(calls) == kill_at_done_call:  # the cls chunk is on disk, its done flags are not
+                os.kill(os.getpid(), signal.SIGKILL)
+            mark_done(start, stop)
+
+        writer._mark_done = dying_mark_done
+    for i in writer.pending:
+        give(writer, i)
+        if i == kill_after_clip:  # patches of this clip written, its cls chunk incomplete
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_processes(*jobs: dict) -> list[int]:
+    """Run ``extract(**job)`` for every job in its own spawned process, all at once."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=extract, kwargs=job) for job in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [p.exitcode for p in procs]
+
+
+def snapshot(path: Path) -> dict[str, object]:
+    """Every array of the train split as numpy (strings as lists), plus the split attributes."""
+    g = zarr.open_group(path / "train", mode="r")
+    out: dict[str, object] = {"attrs": dict(g.attrs)}
+    for name in g.array_keys():
+        a = g[name][...]
+        out[name] = a.tolist() if a.dtype.kind == "T" else a
+    return out
+
+
+def assert_same(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert np.array_equal(a[key], b[key], equal_nan=True), key
+        else:
+            assert a[key] == b[key], key
+
+
+def chunk_stats(path: Path, done_chunks: list[int], done_clips: list[int]) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file holding data of the given chunks and clips."""
+    files = [path / "train" / name / "c" / str(c) for name in ("done", "error") for c in done_chunks]
+    files += [path / "train" / "cls" / "c" / str(c) / "0" / "0" / "0" for c in done_chunks]
+    files += [path / "train" / "patches" / "c" / str(i) / str(v) / "0" / "0" / "0" for i in done_clips for v in range(V)]
+    return {str(f): (f.stat().st_ino, f.stat().st_mtime_ns) for f in files if f.exists()}
+
+
+@pytest.fixture
+def full(tmp_path: Path) -> Path:
+    path = tmp_path / "cache.zarr"
+    extract(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_round_trip_exact_in_fp16(full: Path) -> None:
+    split = FeatureCache(full).split("train")
+    ok = [i for i in range(N) if i not in FAILING]
+    assert torch.equal(split.cls[ok], torch.from_numpy(np.stack([clip_cls(i) for i in ok])))
+    assert split.cls[4].isnan().all()
+    assert split.cls.dtype == torch.float16 and split.cls.shape == (N, V, T, D)
+    s = spec()
+    assert split.clip_ids == list(s.clip_ids)
+    assert torch.equal(split.targets, torch.from_numpy(s.targets.astype(np.uint8)))
+    assert torch.equal(split.species, torch.from_numpy(s.species.astype(np.uint8)))
+    assert torch.equal(split.frame_indices[ok], torch.from_numpy(np.stack([clip_frames(i) for i in ok]).astype(np.int32)))
+    assert (split.frame_indices[4] == -1).all()
+    assert split.done.all()
+    assert split.valid.tolist() == [i not in FAILING for i in range(N)]
+    patches = zarr.open_array(full / "train" / "patches", mode="r")
+    assert np.array_equal(patches[7], clip_patches(7))
+
+
+def test_error_strings_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    writer = SplitWriter(path, "train")
+    reasons = {0: "vidéo illisible: ünïcode ✓", 1: "x" * 500, 2: "  "}
+    for i in writer.pending:
+        writer.fail(i, reasons.get(i, f"reason {i}"))
+    errors = FeatureCache(path).split("train").errors
+    assert errors[0] == reasons[0]
+    assert errors[1] == "x" * store.MAX_ERROR_CHARS
+    assert errors[2] == "failed"
+    assert errors[9] == "reason 9"
+    assert cache_info(path)["splits"]["train"]["failed"] == N
+
+
+@pytest.mark.parametrize("num_clips,per_chunk", [(10, 3), (64, 8), (5, 7), (100, 1)])
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 7])
+def test_shard_ranges_cover_clips_on_chunk_boundaries(num_clips: int, per_chunk: int, num_shards: int) -> None:
+    ranges = [shard_range(num_clips, s, num_shards, per_chunk) for s in range(num_shards)]
+    assert [i for r in ranges for i in r] == list(range(num_clips))
+    chunks = [{i // per_chunk for i in r} for r in ranges]
+    assert sum(len(c) for c in chunks) == len(set().union(*chunks))
+    assert all(r.start % per_chunk == 0 for r in ranges if r)
+
+
+def test_shard_out_of_range_refused() -> None:
+    with pytest.raises(CacheError, match="shard 2/2"):
+        shard_range(10, 2, 2, 3)
+
+
+def test_two_processes_equal_one(tmp_path: Path, full: Path) -> None:
+    path = tmp_path / "sharded.zarr"
+    assert run_processes({"path": str(path), "shard": 0, "num_shards": 2},
+                         {"path": str(path), "shard": 1, "num_shards": 2}) == [0, 0]
+    assert_same(snapshot(path), snapshot(full))
+    assert verify_cache(path) == []
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]  # the losing creator cleaned up
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path, full: Path) -> None:
+    kills = {"mid-chunk": {"kill_after_clip": 4}, "before-done": {"kill_at_done_call": 2}}
+    paths = {name: tmp_path / f"{name}.zarr" for name in kills}
+    assert run_processes(*({"path": str(paths[n]), **k} for n, k in kills.items())) == [-signal.SIGKILL] * 2
+    before = {}
+    for name, path in paths.items():
+        done = FeatureCache(path).split("train").done
+        assert done.tolist() == [True] * CLIPS_PER_CHUNK + [False] * (N - CLIPS_PER_CHUNK), name
+        assert SplitWriter(path, "train").pending == list(range(CLIPS_PER_CHUNK, N))
+        before[name] = chunk_stats(path, [0], list(range(CLIPS_PER_CHUNK)))
+        assert len(before[name]) == 1 + 1 + CLIPS_PER_CHUNK * V  # done, cls, every patch chunk; no error chunk
+
+    assert run_processes(*({"path": str(path)} for path in paths.values())) == [0, 0]
+    for name, path in paths.items():
+        assert chunk_stats(path, [0], list(range(CLIPS_PER_CHUNK))) == before[name]  # done clips never rewritten
+        assert_same(snapshot(path), snapshot(full))
+        assert verify_cache(path) == []
+
+
+def test_rerun_clears_reasons_left_by_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    writer = SplitWriter(path, "train")
+
+    def crash(start: int, stop: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_mark_done", crash)
+    writer.fail(0, "transient: file busy")
+    give(writer, 1)
+    with pytest.raises(KeyboardInterrupt):  # cls and error chunk written, done flags not
+        give(writer, 2)
+    assert FeatureCache(path).split("train").errors[0] == "transient: file busy"
+    writer = SplitWriter(path, "train")
+    assert writer.pending == list(range(N))
+    for i in range(3):
+        give(writer, i)
+    split = FeatureCache(path).split("train")
+    assert split.errors[:3] == ["", "", ""] and split.valid[:3].all()
+
+
+def test_writer_refuses_done_and_repeated_clips(tmp_path: Path, full: Path) -> None:
+    writer = SplitWriter(full, "train")
+    assert writer.pending == []
+    with pytest.raises(CacheError, match="clip 0"):
+        give(writer, 0)
+    path = tmp_path / "fresh.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    writer = SplitWriter(path, "train", shard=1, num_shards=2)
+    give(writer, writer.pending[0])
+    assert writer.unfinished == 1
+    with pytest.raises(CacheError, match="already given"):
+        give(writer, writer.pending[0])
+    with pytest.raises(CacheError, match="outside this shard"):
+        give(writer, 0)
+
+
+def test_writer_checks_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    writer = SplitWriter(path, "train")
+    with pytest.raises(CacheError, match=r"expects \(2, 3, 8\)"):
+        writer.write(0, FrameFeatures(torch.zeros(V, T, D + 1), torch.zeros(V, T, P, W)), clip_frames(0))
+    with pytest.raises(CacheError, match="without them"):
+        writer.write(0, FrameFeatures(torch.zeros(V, T, D)), clip_frames(0))
+    assert writer.pending == list(range(N))  # a refused clip can still be given
+
+
+def test_mismatched_config_refused_naming_the_field(full: Path) -> None:
+    other = {**CONFIG, "backbone": {**CONFIG["backbone"], "model": "anim-clip-tiny"}}
+    with pytest.raises(AnimClipError) as e:
+        create_store(full, other)
+    assert str(e.value).startswith(f"cache {full} was built with backbone.model='ViT-B-16', this run uses "
+                                   "'anim-clip-tiny' (field backbone.model)")
+    with pytest.raises(CacheError, match=r"field sampling\.crop"):
+        check_compatible(CONFIG, {**CONFIG, "sampling": {**CONFIG["sampling"], "crop": 3}}, full)
+    check_compatible(CONFIG, {"dataset": "demo", "sampling": {"image_size": 224, "num_frames": T},
+                              "backbone": dict(CONFIG["backbone"])}, full)  # key order does not matter
+
+
+def test_mismatched_split_refused(full: Path) -> None:
+    with pytest.raises(CacheError, match="field manifest_sha256"):
+        create_split(full, "train", spec(first_clip=1))
+    create_split(full, "train", spec())  # the same split again is fine
+
+
+def test_not_a_cache_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    with pytest.raises(CacheError, match="not part of an anim-clip cache"):
+        create_store(tmp_path / "notes", CONFIG)
+    with pytest.raises(CacheError, match="no feature cache"):
+        FeatureCache(tmp_path / "missing")
+
+
+def test_features_gather_equals_numpy_indexing(full: Path) -> None:
+    split = FeatureCache(full).split("train", device="cpu")
+    cls = zarr.open_array(full / "train" / "cls", mode="r")[...]
+    rng = np.random.default_rng(0)
+    indices, views = rng.integers(0, N, 16), rng.integers(0, V, 16)
+    out = split.features(torch.from_numpy(indices), torch.from_numpy(views))
+    assert out.patches is None
+    assert np.array_equal(out.cls.numpy(), cls[indices, views], equal_nan=True)
+
+
+def test_patch_loader_keeps_batch_order(full: Path) -> None:
+    split = FeatureCache(full).split("train")
+    rng = np.random.default_rng(0)
+    ok = np.array([i for i in range(N) if i not in FAILING])
+    batches = [(torch.from_numpy(rng.choice(ok, 5)), torch.from_numpy(rng.integers(0, V, 5))) for _ in range(7)]
+    got = list(split.patch_loader(batches, workers=3, prefetch=2))
+    assert len(got) == len(batches)
+    for (indices, views), features in zip(batches, got):
+        expected = np.stack([clip_patches(int(i))[int(v)] for i, v in zip(indices, views)])
+        assert np.array_equal(features.patches.numpy(), expected)
+        assert torch.equal(features.cls, split.cls[indices, views])
+    first = next(iter(split.patch_loader(batches, workers=2, prefetch=1)))  # abandoned early: no hang
+    assert first.patches.shape == (5, T, P, W)
+
+
+def test_verify_detects_nan_and_done_without_data(full: Path) -> None:
+    assert verify_cache(full) == []
+    cls = zarr.open_array(full / "train" / "cls", mode="r+")
+    row = cls[7].copy()
+    row[1, 2, 3] = np.nan
+    cls[7] = row
+    patches = zarr.open_array(full / "train" / "patches", mode="r+")
+    bad = patches[2, 1].copy()
+    bad[0, 0, 0] = np.inf
+    patches[2, 1] = bad
+    problems = verify_cache(full)
+    assert any("cls" in p and "video_07.mp4" in p for p in problems), problems
+    assert any("patches" in p and "video_02.mp4" in p for p in problems), problems
+
+
+def test_verify_detects_done_flag_without_data(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    zarr.open_array(path / "train" / "done", mode="r+")[0:3] = True
+    zarr.open_array(path / "train" / "done", mode="r+")[6] = True
+    problems = verify_cache(path)
+    assert any("missing cls" in p and "video_00.mp4" in p for p in problems), problems
+    assert any("missing patches" in p for p in problems), problems
+    assert any("only some are marked done" in p for p in problems), problems
+
+
+def test_verify_reports_unknown_schema(full: Path) -> None:
+    group = zarr.open_group(full, mode="r+")
+    group.attrs["schema_version"] = 99
+    assert "schema version 99" in verify_cache(full)[0]
+
+
+def text_features(descriptions: list[str]) -> TextFeatures:
+    gen = torch.Generator().manual_seed(0)
+    return TextFeatures(names=["eating", "running", "flying"], name_embeddings=torch.randn(3, D, generator=gen),
+                        descriptions=descriptions, description_embeddings=torch.randn(len(descriptions), D, generator=gen),
+                        owner=torch.arange(len(descriptions)) % 3)
+
+
+def test_text_round_trip(full: Path) -> None:
+    actions = text_features(["an animal eats", "an animal runs", "a bird flies", "chewing food"])
+    species = text_features([])
+    write_text(full, "actions", actions)
+    write_text(full, "species", species)
+    write_text(full, "actions", actions)  # a second run with the same strings is fine
+    cache = FeatureCache(full)
+    assert cache.text_kinds == ["actions", "species"]
+    back = cache.text("actions")
+    assert back.names == actions.names and back.descriptions == actions.descriptions
+    assert torch.equal(back.name_embeddings, actions.name_embeddings)
+    assert torch.equal(back.description_embeddings, actions.description_embeddings)
+    assert back.owner.dtype == torch.int64 and torch.equal(back.owner, actions.owner)
+    assert cache.text("species").description_embeddings.shape == (0, D)
+    with pytest.raises(CacheError, match="field strings_sha256"):
+        write_text(full, "actions", text_features(["an animal eats", "x", "y", "z"]))
+    assert verify_cache(full) == []
+
+
+def test_cache_info_summarises(full: Path) -> None:
+    info = cache_info(full)
+    train = info["splits"]["train"]
+    assert (train["num_clips"], train["done"], train["failed"], train["pending"]) == (N, N, 1, 0)
+    assert train["failures"] == [["video_04.mp4", "cannot decode video: moov atom not found"]]
+    assert train["arrays"]["cls"]["chunks"] == [CLIPS_PER_CHUNK, V, T, D]
+    assert train["arrays"]["patches"]["bytes"] >= (N - 1) * V * T * P * W * 2 / 2
+    assert info["config"] == CONFIG and info["schema_version"] == store.SCHEMA_VERSION
+    with console.capture() as captured:
+        for t in cache_info_tables(info):
+            console.print(t)
+    assert "moov atom" in captured.get()
