@@ -108,6 +108,73 @@ def describe_cmd(
         console.print(f"{len(names)} {name} x {k} descriptions -> [bold]{path}[/]")
 
 
+cache_app = typer.Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` (1-based i, as users count) -> (i-1, n); default: one shard per torchrun rank."""
+    from anim_clip.cache.extract import default_shard
+
+    if text is None:
+        return default_shard()
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 1 <= int(i) <= int(n):
+        raise AnimClipError(f"--shard {text!r}: expected i/n with 1 <= i <= n, e.g. --shard 2/4")
+    return int(i) - 1, int(n)
+
+
+@app.command("extract")
+def extract_cmd(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The cache folder (a zarr store); an existing one is resumed.")],
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Splits to extract (repeatable; default: train and test).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Extract only shard i of n (e.g. 2/4) into the same store; default: one shard per torchrun rank.")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding threads running ahead of the encoder.")] = 4,
+    set_: SetOpt = None,
+) -> None:
+    """Phase one: decode every clip once, encode its frames with the frozen open_clip image tower and
+    store per-frame features in a zarr cache. Killing it is safe: run it again to resume."""
+    from anim_clip.cache.extract import extract
+    from anim_clip.ui import table
+
+    index, count = _parse_shard(shard)
+    reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
+    console.print(table("extraction", ["split", "clips", "done before", "extracted", "failed", "failure reasons",
+                                       "clips/s", "frames/s"], [r.row() for r in reports]))
+    if any(r.interrupted for r in reports):
+        raise typer.Exit(130)
+
+
+@cache_app.command("info")
+def cache_info_cmd(
+    path: Annotated[Path, typer.Argument(help="The cache folder.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+) -> None:
+    """Summarise a cache: splits, shapes, done and failed clips, sizes on disk, how it was built."""
+    from anim_clip.cache.inspect import cache_info, cache_info_tables
+    from anim_clip.io import atomic_write_json
+
+    info = cache_info(path)
+    for t in cache_info_tables(info):
+        console.print(t)
+    if json_out is not None:
+        atomic_write_json(json_out, info)
+
+
+@cache_app.command("verify")
+def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder.")]) -> None:
+    """Check a cache: shapes, finite values of every done clip, done flags, metadata. Exit code 0 = sound."""
+    from anim_clip.cache.inspect import verify_cache
+
+    problems = verify_cache(path)
+    for problem in problems:
+        console.print(f"[red]problem:[/] {problem}", soft_wrap=True, highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]{path}: OK[/]")
+
+
 @app.command("demo")
 def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo's data and results.")] = DEFAULT_DEMO_DIR,

@@ -1,0 +1,182 @@
+"""Phase one end to end: real mp4 files through decord, the tiny open_clip tower, a zarr cache on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from anim_clip.cache import store
+from anim_clip.cache.extract import extract, plan_views
+from anim_clip.cache.inspect import verify_cache
+from anim_clip.cache.store import FeatureCache
+from anim_clip.cli import demo_config
+from anim_clip.config import BackboneConfig
+from anim_clip.data.demo import make_demo_data
+from anim_clip.data.transforms import normalization_stats, render_views
+from anim_clip.data.sampling import union_indices
+from anim_clip.data.video import open_video
+from anim_clip.errors import AnimClipError, CacheError
+from anim_clip.models.backbone import FrozenImageTower, create_clip
+
+V, T = 2, 4
+OVERRIDES = ["backbone.pretrained=null", f"sampling.train_views={V}", f"sampling.num_frames={T}",
+             "backbone.batch_frames=16"]
+SMALL_CHUNK = 2 * V * T * 128 * 2  # two clips per cls chunk, so a run has many chunks to resume from
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, train_clips=16, test_clips=6, num_frames=16, size=64, seed=3)
+    return root
+
+
+def config(data: Path, *extra: str):
+    return demo_config(data, [*OVERRIDES, *extra])
+
+
+def run_extract(data: Path, out: Path, *args: str, small_chunks: bool = True) -> subprocess.Popen:
+    """The real command in a child process (optionally with small chunks, to resume mid-split)."""
+    argv = ["extract", "demo", "--out", str(out), "--workers", "1",
+            "--set", f"data.annotations={data}", "--set", f"data.root={data / 'videos'}",
+            *[a for o in OVERRIDES for a in ("--set", o)], *args]
+    code = (f"import sys; from anim_clip.cache import store; store.CHUNK_BYTES = {SMALL_CHUNK if small_chunks else store.CHUNK_BYTES}; "
+            f"from anim_clip.cli import main; sys.argv = ['anim-clip'] + {argv!r}; main()")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+def arrays(path: Path, split: str) -> dict[str, np.ndarray]:
+    g = zarr.open_group(path / split, mode="r")
+    return {name: g[name][...] for name in ("cls", "done", "error", "frame_indices")}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    for split in ("train", "test"):
+        x, y = arrays(a, split), arrays(b, split)
+        for name in ("done", "error", "frame_indices"):
+            np.testing.assert_array_equal(x[name], y[name], err_msg=f"{split}/{name}")
+        # same frames, same model: equal up to fp16 rounding of float differences between batchings
+        np.testing.assert_allclose(x["cls"].astype(np.float32), y["cls"].astype(np.float32), atol=2e-3, rtol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory) -> Path:
+    """An uninterrupted single-process extraction, with one corrupt test video."""
+    out = tmp_path_factory.mktemp("ref") / "cache.zarr"
+    extract(config(data), out, progress=False)
+    return out
+
+
+def test_cache_holds_the_backbone_output(data: Path, reference: Path):
+    cfg = config(data)
+    cache = FeatureCache(reference)
+    split = cache.split("test")
+    assert split.valid.all() and split.cls.shape == (6, 1, T, 128)
+    assert cache.config["backbone"]["weights"] == "random" and cache.attrs["config"]["random_weights"] is True
+    model, _ = create_clip(cfg.backbone)
+    tower = FrozenImageTower(model)
+    mean, std = normalization_stats("clip")
+    for i in (0, 5):
+        with open_video(data / "videos" / split.clip_ids[i], "pyav") as video:  # the other decoder, as an oracle
+            views = plan_views("test", i, video.num_frames, video.height, video.width, cfg)
+            unique, positions = union_indices(views)
+            frames = torch.from_numpy(video.get_frames(unique))
+        np.testing.assert_array_equal(split.frame_indices[i].numpy(), np.stack([v.frame_indices for v in views]))
+        expected = tower(render_views(frames, views, positions, 64, mean, std).flatten(0, 1))[0]
+        torch.testing.assert_close(split.cls[i, 0].float(), expected.half().float(), atol=1e-2, rtol=1e-2)
+    text = cache.text("actions")
+    assert text.names[0] == "Walking" and text.name_embeddings.shape == (7, 128)
+    assert verify_cache(reference) == []
+
+
+def test_corrupt_video_is_skipped_and_reported(data: Path, tmp_path: Path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for f in (data / "videos").iterdir():
+        (videos / f.name).write_bytes(f.read_bytes())
+    bad = sorted(videos.glob("test*.mp4"))[2]
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated: the header survives, the frames do not
+    out = tmp_path / "cache.zarr"
+    reports = extract(config(data, f"data.root={videos}"), out, progress=False)
+    test = next(r for r in reports if r.split == "test")
+    assert sum(test.failed.values()) == 1 and test.extracted == 5
+    split = FeatureCache(out).split("test")
+    failed = [i for i, e in enumerate(split.errors) if e]
+    assert [split.clip_ids[i] for i in failed] == [bad.name]
+    assert split.done.all() and not split.valid[failed[0]]
+    assert verify_cache(out) == []
+
+
+def test_resume_after_kill_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):
+    out = tmp_path / "cache.zarr"
+    proc = run_extract(data, out)
+    done = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = int(zarr.open_array(out / "train" / "done", mode="r")[...].sum())
+        except Exception:  # the store or split is not there yet
+            done = 0
+        if done >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 4 <= done < 16, f"could not kill mid-run (done={done})"
+    before = {p: p.stat().st_mtime_ns for p in (out / "train" / "cls").rglob("*") if p.is_file()}
+    finished = run_extract(data, out)
+    output = finished.communicate(timeout=300)[0].decode()
+    assert finished.returncode == 0, output
+    assert_same_store(out, reference)
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before == after, "a finished chunk was written again"
+
+
+def test_two_shards_equal_one_process(data: Path, reference: Path, tmp_path: Path):
+    out = tmp_path / "cache.zarr"
+    procs = [run_extract(data, out, "--shard", "1/2"), run_extract(data, out, "--shard", "2/2")]
+    for p in procs:
+        output = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, output
+    assert_same_store(out, reference)
+
+
+def test_other_config_is_refused(data: Path, reference: Path):
+    with pytest.raises(CacheError, match=r"sampling\.num_frames"):
+        extract(config(data, f"sampling.num_frames={T + 1}"), reference, progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_checkpoint_gives_the_same_features(tmp_path: Path, suffix: str):
+    model, _ = create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=None))
+    path = tmp_path / f"weights{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    loaded, info = create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(path)))
+    assert info.sha256 is not None and not info.random
+    x = torch.randn(3, 3, 64, 64)
+    torch.testing.assert_close(FrozenImageTower(loaded)(x)[0], FrozenImageTower(model)(x)[0], rtol=0, atol=0)
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": Path("/")}, path)  # needs more than tensors to unpickle
+    with pytest.raises(AnimClipError, match="refused"):
+        create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(path)))
+    with pytest.raises(AnimClipError, match="checkpoint file not found"):
+        create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(tmp_path / "missing.pt")))
