@@ -1,0 +1,43 @@
+"""What flows between the image tower and the head, and what the head returns (DESIGN.md).
+
+The head never knows where ``FrameFeatures`` came from: live from the cross-frame backbone
+(end-to-end mode, evaluation on raw videos) or read from the feature cache (phase two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FrameFeatures:
+    """Per-frame outputs of the image tower for a batch of clips.
+
+    ``cls``: ``(B, T, D)`` CLS embedding after ``ln_post`` and ``proj``, not normalised (the MIT
+    input, METHOD.md §2.3). ``patches``: ``(B, T, N, W)`` last-block patch tokens *before*
+    ``ln_post`` (X-CLIP's video-specific prompt input, METHOD.md Appendix B), or None.
+    """
+
+    cls: Tensor
+    patches: Tensor | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrameFeatures:
+        patches = None if self.patches is None else self.patches.to(device, dtype)
+        return FrameFeatures(self.cls.to(device, dtype), patches)
+
+    def __getitem__(self, index) -> FrameFeatures:
+        """Select clips (``features[idx]``) so a batch can be split or permuted as one object."""
+        patches = None if self.patches is None else self.patches[index]
+        return FrameFeatures(self.cls[index], patches)
+
+
+@dataclass
+class HeadOutput:
+    """``logits (B, C)`` = scale × cosine; ``video (B, D)`` and ``text (B, C, D)`` L2-normalised."""
+
+    logits: Tensor
+    video: Tensor
+    text: Tensor
