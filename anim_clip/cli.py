@@ -175,6 +175,30 @@ def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder
     console.print(f"[green]{path}: OK[/]")
 
 
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="An anim-clip checkpoint from `anim-clip train`: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],
+    videos: Annotated[list[Path], typer.Argument(help="Video files to score (mp4, avi, mov, ...; any length).")],
+    species: Annotated[Optional[list[str]], typer.Option("--species", help="A species in the videos, named as in the checkpoint's vocabulary (repeatable): the head conditions on it instead of predicting it.")] = None,
+    predict_species: Annotated[bool, typer.Option("--predict-species", help="Predict the species zero-shot from the frames and report them (the default when no --species is given).")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", help="Actions shown per video (and per window in predictions.json).")] = 5,
+    window: Annotated[Optional[float], typer.Option("--window", help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
+    stride: Annotated[Optional[float], typer.Option("--stride", help="Seconds between window starts (default: half the window).")] = None,
+    clips: Annotated[Optional[int], typer.Option("--clips", help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
+    crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.json (and the timeline files); created.")] = Path("predictions"),
+) -> None:
+    """Score videos with a trained checkpoint: the top actions of each (softmax averaged over its test
+    views) as a table and predictions.json; with --window, action scores over time. Exit code 1 if a video failed."""
+    from anim_clip.predict import run_predict
+
+    failed = run_predict(checkpoint, videos, out=out, top_k=top_k, species=species, predict_species=predict_species,
+                         window=window, stride=stride, clips=clips, crops=crops, device=device)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo's data and results.")] = DEFAULT_DEMO_DIR,
