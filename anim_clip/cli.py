@@ -175,6 +175,44 @@ def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder
     console.print(f"[green]{path}: OK[/]")
 
 
+@app.command("train")
+def train_cmd(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.jsonl, last.pt / best.pt, eval.json, plots/.")],
+    cache: Annotated[Optional[Path], typer.Option(help="Feature cache from `anim-clip extract` (cached mode).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
+    select_on_test: Annotated[bool, typer.Option("--select-on-test", help="Choose best.pt on the test split (only when you mean to; default: a validation share, train.val_fraction).")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Phase two: train the Animal-CLIP head on a feature cache, then evaluate the last epoch on the test split
+    (table, eval.json, plots). Runs on one device, or on several under torchrun."""
+    from anim_clip.train.engine import train
+
+    cfg = _load(config, set_)
+    if cache is None:
+        raise AnimClipError("--cache is required: the feature cache made by `anim-clip extract`")
+    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test)
+    console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory (uses its last.pt, or best.pt with --weights best) or a checkpoint file.")],
+    cache: Annotated[Path, typer.Option(help="Feature cache holding the split to evaluate.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: test, train, or val (the held-out share of train).")] = "test",
+    weights: Annotated[str, typer.Option(help="In a run directory: last (the release's protocol) or best.")] = "last",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where eval.json and plots go (default: the run directory).")] = None,
+) -> None:
+    """Evaluate a trained head with the field's metrics: mAP (per class; head / middle / tail), top-1/top-5 and
+    class accuracy for single-label data, inconsistent predictions; a table, eval.json and PNG plots."""
+    from anim_clip.evaluate.cached import evaluate_checkpoint
+
+    if weights not in ("last", "best"):
+        raise AnimClipError(f"--weights must be last or best, not {weights!r}")
+    report = evaluate_checkpoint(run, cache, split=split, weights=weights, out=out)
+    console.print(f"plots: {', '.join(report.get('plots', []))}")
+
+
 @app.command("predict")
 def predict_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="An anim-clip checkpoint from `anim-clip train`: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],

@@ -114,6 +114,8 @@ class TrainConfig:
     seed: int = 1024
     deterministic: bool = False
     num_workers: int = 4
+    val_fraction: float = 0.0  # hold out this share of training clips for per-epoch selection (best.pt)
+    log_every: int = 20  # optimiser steps between lines of metrics.jsonl
 
 
 @dataclass
@@ -122,7 +124,9 @@ class EvalConfig:
 
     scores: Literal["softmax", "sigmoid"] = "softmax"
     batch_size: int = 64
-    long_tail: bool = True
+    long_tail: bool = True  # head / middle / tail metrics by training frequency
+    head_min: int = 500  # head classes have more training clips than this (AK: 500)
+    tail_max: int = 100  # tail classes have fewer (AK: 100)
     inconsistency: bool = True
 
 

@@ -29,7 +29,7 @@ from anim_clip.data.descriptions import class_texts, load_descriptions
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.video import open_video
-from anim_clip.errors import AnimClipError, VideoDecodeError
+from anim_clip.errors import VideoDecodeError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
 from anim_clip.ui import console, progress_bar

@@ -1,0 +1,84 @@
+"""Turn test scores into the field's report: metrics, long-tail groups, a baseline, a table, JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from anim_clip.config import EvalConfig
+from anim_clip.evaluate.metrics import (
+    frequency_groups,
+    group_means,
+    group_topk_accuracy,
+    inconsistency_rate,
+    mean_average_precision,
+    per_class_accuracy,
+    topk_accuracy,
+)
+from anim_clip.ui import table
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What the metrics need besides scores: the vocabulary, training frequencies and the graph."""
+
+    actions: list[str]
+    train_counts: np.ndarray  # (C,) training clips per action
+    can_perform: np.ndarray  # (A, C) bool
+    multilabel: bool
+
+
+def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
+    """mAP for multi-label datasets (AK), top-1 accuracy for single-label ones (METHOD.md §4.1)."""
+    key = "mAP" if report["multilabel"] else "top1"
+    return key, report[key]
+
+
+def evaluation_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarray, ctx: EvalContext,
+                      cfg: EvalConfig) -> dict[str, Any]:
+    """Every metric as plain JSON-able values; fractions (not percentages), as the release logs them."""
+    mAP, per_class_ap = mean_average_precision(scores, targets)
+    baseline = np.tile(ctx.train_counts / max(ctx.train_counts.sum(), 1), (len(scores), 1))
+    out: dict[str, Any] = {
+        "clips": int(len(scores)),
+        "multilabel": ctx.multilabel,
+        "mAP": mAP,
+        "per_class_ap": {a: (None if np.isnan(v) else float(v)) for a, v in zip(ctx.actions, per_class_ap)},
+        "frequency_baseline_mAP": mean_average_precision(baseline, targets)[0],
+    }
+    groups = frequency_groups(ctx.train_counts, cfg.head_min, cfg.tail_max) if cfg.long_tail else {}
+    if groups:
+        out["groups"] = {name: [ctx.actions[i] for i in ids] for name, ids in groups.items()}
+        out["group_mAP"] = group_means(per_class_ap, groups)
+    if not ctx.multilabel:
+        labels = targets.argmax(1)
+        out["top1"] = topk_accuracy(scores, labels, 1)
+        out["top5"] = topk_accuracy(scores, labels, 5)
+        out["mean_class_accuracy"] = float(np.nanmean(per_class_accuracy(scores, labels, len(ctx.actions))))
+        if groups:
+            out["group_top1"] = group_topk_accuracy(scores, labels, groups, 1)
+            out["group_top5"] = group_topk_accuracy(scores, labels, groups, 5)
+    if cfg.inconsistency and species.shape[1]:
+        out["inconsistent_top5"] = inconsistency_rate(scores, species, ctx.can_perform, k=5)
+    return out
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}"
+
+
+def report_table(report: dict[str, Any], title: str) -> Table:
+    rows = [["mAP", _pct(report["mAP"])], ["frequency baseline mAP", _pct(report["frequency_baseline_mAP"])]]
+    for name, value in report.get("group_mAP", {}).items():
+        rows.append([f"{name} mAP ({len(report['groups'][name])} classes)", _pct(value)])
+    for key in ("top1", "top5", "mean_class_accuracy"):
+        if key in report:
+            rows.append([key.replace("_", " "), _pct(report[key])])
+    for name, value in report.get("group_top1", {}).items():
+        rows.append([f"{name} top-1", _pct(value)])
+    if "inconsistent_top5" in report:
+        rows.append(["top-5 actions the species cannot perform", _pct(report["inconsistent_top5"])])
+    return table(f"{title} ({report['clips']} clips, %)", ["metric", "value"], rows)
