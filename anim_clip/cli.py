@@ -179,38 +179,71 @@ def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder
 def train_cmd(
     config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.jsonl, last.pt / best.pt, eval.json, plots/.")],
-    cache: Annotated[Optional[Path], typer.Option(help="Feature cache from `anim-clip extract` (cached mode).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Feature cache from `anim-clip extract` (cached mode only).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="cached: the head on a feature cache; e2e: fine-tune the cross-frame ViT with the head on the raw videos of data.root (default: the config's train.mode).")] = None,
+    init_head: Annotated[Optional[Path], typer.Option("--init-head", help="e2e only: start from the head of this cached-mode run directory (its last.pt) or checkpoint file.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
     select_on_test: Annotated[bool, typer.Option("--select-on-test", help="Choose best.pt on the test split (only when you mean to; default: a validation share, train.val_fraction).")] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Phase two: train the Animal-CLIP head on a feature cache, then evaluate the last epoch on the test split
-    (table, eval.json, plots). Runs on one device, or on several under torchrun."""
+    """Train Animal-CLIP: the head on a feature cache (cached mode, phase two), or the whole model end to end on
+    the raw videos (e2e), then evaluate the last epoch on the test split (table, eval.json, plots). Runs on one
+    device, or on several with `torchrun --nproc-per-node N -m anim_clip train ...`."""
+    import os
+
     from anim_clip.train.engine import train
 
-    cfg = _load(config, set_)
-    if cache is None:
-        raise AnimClipError("--cache is required: the feature cache made by `anim-clip extract`")
-    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test)
-    console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
+    if mode is not None and mode not in ("cached", "e2e"):
+        raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
+    cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
+    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head)
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
 
 
 @app.command("eval")
 def eval_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory (uses its last.pt, or best.pt with --weights best) or a checkpoint file.")],
-    cache: Annotated[Path, typer.Option(help="Feature cache holding the split to evaluate.")],
+    cache: Annotated[Optional[Path], typer.Option(help="Feature cache holding the split to evaluate (a head checkpoint).")] = None,
+    videos: Annotated[bool, typer.Option("--videos", help="Evaluate on the raw videos of the checkpoint's config instead of a cache, with its test views (sampling.test_clips x sampling.test_crops); needed for end-to-end checkpoints.")] = False,
     split: Annotated[str, typer.Option(help="Split to evaluate: test, train, or val (the held-out share of train).")] = "test",
     weights: Annotated[str, typer.Option(help="In a run directory: last (the release's protocol) or best.")] = "last",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where eval.json and plots go (default: the run directory).")] = None,
 ) -> None:
-    """Evaluate a trained head with the field's metrics: mAP (per class; head / middle / tail), top-1/top-5 and
+    """Evaluate a trained model with the field's metrics: mAP (per class; head / middle / tail), top-1/top-5 and
     class accuracy for single-label data, inconsistent predictions; a table, eval.json and PNG plots."""
-    from anim_clip.evaluate.cached import evaluate_checkpoint
-
     if weights not in ("last", "best"):
         raise AnimClipError(f"--weights must be last or best, not {weights!r}")
-    report = evaluate_checkpoint(run, cache, split=split, weights=weights, out=out)
+    if videos == (cache is not None):
+        raise AnimClipError("give either --cache CACHE (a head on cached features) or --videos (the raw videos)")
+    if videos:
+        from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
+
+        report = evaluate_checkpoint_on_videos(run, split=split, weights=weights, out=out)
+    else:
+        from anim_clip.evaluate.cached import evaluate_checkpoint
+
+        report = evaluate_checkpoint(run, cache, split=split, weights=weights, out=out)
     console.print(f"plots: {', '.join(report.get('plots', []))}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: ConfigArg,
+    cache: Annotated[Path, typer.Option(help="The feature cache every run trains on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run directory per combination and seed, comparison.csv/json.")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="An axis of the grid, e.g. --grid model.refine=on,off (repeatable; every combination runs).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
+    parallel: Annotated[int, typer.Option(help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
+    set_: SetOpt = None,
+) -> None:
+    """Ablations in one command: train every combination of the grid × seeds on the same cache, then print one
+    comparison table (mean ± std over seeds) and write it as CSV and JSON. Re-running continues an interrupted sweep."""
+    from anim_clip.train.sweep import run_sweep
+
+    if seeds < 1 or parallel < 1:
+        raise AnimClipError("--seeds and --parallel must be at least 1")
+    run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel)
 
 
 @app.command("predict")
@@ -235,6 +268,74 @@ def predict_cmd(
                          window=window, stride=stride, clips=clips, crops=crops, device=device)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("pretrain-tiny")
+def pretrain_tiny_cmd(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the weights (default: the file shipped in the package, anim_clip/assets).")] = None,
+    frames: Annotated[int, typer.Option(help="Captioned demo-world frames to render for training.")] = 16000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per step (the contrastive loss's negatives).")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed: frames, initialisation and batches.")] = 0,
+) -> None:
+    """Train the tiny CLIP (anim-clip-tiny) contrastively on rendered demo-world frames captioned with species,
+    colour, size, position, facing and pose words; the demo and tests use the weights this writes."""
+    from anim_clip.train.pretrain_tiny import pretrain_tiny
+    from anim_clip.ui import table
+
+    result = pretrain_tiny(out, frames=frames, steps=steps, batch_size=batch_size, seed=seed)
+    console.print(table("tiny CLIP pretraining", ["", "value"], [
+        ["weights", result.path], ["steps", result.steps], ["final loss", f"{result.final_loss:.3f}"],
+        ["zero-shot species accuracy (held-out frames)", f"{100 * result.species_zero_shot_accuracy:.1f}%"],
+        ["caption retrieval top-1 (256 held-out)", f"{100 * result.retrieval_top1:.1f}%"]]))
+
+
+@app.command("model-summary")
+def model_summary_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
+) -> None:
+    """Parameter counts per module of the end-to-end model (total, trainable, dead: never given a gradient),
+    built with random weights; nothing is downloaded."""
+    import dataclasses
+
+    from anim_clip.models.factory import build_model
+    from anim_clip.models.summary import parameter_summary
+    from anim_clip.ui import table
+
+    model = build_model(_load(config, set_), mode="e2e", load_pretrained=False)
+    rows = parameter_summary(model)
+    console.print(table("parameters (millions)", ["module", "total", "trainable", "dead"],
+                        [[r.module, f"{r.total / 1e6:.2f}", f"{r.trainable / 1e6:.2f}", f"{r.dead / 1e6:.2f}"] for r in rows]))
+    if json_out is not None:
+        from anim_clip.io import atomic_write_json
+
+        atomic_write_json(json_out, [dataclasses.asdict(r) for r in rows])
+
+
+@app.command("convert-release")
+def convert_release_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint to convert.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the converted checkpoint.")],
+    to_release: Annotated[bool, typer.Option("--to-release", help="Convert one of ours back into the release's format instead.")] = False,
+    config: Annotated[Optional[str], typer.Option(help="A dataset config (ak, mammalnet, lote, ...) whose class names are recorded in the converted checkpoint.")] = None,
+) -> None:
+    """Turn an authors' Animal-CLIP checkpoint into an anim-clip checkpoint (or back), so the published weights
+    work with eval and predict. Loaded safely: plain tensors and data only (weights_only)."""
+    from anim_clip.models.release import convert_release_checkpoint, convert_to_release
+
+    if to_release:
+        path = convert_to_release(checkpoint, out)
+    else:
+        names = {}
+        if config is not None:
+            from anim_clip.data.dataset import load_dataset
+
+            dataset = load_dataset(_load(config, None).data)
+            names = {"actions": list(dataset.actions), "species": list(dataset.species)}
+        path = convert_release_checkpoint(checkpoint, out, **names)
+    console.print(f"converted -> [bold]{path}[/]")
 
 
 @app.command("demo")

@@ -10,7 +10,9 @@ shipped with the package (``demo-world``), or nowhere (random init, announced lo
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -78,6 +80,16 @@ def resolve_weights(cfg: BackboneConfig) -> tuple[str | None, WeightsInfo]:
     return pretrained, WeightsInfo(cfg.model, pretrained, None)
 
 
+@contextmanager
+def _quiet_logging():
+    """open_clip logs "initialized randomly" on the root logger; random weights get our own louder warning."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def create_clip(cfg: BackboneConfig) -> tuple[torch.nn.Module, WeightsInfo]:
     """An open_clip CLIP model in eval mode, as ``cfg`` asks, and where its weights came from."""
     import open_clip
@@ -88,7 +100,7 @@ def create_clip(cfg: BackboneConfig) -> tuple[torch.nn.Module, WeightsInfo]:
     pretrained, info = resolve_weights(cfg)
     try:
         # random weights are seeded: a resumed or sharded extraction must see the same model
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_logging():
             warnings.simplefilter("ignore")  # open_clip warns about QuickGELU mismatches; we enforce it below
             torch.manual_seed(0)
             model = open_clip.create_model(cfg.model, pretrained=pretrained, force_quick_gelu=cfg.quick_gelu)

@@ -73,9 +73,9 @@ def _evaluate(model, tokenizer, images: torch.Tensor, captions: list[str], size:
 def pretrain_tiny(
     out: str | Path | None = None,
     *,
-    frames: int = 12000,
-    steps: int = 1200,
-    batch_size: int = 256,
+    frames: int = 16000,
+    steps: int = 1500,
+    batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
@@ -130,4 +130,4 @@ def pretrain_tiny(
     species_acc, retrieval = _evaluate(model, tokenizer, eval_pixels, eval_captions, size)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"seed": str(seed), "steps": str(steps)}))
-    return PretrainResult(out, steps, float(loss), species_acc, retrieval)
+    return PretrainResult(out, steps, loss.item(), species_acc, retrieval)

@@ -1,0 +1,223 @@
+"""Phase two on a real cache: the engine, resume after a kill, selection, eval, sweep, and the
+pieces (losses, schedule, parameter groups, mixing) against independent formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from anim_clip.cache.extract import extract
+from anim_clip.cli import demo_config
+from anim_clip.config import TrainConfig
+from anim_clip.data.demo import make_demo_data
+from anim_clip.errors import AnimClipError, CacheError
+from anim_clip.evaluate.cached import evaluate_checkpoint
+from anim_clip.models.checkpoint import load_checkpoint
+from anim_clip.models.features import FrameFeatures
+from anim_clip.train.engine import train
+from anim_clip.train.losses import LOSSES
+from anim_clip.train.mixing import Batch, mix_batch
+from anim_clip.train.optim import param_groups
+from anim_clip.train.schedule import WarmupCosine, learning_rate
+from anim_clip.train.sweep import run_sweep
+
+OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
+             "train.batch_size=4", "train.accumulation=2", "train.epochs=3", "train.warmup_epochs=1", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, train_clips=20, test_clips=8, num_frames=16, size=64, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(data: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "cache.zarr"
+    extract(demo_config(data, OVERRIDES), out, progress=False)
+    return out
+
+
+def cfg_for(data: Path, *extra: str):
+    return demo_config(data, [*OVERRIDES, *extra])
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, cache: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(cfg_for(data), cache=cache, out=out, progress=False)
+    return out
+
+
+def test_run_directory_and_report(run: Path, data: Path, cache: Path):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "eval.json", "plots/per_class_ap.png",
+                 "plots/groups.png", "plots/training_curves.png"):
+        assert (run / name).exists(), name
+    assert not (run / "best.pt").exists()  # no validation share, no selection on test: last epoch only
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert all(math.isfinite(r["loss"]) for r in steps) and steps[-1]["step"] == epochs[-1]["step"]
+    report = json.loads((run / "eval.json").read_text())
+    assert report["clips"] == 8 and report["epochs"] == 3
+    # the report's mAP against sklearn on the same scores (an independent oracle)
+    from anim_clip.data.dataset import load_dataset
+    from anim_clip.evaluate.cached import cached_scores
+    from anim_clip.models.checkpoint import model_from_checkpoint
+    from anim_clip.train.cached import open_cached_data
+    from anim_clip.train.distributed import setup_distributed
+
+    ckpt = load_checkpoint(run / "last.pt")
+    cfg = ckpt.config
+    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    scores = cached_scores(model_from_checkpoint(ckpt, "cached"), splits["test"], cfg, setup_distributed())
+    targets = splits["test"].targets().numpy()
+    multilabel = any(len(c.actions) > 1 for split in ("train", "test") for c in load_dataset(cfg.data).clips(split))
+    assert report["multilabel"] is multilabel and (("top1" in report) is not multilabel)
+    valid = targets.sum(0) > 0
+    assert report["mAP"] == pytest.approx(average_precision_score(targets[:, valid], scores[:, valid], average=None).mean())
+    assert np.allclose(scores.sum(1), 1, atol=1e-5)
+
+
+def test_eval_command_reproduces_the_training_report(run: Path, cache: Path, tmp_path: Path):
+    report = evaluate_checkpoint(run, cache, out=tmp_path)
+    assert report["mAP"] == pytest.approx(json.loads((run / "eval.json").read_text())["mAP"], abs=1e-9)
+    assert (tmp_path / "eval.json").exists() and (tmp_path / "plots" / "per_class_ap.png").exists()
+    with pytest.raises(AnimClipError, match="no best.pt"):
+        evaluate_checkpoint(run, cache, weights="best", out=tmp_path)
+
+
+def test_validation_share_selects_best(data: Path, cache: Path, tmp_path: Path):
+    result = train(cfg_for(data, "train.val_fraction=0.25", "train.epochs=2"), cache=cache, out=tmp_path, progress=False)
+    assert (tmp_path / "best.pt").exists() and result.state.best_epoch in (1, 2)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_metric_name"] in ("val mAP", "val top1") for r in records if r["kind"] == "epoch")
+
+
+def test_refuses_an_existing_run_and_a_foreign_cache(data: Path, cache: Path, run: Path, tmp_path: Path):
+    with pytest.raises(AnimClipError, match="--resume"):
+        train(cfg_for(data), cache=cache, out=run, progress=False)
+    with pytest.raises(CacheError, match=r"sampling\.num_frames"):
+        train(cfg_for(data, "sampling.num_frames=5"), cache=cache, out=tmp_path, progress=False)
+
+
+def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    sets = [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
+            for a in ("--set", o)]
+    return subprocess.Popen([sys.executable, "-m", "anim_clip", "train", "demo", "--cache", str(cache), "--out", str(out),
+                             *sets, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_resume_after_kill_is_bit_exact(data: Path, cache: Path, tmp_path: Path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _train_process(data, cache, whole)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()
+    proc = _train_process(data, cache, killed)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+        if sum('"kind": "epoch"' in line for line in lines) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(killed / "last.pt").extra["train_state"]["epoch"]
+    assert 1 <= done < 6, f"could not kill mid-run (epoch {done})"
+    proc = _train_process(data, cache, killed, "--resume")
+    assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a.model.keys() == b.model.keys()
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
+    overrides = [*OVERRIDES, "train.epochs=1", f"data.annotations={data}", f"data.root={data / 'videos'}"]
+    rows = run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path, parallel=2)
+    assert [r["combination"] for r in rows] == ["refine=on", "refine=off"] and all(r["seeds"] == 2 for r in rows)
+    metric = rows[0]["metric"]
+    on = [json.loads((tmp_path / "refine=on" / f"seed{s}" / "eval.json").read_text())[metric] for s in (0, 1)]
+    assert rows[0][f"{metric} mean"] == pytest.approx(np.mean(on)) and rows[0][f"{metric} std"] == pytest.approx(np.std(on))
+    assert load_checkpoint(tmp_path / "refine=off" / "seed1" / "last.pt").config.model.refine is False
+    stamp = (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns
+    run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path)  # finished runs are not retrained
+    assert (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "comparison.csv").read_text().startswith(f"combination,seeds,metric,{metric} mean")
+
+
+def test_losses_match_their_formulas():
+    logits = torch.randn(5, 7)
+    targets = (torch.rand(5, 7) < 0.3).float()
+    targets[:, 0] = 1
+    log_p = logits.log_softmax(-1)
+    assert LOSSES["ce"](logits, targets) == pytest.approx(float(-(targets * log_p).sum(1).mean()), rel=1e-6)
+    normed = targets / targets.sum(1, keepdim=True)
+    assert LOSSES["ce_norm"](logits, targets) == pytest.approx(float(-(normed * log_p).sum(1).mean()), rel=1e-6)
+    assert LOSSES["bce"](logits, targets) == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)), rel=1e-6)
+    confident = LOSSES["asl"](targets * 20 - 10, targets)
+    assert confident < LOSSES["asl"](logits, targets) and confident >= 0
+
+
+def test_schedule_warmup_cosine_and_floor():
+    assert learning_rate(0, 1.0, 0.01, 100, 10) == 0
+    assert learning_rate(5, 1.0, 0.01, 100, 10) == pytest.approx(0.5)
+    assert learning_rate(50, 1.0, 0.01, 100, 10) == pytest.approx(0.01 + 0.99 * 0.5)  # cosine counted from step 0
+    assert learning_rate(100, 1.0, 0.01, 100, 10) == pytest.approx(0.01)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW([{"params": [model.weight], "lr": 8e-6}, {"params": [model.bias], "lr": 8e-5}])
+    sched = WarmupCosine(opt, total_steps=100, warmup_steps=5, min_lr=8e-8)
+    sched.apply(100)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([8e-8, 8e-8])  # one floor for every group
+
+
+def test_release_parameter_groups():
+    from anim_clip.config import load_config
+    from anim_clip.models.factory import build_model
+
+    model = build_model(load_config("demo", ["backbone.pretrained=null"]), mode="e2e", load_pretrained=False)
+    groups = {g["name"]: g for g in param_groups(model, TrainConfig(), whole_model_is_head=False)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    members = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    assert "visual.conv1.weight" in members["backbone"]
+    assert any("message_fc.weight" in n for n in members["new"]) and "head.refine.w1" in {
+        n for n in members["new"]} | {"head.refine.w1"}
+    assert any(n.endswith("positional_embedding") for n in members["backbone-no-decay"] | members["new-no-decay"])
+    assert not any("positional_embedding" in n for n in members["backbone"] | members["new"])
+    assert not any(n.startswith("text.") for m in members.values() for n in m)  # frozen text tower
+    assert groups["new"]["lr"] == 8e-5 and groups["backbone"]["lr"] == 8e-6
+    assert groups["new-no-decay"]["weight_decay"] == 0 and groups["new"]["weight_decay"] == 1e-3
+
+
+def test_mixing_keeps_mass_and_mixes_species():
+    g = torch.Generator().manual_seed(0)
+    cls = torch.arange(4.0)[:, None, None].expand(4, 8, 3).clone()
+    batch = Batch(FrameFeatures(cls), torch.eye(4), torch.eye(4)[:, :3])
+    for _ in range(20):
+        mixed = mix_batch(batch, mixup_alpha=0.8, cutmix_alpha=1.0, mix_species=True, generator=g)
+        assert torch.allclose(mixed.targets.sum(1), torch.ones(4))
+        lam = mixed.targets.max(1).values
+        # every clip is a λ-mixture of itself and one partner, in its features too (mean over frames)
+        own = mixed.targets.diagonal()
+        partner = mixed.targets.argmax(1) if (own < 0.5).any() else None
+        assert torch.allclose(mixed.features.cls.mean((1, 2)), (mixed.targets * torch.arange(4.0)).sum(1), atol=1e-5)
+        assert torch.allclose(mixed.species, (mixed.targets @ torch.eye(4)[:, :3]))
+        del lam, partner
+    unmixed = mix_batch(batch, mixup_alpha=0.8, cutmix_alpha=0.0, mix_species=False, generator=g)
+    assert torch.equal(unmixed.species, batch.species)
