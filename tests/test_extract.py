@@ -18,7 +18,7 @@ from anim_clip.cache import store
 from anim_clip.cache.extract import extract, plan_views
 from anim_clip.cache.inspect import verify_cache
 from anim_clip.cache.store import FeatureCache
-from anim_clip.cli import demo_config
+from anim_clip.demo import demo_config
 from anim_clip.config import BackboneConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.transforms import normalization_stats, render_views

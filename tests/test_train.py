@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from anim_clip.cache.extract import extract
-from anim_clip.cli import demo_config
+from anim_clip.demo import demo_config
 from anim_clip.config import TrainConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError, CacheError
