@@ -33,12 +33,6 @@ def _load(config: str, overrides: list[str] | None):
     return load_config(config, overrides or [])
 
 
-def demo_config(data_dir: Path, overrides: list[str] | None = None):
-    from anim_clip.demo import demo_config as build  # TEMPORARY: helpers' tests still import it from here
-
-    return build(data_dir, overrides)
-
-
 @app.command("make-demo-data")
 def make_demo_data_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into (created; reused when complete).")],

@@ -34,7 +34,7 @@ from anim_clip.analysis.store import (
     space_dir,
 )
 from anim_clip.cache.extract import extract
-from anim_clip.cli import demo_config
+from anim_clip.demo import demo_config
 from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError

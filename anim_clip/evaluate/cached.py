@@ -91,6 +91,13 @@ def resolve_checkpoint(path: str | Path, weights: str) -> Path:
     return path
 
 
+def eval_dir(file: Path, out: str | Path | None) -> RunDir:
+    """Where a checkpoint's evaluation goes: ``out``, else its run directory, else ``eval-<name>`` beside it."""
+    run = RunDir(out if out is not None else (file.parent if (file.parent / "metrics.jsonl").exists() else file.parent / f"eval-{file.stem}"))
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
 def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "test", weights: str = "last",
                         out: str | Path | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """``anim-clip eval``: a trained head on a cached split; table, eval JSON and plots."""
@@ -114,8 +121,7 @@ def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "te
     ctx = eval_context(dataset, cfg)
     report = evaluate_split(head, data[split], cfg, ctx, dist)
     report.update(checkpoint=str(file), split=split)
-    run = RunDir(out if out is not None else (file.parent if (file.parent / "metrics.jsonl").exists() else file.parent / f"eval-{file.stem}"))
-    run.path.mkdir(parents=True, exist_ok=True)
+    run = eval_dir(file, out)
     if dist.is_main:
         report["plots"] = [str(p) for p in write_report(report, ctx, run, f"{cfg.data.name} {split}, {file.name}")]
     return report

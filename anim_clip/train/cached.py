@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from anim_clip.cache.extract import cache_signature
-from anim_clip.cache.store import CachedSplit, FeatureCache, check_compatible
+from anim_clip.cache.store import CachedSplit, FeatureCache, TextFeatures, check_compatible
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
@@ -19,6 +19,7 @@ from anim_clip.models.backbone import resolve_weights
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.text import pool_text
 from anim_clip.train.mixing import Batch
+from anim_clip.train.plan import EpochPlan, hold_out
 
 # Fields that change what the features mean; views and patches may differ between runs.
 MATCHING = ("dataset", "backbone.model", "backbone.weights", "backbone.quick_gelu", "sampling.num_frames",
@@ -40,14 +41,19 @@ def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
                             "extract with --set backbone.patches=fp16")
 
 
-def class_text(cache: FeatureCache, kind: str, use_descriptions: bool, pooling: str) -> torch.Tensor:
+def pooled_text(text: TextFeatures, use_descriptions: bool, pooling: str) -> torch.Tensor:
     """``(classes, D)`` raw text embeddings: the names, or the pooled descriptions (METHOD.md §2.4)."""
-    text = cache.text(kind)
     if not use_descriptions:
         return text.name_embeddings
-    if not text.descriptions:
-        raise AnimClipError(f"cache {cache.path} holds no {kind} descriptions: extract with data.descriptions set")
     return pool_text(text.description_embeddings, text.owner, len(text.names), pooling)
+
+
+def class_text(cache: FeatureCache, kind: str, use_descriptions: bool, pooling: str) -> torch.Tensor:
+    """:func:`pooled_text` of the cache's ``kind`` texts, refusing a cache extracted without descriptions."""
+    text = cache.text(kind)
+    if use_descriptions and not text.descriptions:
+        raise AnimClipError(f"cache {cache.path} holds no {kind} descriptions: extract with data.descriptions set")
+    return pooled_text(text, use_descriptions, pooling)
 
 
 class CachedSplitData:
@@ -67,6 +73,12 @@ class CachedSplitData:
 
     def species(self) -> torch.Tensor:
         return self.split.species[self.indices].float()
+
+    def epoch_batches(self, plan: EpochPlan, generator: torch.Generator) -> Iterator[Batch]:
+        """This rank's batches of an epoch: a random clip order, and one random cached view per clip."""
+        order = self.indices[torch.randperm(len(self.indices), generator=generator).to(self.indices.device)]
+        views = torch.randint(self.num_views, (len(order),), generator=generator).to(order.device)
+        return self.batches(list(zip(plan.slices(order), plan.slices(views))))
 
     def batches(self, plan: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Batch]:
         """Batches for ``(rows, views)`` pairs, in order; patches read ahead when needed."""
@@ -94,12 +106,9 @@ def open_cached_data(cfg: Config, cache_path: str | Path, dataset: Dataset, devi
     train = cache.split("train", device)
     rows = usable_rows(train, {c.path for c in dataset.clips("train")})
     out = {}
-    if cfg.train.val_fraction > 0:
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        perm = rows[torch.randperm(len(rows), generator=g).to(rows.device)]
-        n_val = max(1, round(cfg.train.val_fraction * len(rows)))
-        out["val"] = CachedSplitData(train, perm[:n_val].sort().values, needs_patches)
-        rows = perm[n_val:].sort().values
+    rows, val_rows = hold_out(rows, cfg.train.val_fraction, cfg.train.seed)
+    if val_rows is not None:
+        out["val"] = CachedSplitData(train, val_rows, needs_patches)
     out["train"] = CachedSplitData(train, rows, needs_patches)
     test = cache.split("test", device)
     out["test"] = CachedSplitData(test, usable_rows(test, {c.path for c in dataset.clips("test")}), needs_patches)

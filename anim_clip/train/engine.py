@@ -1,41 +1,55 @@
-"""One training engine: a readable loop for one device or many (torchrun), resumable bit-exactly.
+"""One training engine for both modes: a readable loop for one device or many (torchrun),
+resumable bit-exactly.
 
-Every epoch's randomness (clip order, view choice, mixup) comes from a generator seeded by
-(seed, epoch), and ``last.pt`` is written at every epoch end with the optimiser state, so a run
-killed at any moment and continued with ``--resume`` computes exactly what an uninterrupted run
-computes. Model selection (``best.pt``) uses a validation share of the training clips, never
-the test split unless asked; the final report is the last epoch's (the release's protocol).
+``train.mode=cached`` trains the head on a feature cache; ``train.mode=e2e`` fine-tunes the
+cross-frame ViT with the head on raw videos (METHOD.md §4.5–§4.7, §6). The modes differ only in
+what they hand the loop (:class:`Mode`): the model to train and save, a source of batches (cached
+features, or augmented pixels) and an evaluation; the loop, the optimiser groups, the schedule,
+mixing, accumulation, DDP, checkpoints and the report are shared.
+
+Every epoch's randomness (clip order, view choice, augmentation, mixup) comes from seeds of
+(seed, epoch[, clip]), and ``last.pt`` is written at every epoch end with the optimiser state, so a
+run killed at any moment and continued with ``--resume`` computes what an uninterrupted run
+computes. Model selection (``best.pt``) uses a validation share of the training clips, never the
+test split unless asked; the final report is the last epoch's (the release's protocol).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from anim_clip.cache.extract import encode_class_texts
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.errors import AnimClipError
-from anim_clip.evaluate.cached import autocast, eval_context, evaluate_split, write_report
-from anim_clip.evaluate.report import primary_metric
+from anim_clip.evaluate.cached import autocast, eval_context, evaluate_split, resolve_checkpoint, write_report
+from anim_clip.evaluate.report import EvalContext, primary_metric
+from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split, with_views
+from anim_clip.models.animal_clip import AnimalCLIP
 from anim_clip.models.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from anim_clip.models.factory import build_head
+from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.train.cached import CachedSplitData, class_text, open_cached_data
+from anim_clip.predict import CrossFrameTower
+from anim_clip.train.cached import class_text, open_cached_data, pooled_text
 from anim_clip.train.distributed import Distributed, setup_distributed
-from anim_clip.train.losses import LOSSES
-from anim_clip.train.mixing import mix_batch
+from anim_clip.train.losses import LOSSES, Loss
+from anim_clip.train.mixing import Batch, mix_batch
 from anim_clip.train.optim import make_optimizer
+from anim_clip.train.plan import EpochPlan
 from anim_clip.train.rundir import RunDir
 from anim_clip.train.schedule import WarmupCosine
+from anim_clip.train.videos import VideoTrainData
 from anim_clip.ui import console, progress_bar
 
 
@@ -52,7 +66,24 @@ class TrainResult:
     run_dir: Path
     report: dict[str, Any]
     state: TrainState
+    model: nn.Module  # the trained head (cached mode) or end-to-end model, last epoch
     plots: list[Path] = field(default_factory=list)
+
+
+class TrainData(Protocol):
+    indices: torch.Tensor  # (N,) the clips an epoch draws from
+
+    def epoch_batches(self, plan: EpochPlan, generator: torch.Generator) -> Iterator[Batch]: ...
+
+
+@dataclass
+class Mode:
+    """What a training mode hands the loop."""
+
+    model: AnimalCLIPHead | AnimalCLIP  # trained, and saved as the checkpoint
+    data: TrainData
+    evaluate: Callable[[str], dict[str, Any]]  # "val" / "test" -> evaluation report
+    splits: tuple[str, ...]  # evaluation splits there are
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -60,7 +91,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def vocabulary(cfg: Config, cache, dataset: Dataset) -> dict[str, torch.Tensor]:
-    """The head's constants: pooled text embeddings of actions and species, and the graph."""
+    """The head's constants from a cache: pooled text embeddings of actions and species, and the graph."""
     names = cache.text("actions").names
     if names != list(dataset.actions):
         raise AnimClipError(f"cache {cache.path} was built for other action names than data.labels gives")
@@ -71,6 +102,43 @@ def vocabulary(cfg: Config, cache, dataset: Dataset) -> dict[str, torch.Tensor]:
     }
 
 
+def e2e_model(cfg: Config, dataset: Dataset, device: torch.device = torch.device("cpu")) -> AnimalCLIP:
+    """The end-to-end model on ``cfg.backbone`` (fresh message tokens) on ``device``, its vocabulary
+    encoded there by its own frozen text tower."""
+    model = end_to_end(build_head(cfg), cfg.backbone).to(device)
+    texts = encode_class_texts(model.text, cfg, dataset)  # inference tensors: cloned to enter autograd
+    model.head.set_vocabulary(
+        pooled_text(texts["actions"], cfg.data.descriptions is not None, cfg.model.pooling).clone(),
+        pooled_text(texts["species"], cfg.data.species_descriptions is not None, cfg.model.pooling).clone(),
+        torch.from_numpy(dataset.graph(cfg.data.graph).adjacency()),
+    )
+    return model
+
+
+def load_initial_head(head: AnimalCLIPHead, source: str | Path, cfg: Config, dataset: Dataset) -> Path:
+    """Warm start (``--init-head``): the head of a cached-mode run (its ``last.pt``) or checkpoint file."""
+    file = resolve_checkpoint(source, "last")
+    ckpt = load_checkpoint(file)
+    trained_on = ckpt.config.backbone.model
+    if trained_on != cfg.backbone.model:
+        raise AnimClipError(f"--init-head {file}: its head was trained on {trained_on} features; this run "
+                            f"fine-tunes {cfg.backbone.model}")
+    vocab = ckpt.vocab or {}
+    if vocab.get("actions") != list(dataset.actions) or vocab.get("species") != list(dataset.species):
+        raise AnimClipError(f"--init-head {file}: trained on other actions or species than this run's data")
+    load_state_strict(head, ckpt.head_state(), file)
+    return file
+
+
+def freeze_dead_parameters(model: nn.Module) -> None:
+    """Parameters that can never receive a gradient (METHOD.md D16) stay out of AdamW, and DDP then
+    need not search every step for parameters the loss did not use."""
+    for module in model.modules():
+        if hasattr(module, "dead_parameters"):
+            for param in module.dead_parameters():
+                param.requires_grad_(False)
+
+
 def _set_deterministic(cfg: Config) -> None:
     torch.manual_seed(cfg.train.seed)
     if cfg.train.deterministic:
@@ -78,11 +146,42 @@ def _set_deterministic(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def train(cfg: Config, *, cache: str | Path, out: str | Path, resume: bool = False, select_on_test: bool = False,
-          progress: bool = True, device: torch.device | None = None) -> TrainResult:
-    """Train the Animal-CLIP head on a feature cache (``train.mode=cached``)."""
-    if cfg.train.mode != "cached":
-        raise AnimClipError("train.mode=e2e trains on raw videos: use `anim-clip train --mode e2e`")
+def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalContext, dist: Distributed) -> Mode:
+    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt)
+    head = build_head(cfg, **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
+    return Mode(head, data["train"], lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
+                tuple(s for s in data if s != "train"))
+
+
+def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed, init_head: str | Path | None) -> Mode:
+    model = e2e_model(cfg, dataset, dist.device)
+    if init_head is not None:
+        file = load_initial_head(model.head, init_head, cfg, dataset)
+        if dist.is_main:
+            console.print(f"warm start: the head of {file}")
+    model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+    tower = CrossFrameTower(model, cfg.sampling.num_frames, model.head.video_specific_prompt is not None)
+    split_cfg = {"val": with_views(cfg, 1, 1), "test": cfg}  # per-epoch selection on 1 x 1 views, as the release
+
+    def evaluate(split: str) -> dict[str, Any]:
+        return evaluate_videos(model.head, tower, video_split(dataset, split, cfg), split_cfg[split], ctx, dist)
+
+    data = VideoTrainData(dataset, "train", split_rows(dataset, "train", cfg)[1], cfg, dist.device)
+    return Mode(model, data, evaluate, ("val", "test") if cfg.train.val_fraction > 0 else ("test",))
+
+
+def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
+          select_on_test: bool = False, progress: bool = True, device: torch.device | None = None,
+          init_head: str | Path | None = None) -> TrainResult:
+    """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached), or the
+    whole model on the raw videos of ``cfg.data`` (e2e, optionally warm-started from the head of a
+    cached run, ``init_head``; a resumed run takes its head from its own ``last.pt`` instead)."""
+    if cfg.train.mode == "cached" and cache is None:
+        raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
+    if cfg.train.mode == "e2e" and cache is not None:
+        raise AnimClipError("e2e mode trains on the raw videos of data.root; drop --cache")
+    if cfg.train.mode == "cached" and init_head is not None:
+        raise AnimClipError("--init-head warm-starts end-to-end training (--mode e2e) from a cached run's head")
     dist = setup_distributed(device)
     run = RunDir(out)
     if dist.is_main:
@@ -91,90 +190,110 @@ def train(cfg: Config, *, cache: str | Path, out: str | Path, resume: bool = Fal
     _set_deterministic(cfg)
     dataset = load_dataset(cfg.data)
     ctx = eval_context(dataset, cfg)
-    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt)
-    head = build_head(cfg, **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
-    optimizer = make_optimizer(head, cfg.train, whole_model_is_head=True)
+    if cfg.train.mode == "cached":
+        mode = _cached_mode(cfg, cache, dataset, ctx, dist)
+    else:
+        mode = _e2e_mode(cfg, dataset, ctx, dist, None if resume else init_head)
+    freeze_dead_parameters(mode.model)
+    optimizer = make_optimizer(mode.model, cfg.train, whole_model_is_head=cfg.train.mode == "cached")
     state = TrainState()
     if resume:
-        state = _restore(run, head, optimizer)
+        state = _restore(run, mode.model, optimizer)
         if dist.is_main:
             run.truncate_after(state.epoch)
             console.print(f"resuming {run.path} after epoch {state.epoch} (step {state.step})")
-    model: nn.Module = DistributedDataParallel(head) if dist.enabled else head
+    model: nn.Module = DistributedDataParallel(mode.model, broadcast_buffers=False) if dist.enabled else mode.model
 
-    train_data = data["train"]
     global_batch = cfg.train.batch_size * dist.world
-    batches_per_epoch = len(train_data.indices) // global_batch
+    batches_per_epoch = len(mode.data.indices) // global_batch
     if batches_per_epoch < cfg.train.accumulation:
-        raise AnimClipError(f"{len(train_data.indices)} training clips make {batches_per_epoch} batches of "
+        raise AnimClipError(f"{len(mode.data.indices)} training clips make {batches_per_epoch} batches of "
                             f"{global_batch}, fewer than train.accumulation={cfg.train.accumulation}: "
                             "lower train.batch_size")
     steps_per_epoch = batches_per_epoch // cfg.train.accumulation
     schedule = WarmupCosine(optimizer, cfg.train.epochs * steps_per_epoch,
                             round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.min_lr)
-    loss_fn = LOSSES[cfg.train.loss]
-    select = data.get("val") or (data["test"] if select_on_test else None)
-    if select is data.get("test") and select is not None and dist.is_main:
+    select = "val" if "val" in mode.splits else ("test" if select_on_test else None)
+    if select == "test" and dist.is_main:
         console.print("[yellow]selecting best.pt on the TEST split, as asked (--select-on-test)[/]")
+    vocab = {"actions": list(dataset.actions), "species": list(dataset.species)}
 
     for epoch in range(state.epoch, cfg.train.epochs):
-        _train_epoch(model, head, optimizer, schedule, loss_fn, train_data, cfg, dist, state, epoch, run, progress,
-                     steps_per_epoch)
-        record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": state.step}
+        plan = EpochPlan(epoch, steps_per_epoch * cfg.train.accumulation, global_batch, dist.rank, dist.world)
+        record = _train_epoch(model, mode, optimizer, schedule, LOSSES[cfg.train.loss], plan, cfg, dist, state,
+                              run, progress)
         if select is not None:
-            name, value = primary_metric(evaluate_split(head, select, cfg, ctx, dist))
-            record.update(val_metric=value, val_metric_name=f"{'val' if 'val' in data else 'test'} {name}")
+            name, value = primary_metric(mode.evaluate(select))
+            record.update(val_metric=value, val_metric_name=f"{select} {name}")
             if state.best is None or value > state.best:
                 state.best, state.best_epoch = value, epoch + 1
                 if dist.is_main:
-                    save_checkpoint(run.best, head, cfg, vocab=_vocab_names(dataset), extra={"epoch": epoch + 1})
+                    save_checkpoint(run.best, mode.model, cfg, vocab=vocab, extra={"epoch": epoch + 1})
         state.epoch = epoch + 1
         if dist.is_main:
             run.log(record)
-            save_checkpoint(run.last, head, cfg, vocab=_vocab_names(dataset),
+            console.print(_summary(record, cfg.train.epochs), highlight=False)
+            save_checkpoint(run.last, mode.model, cfg, vocab=vocab,
                             extra={"train_state": vars(state).copy(), "optimizer": optimizer.state_dict()})
         dist.barrier()
 
-    report = evaluate_split(head, data["test"], cfg, ctx, dist)
+    report = mode.evaluate("test")
     report.update(epochs=state.epoch, best_epoch=state.best_epoch, weights="last epoch")
     plots = write_report(report, ctx, run, f"{cfg.data.name} test, last epoch") if dist.is_main else []
-    return TrainResult(run.path, report, state, plots)
+    return TrainResult(run.path, report, state, mode.model, plots)
 
 
-def _vocab_names(dataset: Dataset) -> dict[str, list[str]]:
-    return {"actions": list(dataset.actions), "species": list(dataset.species)}
-
-
-def _restore(run: RunDir, head: AnimalCLIPHead, optimizer: torch.optim.Optimizer) -> TrainState:
+def _restore(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
     ckpt = load_checkpoint(run.last)
-    load_state_strict(head, ckpt.head_state(), run.last)
+    load_state_strict(model, ckpt.model, run.last)
     optimizer.load_state_dict(ckpt.extra["optimizer"])
     return TrainState(**ckpt.extra["train_state"])
 
 
-def _train_epoch(model: nn.Module, head: AnimalCLIPHead, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
-                 loss_fn, data: CachedSplitData, cfg: Config, dist: Distributed, state: TrainState, epoch: int,
-                 run: RunDir, progress: bool, steps_per_epoch: int) -> None:
+def _summary(record: dict[str, Any], epochs: int) -> str:
+    """The epoch's line: mean loss, throughput, skipped videos, selection metric."""
+    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, {record['clips_per_s']:.1f} clips/s"
+    if record["skipped_clips"]:
+        line += f", {record['skipped_clips']} clips skipped (videos that could not be decoded)"
+    if "val_metric" in record:
+        line += f", {record['val_metric_name']} {100 * record['val_metric']:.2f}"
+    return line
+
+
+def batch_loss(model: nn.Module, batch: Batch, loss_fn: Loss) -> torch.Tensor:
+    """The batch's loss over its valid clips; a batch without any still runs the model (DDP needs
+    every rank's backward) and contributes zero."""
+    logits = model(batch.features, batch.species).logits
+    if batch.valid is None:
+        return loss_fn(logits, batch.targets)
+    if not batch.valid.any():
+        return logits.sum() * 0
+    return loss_fn(logits[batch.valid], batch.targets[batch.valid])
+
+
+def _train_epoch(model: nn.Module, mode: Mode, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
+                 loss_fn: Loss, plan: EpochPlan, cfg: Config, dist: Distributed, state: TrainState, run: RunDir,
+                 progress: bool) -> dict[str, Any]:
+    """One epoch; returns its record (mean loss and skipped clips over all ranks, clips/s)."""
     tc = cfg.train
-    generator = epoch_generator(tc.seed, epoch)
-    global_batch = tc.batch_size * dist.world
-    order = data.indices[torch.randperm(len(data.indices), generator=generator).to(data.indices.device)]
-    views = torch.randint(data.num_views, (len(order),), generator=generator).to(order.device)
-    batches = steps_per_epoch * tc.accumulation
-    plan = [(order[b * global_batch:(b + 1) * global_batch][dist.rank :: dist.world],
-             views[b * global_batch:(b + 1) * global_batch][dist.rank :: dist.world]) for b in range(batches)]
+    generator = epoch_generator(tc.seed, plan.epoch)
+    steps_per_epoch = plan.batches // tc.accumulation
+    trained = [p for p in mode.model.parameters() if p.requires_grad]
     model.train()
     losses: list[float] = []
-    started, clips = time.perf_counter(), 0
+    started, clips, skipped = time.perf_counter(), 0, 0
     with progress_bar("steps", disable=not (progress and dist.is_main)) as bar:
-        task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch)
-        for b, batch in enumerate(data.batches(plan)):
+        task = bar.add_task(f"epoch {plan.epoch + 1}/{tc.epochs}", total=steps_per_epoch)
+        for b, batch in enumerate(mode.data.epoch_batches(plan, generator)):
+            for reason in batch.skipped:
+                console.print(f"[bold red]error:[/] {reason}; clip skipped", soft_wrap=True, highlight=False)
+            skipped += len(batch.skipped)
             batch = mix_batch(batch, mixup_alpha=tc.mixup_alpha, cutmix_alpha=tc.cutmix_alpha,
                               mix_species=tc.mix_species, generator=generator)
             last_micro = (b + 1) % tc.accumulation == 0
             sync = model.no_sync() if dist.enabled and not last_micro else nullcontext()
             with sync, autocast(cfg, dist.device):
-                loss = loss_fn(model(batch.features, batch.species).logits, batch.targets)
+                loss = batch_loss(model, batch, loss_fn)
                 (loss / tc.accumulation).backward()
             losses.append(loss.item())
             clips += len(batch.targets) * dist.world
@@ -182,15 +301,20 @@ def _train_epoch(model: nn.Module, head: AnimalCLIPHead, optimizer: torch.optim.
                 continue
             lr = schedule.apply(state.step)
             if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, tc.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             mean_loss = float(np.mean(losses[-tc.accumulation:]))
-            bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs} loss {mean_loss:.3f} lr {lr:.1e}")
+            bar.update(task, advance=1, description=f"epoch {plan.epoch + 1}/{tc.epochs} loss {mean_loss:.3f} lr {lr:.1e}")
             if not math.isfinite(mean_loss):
                 raise AnimClipError(f"training diverged at step {state.step} (loss {mean_loss}); lower train.head_lr")
             if dist.is_main and (state.step % tc.log_every == 0 or state.step % steps_per_epoch == 0):
                 elapsed = time.perf_counter() - started
-                run.log({"kind": "step", "epoch": epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr,
+                run.log({"kind": "step", "epoch": plan.epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr,
                          "clips_per_s": clips / elapsed if elapsed else 0.0})
+    elapsed = time.perf_counter() - started
+    totals = dist.all_gather_rows(torch.tensor([[float(np.sum(losses)), float(len(losses)), float(skipped)]],
+                                               device=dist.device, dtype=torch.float64)).sum(0).tolist()
+    return {"kind": "epoch", "epoch": plan.epoch + 1, "step": state.step, "loss": totals[0] / max(totals[1], 1),
+            "skipped_clips": int(totals[2]), "clips_per_s": clips / elapsed if elapsed else 0.0}

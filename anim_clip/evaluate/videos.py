@@ -1,0 +1,162 @@
+"""Evaluation on raw videos, the release's protocol: every clip's K temporal × 1 or 3 spatial test
+views (``sampling.test_clips`` × ``sampling.test_crops``, METHOD.md §4.4–4.5) through an image
+tower and the head, softmax per view averaged over views (§5). Used at the end of end-to-end
+training, for its per-epoch selection (1 × 1 views, as the release), and by ``anim-clip eval --videos``.
+
+DataLoader workers decode (every needed frame once per clip); the device renders and encodes
+about ``backbone.batch_frames`` frames per forward pass. Under torchrun each rank scores every
+world-th clip and the scores are gathered. A video that cannot be decoded is reported in one line
+and left out of the metrics (``skipped_videos`` in the report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from anim_clip.cache.extract import DecodedClip, FrameEncoder, decode_clip
+from anim_clip.config import Config
+from anim_clip.data.dataset import Dataset
+from anim_clip.errors import AnimClipError, VideoDecodeError
+from anim_clip.evaluate.report import EvalContext, evaluation_report
+from anim_clip.models.features import FrameFeatures
+from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.train.distributed import Distributed
+from anim_clip.train.plan import hold_out
+from anim_clip.train.videos import decoded_batches
+from anim_clip.ui import console
+
+SPLITS = ("test", "train", "val")
+
+
+@dataclass
+class VideoSplit:
+    """Clips to score: their files, targets ``(N, C)`` and species vectors ``(N, A)``."""
+
+    paths: list[Path]
+    targets: np.ndarray
+    species: np.ndarray
+
+
+def split_rows(dataset: Dataset, split: str, cfg: Config) -> tuple[str, Tensor]:
+    """The dataset split holding ``split`` and its clip rows: ``val`` is the share of train held
+    out by ``train.val_fraction`` (as in cached mode), ``train`` the rest."""
+    if split not in SPLITS:
+        raise AnimClipError(f"no split {split!r} to evaluate; choose one of {', '.join(SPLITS)}")
+    source = "test" if split == "test" else "train"
+    rows = torch.arange(len(dataset.clips(source)))
+    if source == "test":
+        return source, rows
+    train, val = hold_out(rows, cfg.train.val_fraction, cfg.train.seed)
+    if split == "val" and val is None:
+        raise AnimClipError("no val split: the run held out no training clips (train.val_fraction is 0)")
+    return source, train if split == "train" else val
+
+
+def video_split(dataset: Dataset, split: str, cfg: Config) -> VideoSplit:
+    source, rows = split_rows(dataset, split, cfg)
+    clips, index = dataset.clips(source), rows.numpy()
+    return VideoSplit([dataset.video_path(clips[i]) for i in index], dataset.targets(source)[index],
+                      dataset.species_vectors(source)[index])
+
+
+def with_views(cfg: Config, clips: int, crops: int) -> Config:
+    """``cfg`` with ``clips`` × ``crops`` test views (per-epoch selection uses 1 × 1, as the release)."""
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, test_clips=clips, test_crops=crops))
+
+
+def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedClip:
+    return decode_clip(paths[index], "test", index, cfg)  # any split but train plans the test views
+
+
+@torch.no_grad()
+def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config,
+                 dist: Distributed) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, C)`` scores (softmax or sigmoid per view, averaged over views) and ``(N,)`` whether
+    each video decoded (rows of failed ones are zero)."""
+    modes = head.training, tower.training
+    head.eval(), tower.eval()
+    encoder = FrameEncoder(tower, dist.device, cfg)
+    species = torch.from_numpy(videos.species).float()
+    rows: list[Tensor] = []
+    scores: list[Tensor] = []
+
+    def score(encoded: list[tuple[int, FrameFeatures]]) -> None:
+        if not encoded:
+            return
+        index = [i for i, _ in encoded]
+        views = encoded[0][1].cls.shape[0]
+        patches = [f.patches for _, f in encoded]
+        features = FrameFeatures(torch.cat([f.cls for _, f in encoded]), None if patches[0] is None else torch.cat(patches))
+        logits = head(features, species[index].to(dist.device).repeat_interleave(views, 0)).logits.float()
+        probs = logits.softmax(-1) if cfg.eval.scores == "softmax" else logits.sigmoid()
+        rows.append(torch.tensor(index, device=dist.device))
+        scores.append(probs.view(len(index), views, -1).mean(1))
+
+    mine = [[i] for i in range(dist.rank, len(videos.paths), dist.world)]
+    for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
+        for clip in clips:
+            if clip.error is not None:
+                console.print(f"[bold red]error:[/] {VideoDecodeError(videos.paths[clip.index], clip.error)}; "
+                              "left out of the evaluation", soft_wrap=True, highlight=False)
+                continue
+            encoder.add(clip)
+            if encoder.queued_frames >= encoder.batch_frames:
+                score(encoder.flush())
+    score(encoder.flush())
+    head.train(modes[0]), tower.train(modes[1])
+    num_classes = videos.targets.shape[1]
+    rows_t = dist.all_gather_rows(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dist.device))
+    scores_t = dist.all_gather_rows(torch.cat(scores) if scores else torch.zeros(0, num_classes, device=dist.device))
+    out = np.zeros((len(videos.paths), num_classes), dtype=np.float32)
+    decoded = np.zeros(len(videos.paths), dtype=bool)
+    out[rows_t.cpu().numpy()] = scores_t.cpu().numpy()
+    decoded[rows_t.cpu().numpy()] = True
+    return out, decoded
+
+
+def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, ctx: EvalContext,
+                    dist: Distributed) -> dict[str, Any]:
+    """The evaluation report of ``videos`` with ``cfg``'s test views."""
+    scores, decoded = video_scores(head, tower, videos, cfg, dist)
+    if not decoded.any():
+        raise AnimClipError(f"none of the {len(videos.paths)} videos to evaluate could be decoded (is data.root right?)")
+    report = evaluation_report(scores[decoded], videos.targets[decoded], videos.species[decoded], ctx, cfg.eval)
+    s = cfg.sampling
+    report.update(skipped_videos=int((~decoded).sum()), views=f"{s.test_clips} clips x {s.test_crops} crops")
+    return report
+
+
+def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weights: str = "last",
+                                  out: str | Path | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """``anim-clip eval --videos``: a checkpoint on the raw videos of its config's split. An
+    end-to-end checkpoint runs its own cross-frame tower; a head runs on the frozen backbone its
+    config names. Table, eval JSON and plots, as for a cache."""
+    from anim_clip.data.dataset import load_dataset
+    from anim_clip.evaluate.cached import eval_context, eval_dir, resolve_checkpoint, write_report
+    from anim_clip.models.checkpoint import load_checkpoint
+    from anim_clip.predict import _load_model
+    from anim_clip.train.distributed import setup_distributed
+
+    file = resolve_checkpoint(path, weights)
+    ckpt = load_checkpoint(file)
+    cfg = ckpt.config
+    dist = setup_distributed(device)
+    dataset = load_dataset(cfg.data)
+    videos = video_split(dataset, split, cfg)
+    head, tower, _ = _load_model(ckpt)
+    ctx = eval_context(dataset, cfg)
+    report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist)
+    report.update(checkpoint=str(file), split=split)
+    if dist.is_main:
+        run = eval_dir(file, out)
+        title = f"{cfg.data.name} {split} videos ({report['views']}), {file.name}"
+        report["plots"] = [str(p) for p in write_report(report, ctx, run, title)]
+    return report
