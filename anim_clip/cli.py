@@ -272,9 +272,9 @@ def predict_cmd(
 @app.command("pretrain-tiny")
 def pretrain_tiny_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the weights (default: the file shipped in the package, anim_clip/assets).")] = None,
-    frames: Annotated[int, typer.Option(help="Captioned demo-world frames to render for training.")] = 16000,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
-    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per step (the contrastive loss's negatives).")] = 128,
+    frames: Annotated[int, typer.Option(help="Captioned demo-world frames to render for training.")] = 12000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per step (the contrastive loss's negatives).")] = 192,
     seed: Annotated[int, typer.Option(help="Random seed: frames, initialisation and batches.")] = 0,
 ) -> None:
     """Train the tiny CLIP (anim-clip-tiny) contrastively on rendered demo-world frames captioned with species,

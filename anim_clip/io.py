@@ -16,6 +16,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anim_clip.data.demo import DemoSummary, make_demo_data, render_captioned_frames
-from anim_clip.data.demo_world import ACROSS, ACTIONS, SPECIES
+from anim_clip.data.demo_world import ACTIONS, SPECIES
 from anim_clip.errors import ConfigError
 
 PAIR = r"\('[^']+', '[^']+'\)"
@@ -203,20 +203,18 @@ def test_species_is_learnable_from_captioned_frames(captioned):
 
 def test_captions_describe_what_the_frame_shows(captioned):
     images, captions = captioned
-    words = re.compile(r"^a (small|medium|large) (\w+) ([a-z ]+) at the (top|upper|middle|lower|bottom) "
-                       r"(far left|left|centre|right|far right), facing (left|right|the viewer)(, [a-z -]+)*$")
-    agree = exact = 0
+    words = re.compile(r"^a (small|medium|large) (\w+) ([a-z ]+) at the (top|middle|bottom) (left|centre|right), "
+                       r"facing (left|right|the viewer)(, [a-z -]+)*$")
+    agree = 0
     for image, text in zip(images, captions):
         match = words.match(text)
         assert match, text
         species = next(s for s in SPECIES if s.name.lower() == match.group(3))
         assert match.group(2) in {name for name, _ in species.colours}
         ys, xs = np.nonzero(foreground(image))
-        band = int(5 * xs.mean() / image.shape[1]) if len(xs) else None
-        named = ACROSS.index(match.group(5))
-        agree += band is not None and abs(band - named) <= 1  # the centroid of the drawing vs the body's centre
-        exact += band == named
-    assert agree >= 0.95 * len(captions) and exact >= 0.6 * len(captions), (agree, exact)
+        third = ("left", "centre", "right")[min(2, int(3 * xs.mean() / image.shape[1]))] if len(xs) else None
+        agree += third == match.group(5)
+    assert agree >= 0.8 * len(captions)
     poses = " ".join(captions)
     for word in ("in mid-air", "wings up", "wings down", "legs extended", "facing the viewer", "tail bent"):
         assert word in poses

@@ -537,14 +537,8 @@ def render_clip(plan: ClipPlan, rng: np.random.Generator, size: int, num_frames:
 # Captions
 
 
-ACROSS = ("far left", "left", "centre", "right", "far right")
-DOWN = ("top", "upper", "middle", "lower", "bottom")
-
-
-def _band(v: float, words: tuple[str, ...]) -> str:
-    """The word for position ``v`` in [0, 1] on a scale cut into ``len(words)`` equal bands: fine
-    bands make the tiny CLIP encode where the animal is precisely enough to see how fast it moves."""
-    return words[min(len(words) - 1, max(0, int(v * len(words))))]
+def _third(v: float, words: tuple[str, str, str]) -> str:
+    return words[0] if v < 1 / 3 else words[2] if v > 2 / 3 else words[1]
 
 
 def _pose_words(species: Species, pose: Pose) -> list[str]:
@@ -573,9 +567,9 @@ def _pose_words(species: Species, pose: Pose) -> list[str]:
 
 
 def caption(app: Appearance, pose: Pose) -> str:
-    """E.g. 'a small green frog at the lower far left, facing right, in mid-air, legs extended'."""
+    """E.g. 'a small green frog at the bottom left, facing right, in mid-air, legs extended'."""
     size = "small" if app.length < 0.26 else "large" if app.length > 0.36 else "medium"
-    where = f"{_band(pose.y, DOWN)} {_band(pose.x, ACROSS)}"
+    where = f"{_third(pose.y, ('top', 'middle', 'bottom'))} {_third(pose.x, ('left', 'centre', 'right'))}"
     facing = "right" if pose.facing > 0.35 else "left" if pose.facing < -0.35 else "the viewer"
     parts = [f"a {size} {app.colour_name} {app.species.name.lower()} at the {where}", f"facing {facing}"]
     return ", ".join(parts + _pose_words(app.species, pose))

@@ -73,9 +73,9 @@ def _evaluate(model, tokenizer, images: torch.Tensor, captions: list[str], size:
 def pretrain_tiny(
     out: str | Path | None = None,
     *,
-    frames: int = 16000,
-    steps: int = 1500,
-    batch_size: int = 128,
+    frames: int = 12000,
+    steps: int = 500,
+    batch_size: int = 192,
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
