@@ -81,3 +81,19 @@ def test_inconsistency_counts_impossible_top5():
     assert inconsistency_rate(scores, species, can) == pytest.approx(8 / 10)
     both = np.array([[1, 1], [1, 1]])
     assert inconsistency_rate(scores[:2], both, can) == 0.0
+
+
+def test_report_on_unseen_species_alone():
+    from anim_clip.config import EvalConfig
+    from anim_clip.evaluate.report import EvalContext, evaluation_report
+
+    rng = np.random.default_rng(2)
+    scores, targets = rng.random((40, 5)), np.eye(5)[rng.integers(0, 5, 40)]
+    species = np.eye(3)[rng.integers(0, 3, 40)]
+    ctx = EvalContext(actions=list("abcde"), train_counts=np.full(5, 10), can_perform=np.ones((3, 5), bool),
+                      multilabel=False, unseen_species=(2,))
+    report = evaluation_report(scores, targets, species, ctx, EvalConfig())
+    mask = species[:, 2] > 0
+    assert report["unseen_species"]["clips"] == int(mask.sum())
+    assert report["unseen_species"]["top1"] == pytest.approx((scores[mask].argmax(1) == targets[mask].argmax(1)).mean())
+    assert "unseen_species" not in report["unseen_species"]

@@ -29,6 +29,7 @@ def eval_context(dataset: Dataset, cfg: Config) -> EvalContext:
         train_counts=dataset.targets("train").sum(0),
         can_perform=dataset.graph(cfg.data.graph).can_perform(),
         multilabel=bool((targets.sum(1) > 1).any()),
+        unseen_species=tuple(dataset.species.index(name) for name in cfg.data.unseen_species),
     )
 
 

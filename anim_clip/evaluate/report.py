@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ class EvalContext:
     train_counts: np.ndarray  # (C,) training clips per action
     can_perform: np.ndarray  # (A, C) bool
     multilabel: bool
+    unseen_species: tuple[int, ...] = ()  # species held out of training (data.unseen_species)
 
 
 def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
@@ -63,6 +64,12 @@ def evaluation_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarr
             out["group_top5"] = group_topk_accuracy(scores, labels, groups, 5)
     if cfg.inconsistency and species.shape[1]:
         out["inconsistent_top5"] = inconsistency_rate(scores, species, ctx.can_perform, k=5)
+    if ctx.unseen_species:
+        # the same metrics on the clips that show a species never seen in training
+        mask = species[:, list(ctx.unseen_species)].sum(1) > 0
+        if mask.any():
+            seen_ctx = replace(ctx, unseen_species=())
+            out["unseen_species"] = evaluation_report(scores[mask], targets[mask], species[mask], seen_ctx, cfg)
     return out
 
 
@@ -81,4 +88,8 @@ def report_table(report: dict[str, Any], title: str) -> Table:
         rows.append([f"{name} top-1", _pct(value)])
     if "inconsistent_top5" in report:
         rows.append(["top-5 actions the species cannot perform", _pct(report["inconsistent_top5"])])
+    if "unseen_species" in report:
+        unseen = report["unseen_species"]
+        key = "mAP" if unseen["multilabel"] else "top1"
+        rows.append([f"unseen species: {key} ({unseen['clips']} clips)", _pct(unseen[key])])
     return table(f"{title} ({report['clips']} clips, %)", ["metric", "value"], rows)
