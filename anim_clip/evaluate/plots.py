@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anim_clip.io import atomic_write  # noqa: E402
@@ -38,10 +39,8 @@ def per_class_ap_plot(report: dict[str, Any], train_counts: np.ndarray, path: Pa
     ax.set_ylabel("average precision")
     ax.set_ylim(0, 1)
     ax.set_title(f"per-class AP, classes by training frequency (mAP {100 * report['mAP']:.1f})")
-    for group, colour in GROUP_COLOURS.items():
-        ax.bar([], [], color=colour, label=group)
     if group_of:
-        ax.legend(loc="upper right")
+        ax.legend(handles=[Patch(color=c, label=g) for g, c in GROUP_COLOURS.items()], loc="upper right")
     return _save(fig, path)
 
 
