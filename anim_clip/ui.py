@@ -23,25 +23,27 @@ console = Console()
 
 
 class RateColumn(ProgressColumn):
-    """Items per second, e.g. ``12.3 clips/s``."""
+    """Items per second (or per minute, for slow work such as LLM calls), e.g. ``12.3 clips/s``."""
 
-    def __init__(self, unit: str):
+    def __init__(self, unit: str, per: str = "s"):
         super().__init__()
-        self.unit = unit
+        self.unit, self.per = unit, per
+        self.scale = {"s": 1, "min": 60}[per]
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("     ? " + self.unit + "/s" if speed is None else f"{speed:>6.1f} {self.unit}/s", style="cyan")
+        rate = "     ?" if speed is None else f"{speed * self.scale:>6.1f}"
+        return Text(f"{rate} {self.unit}/{self.per}", style="cyan")
 
 
-def progress_bar(unit: str = "clips", *extra: TextColumn, disable: bool = False) -> Progress:
-    """A bar with count, rate (``unit``/s) and ETA; ``extra`` columns show live figures."""
+def progress_bar(unit: str = "clips", *extra: TextColumn, per: str = "s", disable: bool = False) -> Progress:
+    """A bar with count, rate (``unit`` per second or minute) and ETA; ``extra`` columns show live figures."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
-        RateColumn(unit),
+        RateColumn(unit, per),
         *extra,
         TimeElapsedColumn(),
         TextColumn("ETA"),

@@ -16,16 +16,13 @@ from pathlib import Path
 
 import av
 import numpy as np
-from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn,
-)
-from rich.text import Text
 
 from anim_clip.data.demo_world import (
     ACTIONS, SEQUENCES, SPECIES, AnimalPlan, ClipPlan, clip_labels, render_captioned_frames, render_clip,
     sample_action, weighted_choice,
 )
 from anim_clip.errors import ConfigError
+from anim_clip.ui import progress_bar
 
 __all__ = ["DemoSummary", "make_demo_data", "render_captioned_frames", "write_mp4"]
 
@@ -154,11 +151,6 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         container.mux(stream.encode())
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} clips/s", style="progress.data.speed")
-
-
 def _clip_id(split: str, index: int) -> str:
     return f"{split}{index:05d}"
 
@@ -177,9 +169,8 @@ def _load_summary(out: Path, params: dict) -> DemoSummary | None:
 
 def _write_videos(out: Path, plans: dict[str, list[ClipPlan]], seed: int, size: int, num_frames: int,
                   fps: int, progress: bool) -> None:
-    columns = (TextColumn("demo clips"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("render", total=sum(map(len, plans.values())))
+    with progress_bar("clips", disable=not progress) as bar:
+        task = bar.add_task("demo clips", total=sum(map(len, plans.values())))
         for k, split in enumerate(SPLITS):
             for i, plan in enumerate(plans[split]):
                 frames = render_clip(plan, np.random.default_rng([seed, k, i, 1]), size, num_frames)

@@ -29,13 +29,11 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Literal
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
-from rich.progress import TimeElapsedColumn, TimeRemainingColumn
-from rich.text import Text
 
 from anim_clip.data.descriptions import CONTEXT_LENGTH, split_sentences, token_count
 from anim_clip.errors import AnimClipError, DatasetFormatError
 from anim_clip.io import atomic_write_text
+from anim_clip.ui import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -320,14 +318,6 @@ def describe_class(
                         f"requests; try a higher temperature or a larger model")
 
 
-class _RateColumn(ProgressColumn):
-    """Classes per minute: rich's own speed columns assume bytes."""
-
-    def render(self, task: Task) -> Text:
-        rate = f"{task.speed * 60:.1f}" if task.speed else "?"
-        return Text(f"{rate} classes/min", style="progress.data.speed")
-
-
 def describe_classes(
     names: list[str],
     kind: Literal["action", "species"],
@@ -355,10 +345,8 @@ def describe_classes(
     done = read_finished(out_csv, names, k)
     atomic_write_text(out_csv, _csv_text(_class_rows(done, names, sorted(done)), header=True))
     todo = [i for i in range(len(names)) if i not in done]
-    columns = (TextColumn(f"describing {kind}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task(kind, total=len(names), completed=len(done))
+    with progress_bar("classes", per="min", disable=not progress) as bar:
+        task = bar.add_task(f"describing {kind}", total=len(names), completed=len(done))
         for i in todo:
             done[i] = describe_class(names[i], kind, k, client, examples[i] if examples else None,
                                      temperature, max_requests)
