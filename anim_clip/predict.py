@@ -172,7 +172,7 @@ class CrossFrameTower(nn.Module):
         return features.cls.flatten(0, 1), features.patches.flatten(0, 1) if self.with_patches else None
 
 
-def _load_model(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
+def load_model(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
     """The head, the image tower and where the tower's weights came from."""
     if ckpt.kind == "e2e":
         model = model_from_checkpoint(ckpt)
@@ -195,7 +195,7 @@ class Predictor:
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.cfg = _with_views(self.ckpt.config, clips, crops)
         self.device = torch.device(device) if device is not None else default_device()
-        head, tower, self.weights = _load_model(self.ckpt)
+        head, tower, self.weights = load_model(self.ckpt)
         if head.vocab is None:
             raise AnimClipError(f"{self.ckpt.path}: the checkpoint carries no vocabulary (text embeddings of its "
                                 "actions and species), so it cannot predict on its own")
@@ -245,7 +245,7 @@ class Predictor:
         bounds = window_bounds(video.num_frames, video.fps, window, resolve_stride(window, stride))
         return [(a, b, *frame_range(a, b, video.fps, video.num_frames)) for a, b in bounds]
 
-    def _decode(self, video: VideoFile, first: int, stop: int, index: int) -> DecodedClip:
+    def decode(self, video: VideoFile, first: int, stop: int, index: int) -> DecodedClip:
         """The test views of frames ``[first, stop)``, every needed frame decoded once."""
         s = self.cfg.sampling
         views = eval_views(stop - first, video.height, video.width, self.num_frames, s.test_clips, s.test_crops,
@@ -265,7 +265,7 @@ class Predictor:
             report(len(scored), len(ranges))
 
         for index, (first, stop) in enumerate(ranges):
-            encoder.add(self._decode(video, first, stop, index))
+            encoder.add(self.decode(video, first, stop, index))
             if encoder.queued_frames >= encoder.batch_frames:
                 score(encoder.flush())
         score(encoder.flush())

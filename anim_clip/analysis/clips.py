@@ -75,7 +75,7 @@ def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
 
     s = predictor.cfg.sampling
     with open_video(video, s.decoder, s.decode_threads) as file:
-        decoded = predictor._decode(file, 0, file.num_frames, 0)
+        decoded = predictor.decode(file, 0, file.num_frames, 0)
     encoder = FrameEncoder(predictor.tower, predictor.device, predictor.cfg)
     encoder.add(decoded)
     [(_, features)] = encoder.flush()

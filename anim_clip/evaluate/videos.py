@@ -142,7 +142,7 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     from anim_clip.data.dataset import load_dataset
     from anim_clip.evaluate.cached import eval_context, eval_dir, resolve_checkpoint, write_report
     from anim_clip.models.checkpoint import load_checkpoint
-    from anim_clip.predict import _load_model
+    from anim_clip.predict import load_model
     from anim_clip.train.distributed import setup_distributed
 
     file = resolve_checkpoint(path, weights)
@@ -151,7 +151,7 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     dist = setup_distributed(device)
     dataset = load_dataset(cfg.data)
     videos = video_split(dataset, split, cfg)
-    head, tower, _ = _load_model(ckpt)
+    head, tower, _ = load_model(ckpt)
     ctx = eval_context(dataset, cfg)
     report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist)
     report.update(checkpoint=str(file), split=split)
