@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -386,3 +388,18 @@ def test_every_command_prints_and_writes_json(trained, tmp_path):
     assert isinstance(result.exception, AnimClipError) and "needs --cache" in str(result.exception)
     result = runner.invoke(analyze_app, ["build", run, "--index", "lsh"])
     assert isinstance(result.exception, AnimClipError) and "flat, ivf, hnsw" in str(result.exception)
+
+
+def test_faiss_training_survives_video_decoding_loaded_first():
+    """decord2 loads libnvblas globally on import; faiss imported after it crashed in k-means.
+    A fresh process is needed: inside this one faiss is already loaded."""
+    script = (
+        "import anim_clip.data.video, numpy as np\n"
+        "from anim_clip.analysis.index import PromptIndex\n"
+        "x = np.random.default_rng(0).standard_normal((6000, 32)).astype('float32')\n"
+        "PromptIndex.build(x, 'ivf', num_gpus=0, quiet=True)\n"
+        "print('trained')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained" in done.stdout

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import decord
+
+# decord2 dlopens every library of the nvidia-* wheels (PyPI torch's CUDA runtime) RTLD_GLOBAL when
+# imported, libnvblas among them; an extension loaded afterwards binds its plain BLAS symbols to
+# NVBLAS, and faiss's k-means then segfaults on a machine without an NVBLAS config. Python loads
+# extensions RTLD_NOW, so importing faiss first binds it to its own OpenBLAS for good.
+import faiss  # noqa: F401  isort: skip
+import decord  # isort: skip
 import numpy as np
 
 from anim_clip.errors import VideoDecodeError
