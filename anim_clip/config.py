@@ -50,7 +50,7 @@ class SamplingConfig:
     """How frames are taken from a video and turned into model input (METHOD.md §4.4, §4.5)."""
 
     num_frames: int = 8
-    decoder: Literal["decord", "pyav"] = "decord"
+    decoder: Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"] = "decord"  # torchcodec-cuda: NVDEC on the GPU
     decode_threads: int = 1
     image_size: int = 224
     resize: int = 256  # short side before cropping (train, 1-crop test)

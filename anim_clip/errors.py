@@ -34,3 +34,12 @@ class VideoDecodeError(AnimClipError):
 
 class CacheError(AnimClipError):
     """A feature cache is missing, built for another config, or inconsistent."""
+
+
+class DecoderUnavailable(AnimClipError):
+    """The configured video decoder cannot run on this machine (a run-wide problem, not a bad clip)."""
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"video decoder {backend!r} is unavailable: {reason}")
+        self.backend = backend
+        self.reason = reason

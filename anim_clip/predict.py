@@ -224,7 +224,7 @@ class Predictor:
         path = Path(path)
         s = self.cfg.sampling
         try:
-            with open_video(path, s.decoder, s.decode_threads) as video:
+            with open_video(path, s.decoder, s.decode_threads, self.device) as video:
                 segments = self._segments(video, window, stride)
                 ranges = [(first, stop) for _, _, first, stop in segments]
                 actions, species = self._score_segments(video, ranges, report or (lambda done, total: None))

@@ -75,7 +75,7 @@ def realish(frames: int) -> tuple[np.ndarray, np.ndarray]:
 
     with open_video(VIDEO, backend="pyav") as video:
         picks = np.linspace(0, video.num_frames - 1, frames).astype(np.int64)
-        images = torch.from_numpy(video.get_frames(picks)).permute(0, 3, 1, 2).float() / 255
+        images = video.get_frames(picks).permute(0, 3, 1, 2).float() / 255
     images = torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear", antialias=True)
     images = (images - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
     with warnings.catch_warnings():
@@ -137,13 +137,13 @@ def build_cache(root: Path, clips: int, rng: np.random.Generator) -> Path:
     path = root / "loader.zarr"
     create_store(path, {"benchmark": "cache_io"})
     spec = SplitSpec(clip_ids=[f"clip{i}" for i in range(clips)], targets=np.zeros((clips, 4)),
-                     species=np.zeros((clips, 2)), frame_indices=np.zeros((clips, V, T)), dim=D,
-                     view_kind="augmented", patch_shape=(P, W))
+                     species=np.zeros((clips, 2)), views=V, frames=T, dim=D, view_kind="augmented",
+                     patch_shape=(P, W))
     create_split(path, "train", spec)
     views = torch.from_numpy(synthetic((V, T, P, W), rng))
     writer = SplitWriter(path, "train")
     for i in writer.pending:
-        writer.write(i, FrameFeatures(cls=torch.zeros(V, T, D), patches=views.roll(i, dims=0)))
+        writer.write(i, FrameFeatures(cls=torch.zeros(V, T, D), patches=views.roll(i, dims=0)), np.zeros((V, T), np.int64))
     return path
 
 

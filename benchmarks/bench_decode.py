@@ -1,4 +1,5 @@
-"""Decode throughput: decord vs PyAV, 1 and 2 threads, on demo clips and the real clips.
+"""Decode throughput of every decoder this machine has (decord, PyAV, torchcodec on the CPU with 1
+and 2 threads; torchcodec-cuda on NVDEC where a GPU is present), on demo clips and the real clips.
 
 Two access patterns per video: the 8 TSN frames a training view needs (seek-heavy), and every
 frame in order. Figures are frames per second of decoded RGB; compare them as ratios within one
@@ -15,10 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import tsn_indices
-from anim_clip.data.video import BACKENDS, open_video
+from anim_clip.data.video import BACKENDS, GPU_BACKENDS, check_decoder, open_video
+from anim_clip.errors import DecoderUnavailable
 from benchmarks.common import save
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
@@ -33,10 +36,21 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def bench_video(path: Path, repeats: int) -> list[dict]:
-    rows = []
+def usable_decoders() -> list[str]:
+    usable = []
     for backend in BACKENDS:
-        for threads in (1, 2):
+        try:
+            check_decoder(backend)
+            usable.append(backend)
+        except DecoderUnavailable as unavailable:
+            print(f"skipping {unavailable}")
+    return usable
+
+
+def bench_video(path: Path, decoders: list[str], repeats: int) -> list[dict]:
+    rows = []
+    for backend in decoders:
+        for threads in (1,) if backend in GPU_BACKENDS else (1, 2):
             with open_video(path, backend, threads) as video:
                 n = video.num_frames
                 shape = (video.width, video.height)
@@ -45,15 +59,19 @@ def bench_video(path: Path, repeats: int) -> list[dict]:
             def sampled():
                 with open_video(path, backend, threads) as v:
                     v.get_frames(tsn)
+                    if v.device.type == "cuda":
+                        torch.cuda.synchronize(v.device)
 
             def everything():
                 with open_video(path, backend, threads) as v:
                     v.get_frames(np.arange(n))
+                    if v.device.type == "cuda":
+                        torch.cuda.synchronize(v.device)
 
             t_tsn, t_all = _time(sampled, repeats), _time(everything, repeats)
             rows.append({"video": path.name, "size": f"{shape[0]}x{shape[1]}", "frames": n, "backend": backend,
                          "threads": threads, "tsn8_clips_per_s": 1 / t_tsn, "sequential_frames_per_s": n / t_all})
-            print(f"{path.name:36s} {backend:6s} threads={threads}: 8-frame TSN view {1 / t_tsn:7.1f}/s, "
+            print(f"{path.name:36s} {backend:15s} threads={threads}: 8-frame TSN view {1 / t_tsn:7.1f}/s, "
                   f"all frames {n / t_all:8.1f} frames/s")
     return rows
 
@@ -65,7 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo = make_demo_data(Path(tmp), train_clips=2, test_clips=1, seed=0)
         videos = [sorted(demo.video_dir.glob("*.mp4"))[0]] + sorted(SHARED.glob("*.*4")) + sorted(SHARED.glob("*.avi"))
-        rows = [row for v in videos if v.suffix in (".mp4", ".avi") for row in bench_video(v, args.repeats)]
+        decoders = usable_decoders()
+        rows = [row for v in videos if v.suffix in (".mp4", ".avi") for row in bench_video(v, decoders, args.repeats)]
     save("decode", {"rows": rows})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,35 @@ def save(name: str, results: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+class GpuUtilisation:
+    """Mean GPU utilisation (%, from NVML through torch) sampled while the ``with`` block runs;
+    None without a GPU or without NVML bindings (``pip install nvidia-ml-py``)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(torch.cuda.utilization())
+
+    def __enter__(self) -> GpuUtilisation:
+        if torch.cuda.is_available() and self._readable():
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    @staticmethod
+    def _readable() -> bool:
+        try:
+            torch.cuda.utilization()
+        except (ModuleNotFoundError, RuntimeError):
+            return False
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None

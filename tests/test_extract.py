@@ -15,17 +15,18 @@ import torch
 import zarr
 
 from anim_clip.cache import store
-from anim_clip.cache.extract import extract, plan_views
+from anim_clip.cache.extract import cache_signature, extract, plan_views
 from anim_clip.cache.inspect import verify_cache
-from anim_clip.cache.store import FeatureCache
+from anim_clip.cache.store import FeatureCache, check_compatible
 from anim_clip.demo import demo_config
 from anim_clip.config import BackboneConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import open_video
-from anim_clip.errors import AnimClipError, CacheError
-from anim_clip.models.backbone import FrozenImageTower, create_clip
+from anim_clip.errors import AnimClipError, CacheError, DecoderUnavailable
+from anim_clip.models.backbone import FrozenImageTower, create_clip, resolve_weights
+from videos import decoder_unavailable
 
 V, T = 2, 4
 OVERRIDES = ["backbone.pretrained=null", f"sampling.train_views={V}", f"sampling.num_frames={T}",
@@ -90,7 +91,7 @@ def test_cache_holds_the_backbone_output(data: Path, reference: Path):
         with open_video(data / "videos" / split.clip_ids[i], "pyav") as video:  # the other decoder, as an oracle
             views = plan_views("test", i, video.num_frames, video.height, video.width, cfg)
             unique, positions = union_indices(views)
-            frames = torch.from_numpy(video.get_frames(unique))
+            frames = video.get_frames(unique)
         np.testing.assert_array_equal(split.frame_indices[i].numpy(), np.stack([v.frame_indices for v in views]))
         expected = tower(render_views(frames, views, positions, 64, mean, std).flatten(0, 1))[0]
         torch.testing.assert_close(split.cls[i, 0].float(), expected.half().float(), atol=1e-2, rtol=1e-2)
@@ -154,6 +155,28 @@ def test_two_shards_equal_one_process(data: Path, reference: Path, tmp_path: Pat
 def test_other_config_is_refused(data: Path, reference: Path):
     with pytest.raises(CacheError, match=r"sampling\.num_frames"):
         extract(config(data, f"sampling.num_frames={T + 1}"), reference, progress=False)
+
+
+@pytest.mark.skipif(decoder_unavailable("torchcodec") is not None, reason=f"torchcodec: {decoder_unavailable('torchcodec')}")
+def test_torchcodec_decoding_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):
+    out = tmp_path / "cache.zarr"
+    extract(config(data, "sampling.decoder=torchcodec"), out, progress=False)
+    assert_same_store(out, reference)
+
+
+def test_gpu_decoded_frames_are_not_mixed_into_a_cpu_decoded_cache(data: Path, reference: Path):
+    cfg = config(data, "sampling.decoder=torchcodec-cuda")
+    signature = {**cache_signature(cfg, resolve_weights(cfg.backbone)[1]), "random_weights": True}
+    assert signature["sampling"]["decoded_on"] == "cuda"
+    with pytest.raises(CacheError, match=r"sampling\.decoded_on"):
+        check_compatible(FeatureCache(reference).attrs["config"], signature, reference)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_decoder_without_a_gpu_is_refused_before_anything_is_written(data: Path, tmp_path: Path):
+    with pytest.raises(DecoderUnavailable, match="torch sees none"):
+        extract(config(data, "sampling.decoder=torchcodec-cuda"), tmp_path / "cache.zarr", progress=False)
+    assert not (tmp_path / "cache.zarr").exists()
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

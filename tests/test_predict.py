@@ -96,7 +96,7 @@ def by_hand(ckpt_path: Path, video_path: Path, species: list[str] | None, clips:
         views = eval_views(video.num_frames, video.height, video.width, T, clips, crops,
                            cfg.sampling.image_size, cfg.sampling.resize)
         unique, positions = union_indices(views)
-        frames = torch.from_numpy(video.get_frames(unique))
+        frames = video.get_frames(unique)
     images = render_views(frames, views, positions, cfg.sampling.image_size, *normalization_stats(cfg.sampling.normalization))
     if ckpt.kind == "head":
         head = model_from_checkpoint(ckpt, "cached").eval()

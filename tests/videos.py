@@ -11,6 +11,11 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+import torch
+
+from anim_clip.data.video import BACKENDS, check_decoder
+from anim_clip.errors import DecoderUnavailable
 
 BASE = 10
 STEP = 6
@@ -27,10 +32,32 @@ def indexed_frames(num_frames: int = 40, height: int = 64, width: int = 96) -> n
     return np.broadcast_to(levels + texture, (num_frames, height, width, 3)).astype(np.uint8)
 
 
-def frame_ids(frames: np.ndarray) -> np.ndarray:
+def frame_ids(frames: torch.Tensor) -> np.ndarray:
     """The index k each decoded frame encodes (nearest code level of its mean)."""
-    means = frames.reshape(len(frames), -1).mean(axis=1)
+    means = frames.cpu().numpy().reshape(len(frames), -1).mean(axis=1)
     return np.rint((means - BASE) / STEP).astype(np.int64)
+
+
+def decoder_unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, or None."""
+    try:
+        check_decoder(backend)
+    except DecoderUnavailable as unavailable:
+        return unavailable.reason
+    return None
+
+
+def decoders() -> list:
+    """Every decoder as a pytest parameter, skipped (with the reason) where this machine lacks it."""
+    params = []
+    for backend in BACKENDS:
+        reason = decoder_unavailable(backend)
+        params.append(pytest.param(backend, marks=pytest.mark.skipif(reason is not None, reason=f"{backend}: {reason}")))
+    return params
+
+
+def usable_decoders() -> list[str]:
+    return [backend for backend in BACKENDS if decoder_unavailable(backend) is None]
 
 
 def write_video(

@@ -74,7 +74,7 @@ def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
     from anim_clip.data.video import open_video
 
     s = predictor.cfg.sampling
-    with open_video(video, s.decoder, s.decode_threads) as file:
+    with open_video(video, s.decoder, s.decode_threads, predictor.device) as file:
         decoded = predictor.decode(file, 0, file.num_frames, 0)
     encoder = FrameEncoder(predictor.tower, predictor.device, predictor.cfg)
     encoder.add(decoded)

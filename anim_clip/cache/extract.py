@@ -28,7 +28,7 @@ from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
-from anim_clip.data.video import open_video
+from anim_clip.data.video import GPU_BACKENDS, check_decoder, decoder_note, open_video
 from anim_clip.errors import VideoDecodeError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
@@ -52,6 +52,8 @@ def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
             "num_frames": s.num_frames, "image_size": s.image_size, "resize": s.resize,
             "normalization": s.normalization, "train_views": s.train_views,
             "test_clips": s.test_clips, "test_crops": s.test_crops,
+            # the CPU decoders give identical pixels; NVDEC's colour conversion does not
+            "decoded_on": "cuda" if s.decoder in GPU_BACKENDS else "cpu",
         },
     }
 
@@ -74,16 +76,17 @@ def num_views(split: str, cfg: Config) -> int:
 @dataclass
 class DecodedClip:
     index: int
-    frames: np.ndarray | None = None  # (U, H, W, 3) uint8, the union of every view's frames
+    frames: torch.Tensor | None = None  # (U, H, W, 3) uint8, the union of every view's frames
     views: list[ViewSpec] = field(default_factory=list)
     positions: list[np.ndarray] = field(default_factory=list)
     error: str | None = None
 
 
-def decode_clip(path: Path, split: str, index: int, cfg: Config) -> DecodedClip:
-    """Open, plan the views and decode every needed frame once. Never raises for a bad video."""
+def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.device) -> DecodedClip:
+    """Open, plan the views and decode every needed frame once (on ``device`` with a GPU decoder).
+    Never raises for a bad video."""
     try:
-        with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads) as video:
+        with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads, device) as video:
             views = plan_views(split, index, video.num_frames, video.height, video.width, cfg)
             unique, positions = union_indices(views)
             return DecodedClip(index, video.get_frames(unique), views, positions)
@@ -143,7 +146,7 @@ class FrameEncoder:
         return sum(v.shape[0] * v.shape[1] for _, v in self.pending)
 
     def add(self, clip: DecodedClip) -> None:
-        frames = torch.from_numpy(clip.frames).to(self.device, non_blocking=True)
+        frames = clip.frames.to(self.device, non_blocking=True)
         views = render_views(frames, clip.views, clip.positions, self.image_size, self.mean, self.std)
         self.pending.append((clip.index, views))
 
@@ -183,6 +186,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     """Extract ``splits`` of ``cfg``'s dataset into the cache at ``out`` (created or resumed)."""
     out = Path(out)
     device = device or default_device()
+    check_decoder(cfg.sampling.decoder)
     dataset = load_dataset(cfg.data)
     clip, weights = create_clip(cfg.backbone)
     if weights.random:
@@ -198,7 +202,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
         for kind, text in encode_class_texts(clip.to(device), cfg, dataset).items():
             write_text(out, kind, text)
     console.print(f"extracting {', '.join(splits)} of [bold]{cfg.data.name}[/] with {cfg.backbone.model} "
-                  f"({weights.pretrained or 'random'}) on {device}, decoder {cfg.sampling.decoder}, "
+                  f"({weights.pretrained or 'random'}) on {device}, {decoder_note(cfg.sampling.decoder, device)}, "
                   f"shard {shard + 1}/{num_shards} -> {out}")
     reports = []
     for split in splits:
@@ -221,12 +225,12 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
 
 
 def _decoded(pool: ThreadPoolExecutor, jobs: list[tuple[Path, int]], split: str, cfg: Config,
-             depth: int) -> Iterator[DecodedClip]:
+             device: torch.device, depth: int) -> Iterator[DecodedClip]:
     """Decoded clips in order, with up to ``depth`` decodes running ahead of the consumer."""
     queue: deque[Future[DecodedClip]] = deque()
     try:
         for path, index in jobs:
-            queue.append(pool.submit(decode_clip, path, split, index, cfg))
+            queue.append(pool.submit(decode_clip, path, split, index, cfg, device))
             if len(queue) >= depth:
                 yield queue.popleft().result()
         while queue:
@@ -256,7 +260,7 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
                 bar.advance(task)
 
         try:
-            for clip in _decoded(pool, jobs, split, cfg, depth=2 * workers):
+            for clip in _decoded(pool, jobs, split, cfg, device, depth=2 * workers):
                 if clip.error is not None:
                     writer.fail(clip.index, clip.error)
                     report.failed[clip.error] += 1

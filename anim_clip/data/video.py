@@ -1,16 +1,22 @@
-"""Video decoding: random access to RGB frames of a file, with decord or PyAV.
+"""Video decoding: random access to RGB frames of a file, with decord, PyAV or torchcodec.
 
 ``open_video(path)`` returns a :class:`VideoFile`; ``get_frames(indices)`` returns the requested
-frames as one uint8 ``(len(indices), H, W, 3)`` RGB array, in the requested order (indices may
-repeat). Every problem with the file itself raises :class:`~anim_clip.errors.VideoDecodeError`
-naming the file and the reason, so extraction can record the clip as bad and go on.
+frames as one uint8 ``(len(indices), H, W, 3)`` RGB tensor, in the requested order (indices may
+repeat), on the device the decoder decodes on: the CPU, or the GPU for ``torchcodec-cuda``
+(NVDEC), whose frames then never cross the PCIe bus. Every problem with the file itself raises
+:class:`~anim_clip.errors.VideoDecodeError` naming the file and the reason, so extraction can
+record the clip as bad and go on; a decoder that cannot run on this machine raises
+:class:`~anim_clip.errors.DecoderUnavailable` with the fix, before any clip is judged.
 
-Both backends first demux (without decoding) every packet of the first video stream with PyAV
+The CPU decoders are all FFmpeg software decoding with the same RGB conversion and give the same
+pixels; NVDEC's colour conversion differs from it by a few levels.
+
+Every backend first demuxes (without decoding) every packet of the first video stream with PyAV
 (:func:`_scan`). That pass is cheap next to decoding and gives what the headers alone cannot:
 a file holding fewer packets than its container declares (``stream.frames``), or holding a packet
 cut short, is truncated and rejected at open, before any decoder returns half-decoded frames; a
 stream with no packets has zero frames. The frame count is the number of packets, which is also
-how decord counts, so both backends report the same ``num_frames``.
+how decord and torchcodec count, so every backend reports the same ``num_frames``.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import av
 import faiss  # noqa: F401  isort: skip
 import decord  # isort: skip
 import numpy as np
+import torch
 
-from anim_clip.errors import VideoDecodeError
+from anim_clip.errors import DecoderUnavailable, VideoDecodeError
 
 _DECORD_ERRORS = (decord.DECORDError, RuntimeError)
 
@@ -121,8 +128,10 @@ class VideoFile(ABC):
         self.height = height
         self.width = width
 
-    def get_frames(self, indices: np.ndarray) -> np.ndarray:
-        """Frames ``indices`` as uint8 ``(len(indices), H, W, 3)`` RGB, in the given order.
+    device = torch.device("cpu")
+
+    def get_frames(self, indices: np.ndarray) -> torch.Tensor:
+        """Frames ``indices`` as uint8 ``(len(indices), H, W, 3)`` RGB on :attr:`device`, in the given order.
 
         Each distinct frame is decoded once, in increasing order, whatever order was asked for.
         """
@@ -130,7 +139,7 @@ class VideoFile(ABC):
         if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
             raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} {indices.shape}")
         if len(indices) == 0:
-            return np.empty((0, self.height, self.width, 3), dtype=np.uint8)
+            return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8, device=self.device)
         if indices.min() < 0 or indices.max() >= self.num_frames:
             raise IndexError(
                 f"{self.path}: frame indices must lie in [0, {self.num_frames - 1}], "
@@ -138,16 +147,18 @@ class VideoFile(ABC):
             )
         unique, inverse = np.unique(indices, return_inverse=True)
         frames = self._decode(unique.astype(np.int64))
-        if frames.shape != (len(unique), self.height, self.width, 3):
+        if tuple(frames.shape) != (len(unique), self.height, self.width, 3):
             raise VideoDecodeError(
                 self.path,
-                f"decoded frames have shape {frames.shape[1:]}, expected "
+                f"decoded frames have shape {tuple(frames.shape[1:])}, expected "
                 f"{(self.height, self.width, 3)}",
             )
-        return frames[inverse]
+        if len(unique) == len(indices) and (unique == indices).all():
+            return frames
+        return frames[torch.from_numpy(inverse.reshape(-1)).to(frames.device)]
 
     @abstractmethod
-    def _decode(self, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
         """Decode sorted, unique, in-range ``indices`` to uint8 ``(len, H, W, 3)`` RGB."""
 
     def close(self) -> None:
@@ -177,9 +188,9 @@ class DecordVideo(VideoFile):
             raise VideoDecodeError(path, _decord_reason(error)) from error
         super().__init__(path, len(self._reader), self._reader.get_avg_fps(), scan.height, scan.width)
 
-    def _decode(self, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
         try:
-            return self._reader.get_batch(indices.tolist()).asnumpy()
+            return torch.from_numpy(self._reader.get_batch(indices.tolist()).asnumpy())
         except _DECORD_ERRORS as error:
             raise VideoDecodeError(self.path, _decord_reason(error)) from error
 
@@ -250,7 +261,7 @@ class PyAVVideo(VideoFile):
     def _missing(self, index: int) -> VideoDecodeError:
         return VideoDecodeError(self.path, f"frame {index} could not be decoded")
 
-    def _decode(self, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
         out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
         with _av_errors(self.path):
             if self._index is None:
@@ -259,7 +270,7 @@ class PyAVVideo(VideoFile):
                 done = 0
                 while done < len(indices):
                     done = self._decode_run(self._index, indices, done, out)
-        return out
+        return torch.from_numpy(out)
 
     def _decode_run(self, index: _SeekIndex, indices: np.ndarray, done: int, out: np.ndarray) -> int:
         """Seek before ``indices[done]``, decode forward; return how many frames are now done."""
@@ -294,21 +305,101 @@ class PyAVVideo(VideoFile):
         self._container.close()
 
 
-_READERS: dict[str, type[VideoFile]] = {"decord": DecordVideo, "pyav": PyAVVideo}
-BACKENDS: tuple[str, ...] = tuple(_READERS)
+_TORCHCODEC_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
 
 
-def open_video(path: str | Path, backend: str = "decord", threads: int = 1) -> VideoFile:
+def _torchcodec_decoder_class(backend: str) -> type:
+    """torchcodec's ``VideoDecoder``, or DecoderUnavailable saying what this machine lacks."""
+    try:
+        import torchcodec
+        from torchcodec.decoders import VideoDecoder
+    except ImportError as error:
+        raise DecoderUnavailable(backend, f"torchcodec is not installed ({error}); "
+                                          "pip install 'anim-clip[gpu]' or pick sampling.decoder=decord") from error
+    if torchcodec.ffmpeg_major_version is None:
+        raise DecoderUnavailable(backend, "torchcodec found no FFmpeg 4-9 shared libraries; install them "
+                                          "(apt install ffmpeg, or conda install ffmpeg) or pick sampling.decoder=decord")
+    if backend == "torchcodec-cuda" and not torch.cuda.is_available():
+        raise DecoderUnavailable(backend, "it decodes on a CUDA GPU (NVDEC) and torch sees none; "
+                                          "pick sampling.decoder=decord on this machine")
+    return VideoDecoder
+
+
+class TorchcodecVideo(VideoFile):
+    """torchcodec (FFmpeg) with exact, scan-based seeking; on the CPU or on a CUDA GPU with NVDEC.
+
+    On the GPU, frames are decoded and converted to RGB on ``device`` and stay there, so the
+    encoder reads them without a host-to-device copy and the CPU cores are free for demuxing.
+    """
+
+    def __init__(self, path: Path, backend: str, threads: int, device: torch.device | None):
+        decoder_class = _torchcodec_decoder_class(backend)
+        if backend not in GPU_BACKENDS:
+            device = torch.device("cpu")
+        elif device is None or device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        scan = _scan(path)
+        try:
+            self._decoder = decoder_class(str(path), device=str(device), seek_mode="exact",
+                                          dimension_order="NHWC", num_ffmpeg_threads=threads)
+        except (RuntimeError, ValueError) as error:
+            raise VideoDecodeError(path, self._reason(error)) from error
+        super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
+        self.device = device
+
+    @staticmethod
+    def _reason(error: Exception) -> str:
+        return f"torchcodec: {_TORCHCODEC_LOCATION.sub('', str(error)).strip() or type(error).__name__}"
+
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
+        try:
+            return self._decoder.get_frames_at(indices.tolist()).data
+        except (RuntimeError, IndexError) as error:
+            raise VideoDecodeError(self.path, self._reason(error)) from error
+
+    def close(self) -> None:
+        self._decoder = None
+
+
+_CPU_READERS: dict[str, type[VideoFile]] = {"decord": DecordVideo, "pyav": PyAVVideo}
+BACKENDS: tuple[str, ...] = (*_CPU_READERS, "torchcodec", "torchcodec-cuda")
+GPU_BACKENDS: tuple[str, ...] = ("torchcodec-cuda",)
+
+
+def check_decoder(backend: str) -> None:
+    """Raise DecoderUnavailable now, with the fix, if ``backend`` cannot run on this machine."""
+    if backend.startswith("torchcodec"):
+        _torchcodec_decoder_class(backend)
+
+
+def decoder_note(backend: str, device: torch.device) -> str:
+    """Which decoder runs where, for the log; names the GPU decoder when a GPU run leaves it unused."""
+    note = f"decoder {backend} ({f'NVDEC on {device}' if backend in GPU_BACKENDS else 'CPU'})"
+    if backend in GPU_BACKENDS or device.type != "cuda":
+        return note
+    try:
+        check_decoder("torchcodec-cuda")
+    except DecoderUnavailable as unavailable:
+        return f"{note}; no GPU decoder: {unavailable.reason}"
+    return f"{note}; a GPU decoder is available: --set sampling.decoder=torchcodec-cuda"
+
+
+def open_video(path: str | Path, backend: str = "decord", threads: int = 1,
+               device: torch.device | None = None) -> VideoFile:
     """Open ``path`` for random frame access with ``backend`` (one of :data:`BACKENDS`).
 
-    ``threads`` is the decoder's thread count (0 lets the decoder choose). Raises
-    VideoDecodeError when the file is missing, empty, not a video, truncated or has no frames.
+    ``threads`` is the CPU decoder's thread count (0 lets the decoder choose); a GPU backend
+    decodes on ``device`` (default: the current CUDA device). Raises VideoDecodeError when the
+    file is missing, empty, not a video, truncated or has no frames, and DecoderUnavailable when
+    ``backend`` cannot run here.
     """
-    if backend not in _READERS:
+    if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(path)
     if not path.is_file():
         raise VideoDecodeError(path, "file not found")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)")
-    return _READERS[backend](path, threads)
+    if backend in _CPU_READERS:
+        return _CPU_READERS[backend](path, threads)
+    return TorchcodecVideo(path, backend, threads, device)

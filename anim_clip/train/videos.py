@@ -32,8 +32,8 @@ from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.data.sampling import train_views
 from anim_clip.data.transforms import color_augment, normalization_stats, render_views
-from anim_clip.data.video import open_video
-from anim_clip.errors import VideoDecodeError
+from anim_clip.data.video import GPU_BACKENDS, check_decoder, open_video
+from anim_clip.errors import ConfigError, VideoDecodeError
 from anim_clip.train.mixing import Batch
 from anim_clip.train.plan import EpochPlan
 
@@ -79,6 +79,10 @@ class VideoTrainData:
     """The training clips ``indices`` of a dataset split, as augmented pixel batches on ``device``."""
 
     def __init__(self, dataset: Dataset, split: str, indices: Tensor, cfg: Config, device: torch.device):
+        if cfg.sampling.decoder in GPU_BACKENDS and cfg.train.num_workers:
+            raise ConfigError(f"sampling.decoder={cfg.sampling.decoder} decodes on the GPU, which DataLoader worker "
+                              "processes cannot share: set train.num_workers=0")
+        check_decoder(cfg.sampling.decoder)
         self.paths = [dataset.video_path(c) for c in dataset.clips(split)]
         self.all_targets = torch.from_numpy(dataset.targets(split))
         self.all_species = torch.from_numpy(dataset.species_vectors(split))
@@ -96,7 +100,7 @@ class VideoTrainData:
 
     def render(self, clip: DecodedClip, epoch: int) -> Tensor:
         """One clip's augmented frames ``(T, 3, S, S)`` in [0, 1], rendered on the device."""
-        frames = torch.from_numpy(clip.frames).to(self.device, non_blocking=True)
+        frames = clip.frames.to(self.device, non_blocking=True)
         pixels = render_views(frames, clip.views, clip.positions, self.cfg.sampling.image_size, (0.0,) * 3, (1.0,) * 3)
         return color_augment(pixels, clip_random(self.cfg.train.seed, epoch, clip.index)[1])[0]
 
