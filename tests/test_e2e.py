@@ -21,7 +21,7 @@ from anim_clip.cli import app
 from anim_clip.demo import demo_config
 from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
-from anim_clip.errors import AnimClipError
+from anim_clip.errors import AnimClipError, ConfigError
 from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.models.checkpoint import load_checkpoint
@@ -72,7 +72,7 @@ def test_e2e_trains_backbone_and_message_tokens_and_skips_the_bad_video(run: Tra
     assert run.report["clips"] == 6 and run.report["views"] == "2 clips x 3 crops" and run.report["skipped_videos"] == 0
 
 
-def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path):
+def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path, capsys):
     cfg = cfg_for(data)
     dataset = load_dataset(cfg.data)
     bad = next(i for i, c in enumerate(dataset.clips("train")) if c.path.endswith(BAD))
@@ -88,6 +88,8 @@ def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path):
     assert torch.equal(again.features, batch.features)  # augmentation is a function of (seed, epoch, clip)
     other_epoch = videos.batch([decode_train_clip(videos.paths, cfg, 1, i) for i in rows], epoch=1)
     assert not torch.equal(other_epoch.features[1], batch.features[1])
+    assert len(other_epoch.skipped) == 1  # counted in every epoch, printed once
+    assert capsys.readouterr().out.count("cannot decode video") == 1
 
 
 def test_pixel_cutmix_pastes_one_box_on_every_frame_of_every_clip():
@@ -181,3 +183,9 @@ def test_eval_on_raw_videos_reproduces_the_training_report(run: TrainResult, tmp
     assert json.loads((tmp_path / "cli" / "eval.json").read_text())["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
     result = CliRunner().invoke(app, ["eval", str(run.run_dir)])
     assert isinstance(result.exception, AnimClipError) and "--videos" in str(result.exception)
+
+
+def test_gpu_decoding_in_worker_processes_is_refused_with_the_fix(data: Path):
+    cfg = cfg_for(data, "sampling.decoder=torchcodec-cuda", "train.num_workers=2")
+    with pytest.raises(ConfigError, match="set train.num_workers=0"):
+        VideoTrainData(load_dataset(cfg.data), "train", torch.arange(4), cfg, torch.device("cpu"))

@@ -82,7 +82,7 @@ class DecodedClip:
     error: str | None = None
 
 
-def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.device) -> DecodedClip:
+def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.device | None = None) -> DecodedClip:
     """Open, plan the views and decode every needed frame once (on ``device`` with a GPU decoder).
     Never raises for a bad video."""
     try:

@@ -39,7 +39,7 @@ import decord  # isort: skip
 import numpy as np
 import torch
 
-from anim_clip.errors import DecoderUnavailable, VideoDecodeError
+from anim_clip.errors import ConfigError, DecoderUnavailable, VideoDecodeError
 
 _DECORD_ERRORS = (decord.DECORDError, RuntimeError)
 
@@ -366,8 +366,12 @@ BACKENDS: tuple[str, ...] = (*_CPU_READERS, "torchcodec", "torchcodec-cuda")
 GPU_BACKENDS: tuple[str, ...] = ("torchcodec-cuda",)
 
 
-def check_decoder(backend: str) -> None:
-    """Raise DecoderUnavailable now, with the fix, if ``backend`` cannot run on this machine."""
+def check_decoder(backend: str, worker_processes: int = 0) -> None:
+    """Raise now, with the fix, if ``backend`` cannot run on this machine (DecoderUnavailable) or
+    in ``worker_processes`` DataLoader workers (ConfigError: they cannot share the GPU's context)."""
+    if backend in GPU_BACKENDS and worker_processes:
+        raise ConfigError(f"sampling.decoder={backend} decodes on the GPU, which DataLoader worker processes "
+                          "cannot share: set train.num_workers=0")
     if backend.startswith("torchcodec"):
         _torchcodec_decoder_class(backend)
 

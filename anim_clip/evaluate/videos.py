@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from anim_clip.cache.extract import DecodedClip, FrameEncoder, decode_clip
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
+from anim_clip.data.video import check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.report import EvalContext, evaluation_report
 from anim_clip.models.features import FrameFeatures
@@ -81,6 +82,7 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
                  dist: Distributed) -> tuple[np.ndarray, np.ndarray]:
     """``(N, C)`` scores (softmax or sigmoid per view, averaged over views) and ``(N,)`` whether
     each video decoded (rows of failed ones are zero)."""
+    check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
     modes = head.training, tower.training
     head.eval(), tower.eval()
     encoder = FrameEncoder(tower, dist.device, cfg)

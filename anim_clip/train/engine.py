@@ -285,8 +285,6 @@ def _train_epoch(model: nn.Module, mode: Mode, optimizer: torch.optim.Optimizer,
     with progress_bar("steps", disable=not (progress and dist.is_main)) as bar:
         task = bar.add_task(f"epoch {plan.epoch + 1}/{tc.epochs}", total=steps_per_epoch)
         for b, batch in enumerate(mode.data.epoch_batches(plan, generator)):
-            for reason in batch.skipped:
-                console.print(f"[bold red]error:[/] {reason}; clip skipped", soft_wrap=True, highlight=False)
             skipped += len(batch.skipped)
             batch = mix_batch(batch, mixup_alpha=tc.mixup_alpha, cutmix_alpha=tc.cutmix_alpha,
                               mix_species=tc.mix_species, generator=generator)

@@ -32,10 +32,11 @@ from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.data.sampling import train_views
 from anim_clip.data.transforms import color_augment, normalization_stats, render_views
-from anim_clip.data.video import GPU_BACKENDS, check_decoder, open_video
-from anim_clip.errors import ConfigError, VideoDecodeError
+from anim_clip.data.video import check_decoder, open_video
+from anim_clip.errors import VideoDecodeError
 from anim_clip.train.mixing import Batch
 from anim_clip.train.plan import EpochPlan
+from anim_clip.ui import console
 
 Decode = Callable[[int], DecodedClip]
 
@@ -79,14 +80,12 @@ class VideoTrainData:
     """The training clips ``indices`` of a dataset split, as augmented pixel batches on ``device``."""
 
     def __init__(self, dataset: Dataset, split: str, indices: Tensor, cfg: Config, device: torch.device):
-        if cfg.sampling.decoder in GPU_BACKENDS and cfg.train.num_workers:
-            raise ConfigError(f"sampling.decoder={cfg.sampling.decoder} decodes on the GPU, which DataLoader worker "
-                              "processes cannot share: set train.num_workers=0")
-        check_decoder(cfg.sampling.decoder)
+        check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
         self.paths = [dataset.video_path(c) for c in dataset.clips(split)]
         self.all_targets = torch.from_numpy(dataset.targets(split))
         self.all_species = torch.from_numpy(dataset.species_vectors(split))
         self.indices, self.cfg, self.device = indices, cfg, device
+        self.reported: set[int] = set()  # clips whose decoding error was printed (once per run, not per epoch)
         mean, std = normalization_stats(cfg.sampling.normalization)
         self.mean = torch.tensor(mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(std, device=device).view(3, 1, 1)
@@ -108,6 +107,11 @@ class VideoTrainData:
         """Render, augment and normalise decoded clips; a bad clip's slot repeats the first good one, masked."""
         valid = [c.error is None for c in clips]
         good = [c for c in clips if c.error is None]
+        for clip in clips:
+            if clip.error is not None and clip.index not in self.reported:
+                self.reported.add(clip.index)
+                console.print(f"[bold red]error:[/] {clip.error}; clip skipped in every epoch", soft_wrap=True,
+                              highlight=False)
         if good:
             rendered = torch.stack([self.render(c, epoch) for c in good])
             slot = [n - 1 if ok else 0 for ok, n in zip(valid, accumulate(valid))]  # a bad clip's slot: good[0]
