@@ -129,7 +129,9 @@ def extract_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="The cache folder (a zarr store); an existing one is resumed.")],
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Splits to extract (repeatable; default: train and test).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Extract only shard i of n (e.g. 2/4) into the same store; default: one shard per torchrun rank.")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding threads running ahead of the encoder.")] = 4,
+    workers: Annotated[int, typer.Option(
+        help="Decoding threads running ahead of the encoder. The decoder is sampling.decoder: decord (default), "
+             "pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU).")] = 4,
     set_: SetOpt = None,
 ) -> None:
     """Phase one: decode every clip once, encode its frames with the frozen open_clip image tower and
