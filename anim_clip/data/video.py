@@ -9,7 +9,8 @@ record the clip as bad and go on; a decoder that cannot run on this machine rais
 :class:`~anim_clip.errors.DecoderUnavailable` with the fix, before any clip is judged.
 
 The CPU decoders are all FFmpeg software decoding with the same RGB conversion and give the same
-pixels; NVDEC's colour conversion differs from it by a few levels.
+pixels (tested); NVDEC converts colour on the GPU its own way, which torchcodec documents as
+slightly different.
 
 Every backend first demuxes (without decoding) every packet of the first video stream with PyAV
 (:func:`_scan`). That pass is cheap next to decoding and gives what the headers alone cannot:
@@ -121,14 +122,14 @@ class VideoFile(ABC):
     ``width`` are the decoded frame size.
     """
 
+    device = torch.device("cpu")  # where get_frames puts frames; a GPU decoder sets its own
+
     def __init__(self, path: Path, num_frames: int, fps: float, height: int, width: int):
         self.path = path
         self.num_frames = num_frames
         self.fps = fps
         self.height = height
         self.width = width
-
-    device = torch.device("cpu")
 
     def get_frames(self, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` as uint8 ``(len(indices), H, W, 3)`` RGB on :attr:`device`, in the given order.
