@@ -258,6 +258,7 @@ def predict_cmd(
     stride: Annotated[Optional[float], typer.Option("--stride", help="Seconds between window starts (default: half the window).")] = None,
     clips: Annotated[Optional[int], typer.Option("--clips", help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
     crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
+    decoder: Annotated[Optional[str], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.json (and the timeline files); created.")] = Path("predictions"),
 ) -> None:
@@ -266,7 +267,7 @@ def predict_cmd(
     from anim_clip.predict import run_predict
 
     failed = run_predict(checkpoint, videos, out=out, top_k=top_k, species=species, predict_species=predict_species,
-                         window=window, stride=stride, clips=clips, crops=crops, device=device)
+                         window=window, stride=stride, clips=clips, crops=crops, device=device, decoder=decoder)
     if failed:
         raise typer.Exit(1)
 

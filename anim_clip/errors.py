@@ -40,6 +40,7 @@ class DecoderUnavailable(AnimClipError):
     """The configured video decoder cannot run on this machine (a run-wide problem, not a bad clip)."""
 
     def __init__(self, backend: str, reason: str):
-        super().__init__(f"video decoder {backend!r} is unavailable: {reason}")
+        super().__init__(f"video decoder {backend!r} is unavailable: {reason} "
+                         "(sampling.decoder in a config or --set; predict --decoder)")
         self.backend = backend
         self.reason = reason

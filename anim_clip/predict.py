@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from anim_clip.cache.extract import DecodedClip, FrameEncoder, default_device
 from anim_clip.config import Config
 from anim_clip.data.sampling import TEST_CROPS, eval_views, union_indices
-from anim_clip.data.video import VideoFile, open_video
-from anim_clip.errors import AnimClipError, VideoDecodeError
+from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
+from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
 from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
 from anim_clip.models.animal_clip import AnimalCLIP
 from anim_clip.models.backbone import FrozenImageTower, create_clip
@@ -191,9 +191,9 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path | Checkpoint, *, species: Sequence[str] | None = None,
                  predict_species: bool = False, clips: int | None = None, crops: int | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, decoder: str | None = None):
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        self.cfg = _with_views(self.ckpt.config, clips, crops)
+        self.cfg = _with_decoder(_with_views(self.ckpt.config, clips, crops), decoder)
         self.device = torch.device(device) if device is not None else default_device()
         head, tower, self.weights = load_model(self.ckpt)
         if head.vocab is None:
@@ -302,6 +302,24 @@ def _with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
     return dataclasses.replace(cfg, sampling=views)
 
 
+def _with_decoder(cfg: Config, decoder: str | None) -> Config:
+    """``cfg`` decoding with ``decoder``; by default the checkpoint's own, unless this machine lacks
+    it (a run trained with the GPU decoder, predicting on a laptop): then decord, said aloud."""
+    if decoder is not None:
+        if decoder not in BACKENDS:
+            raise AnimClipError(f"--decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+        check_decoder(decoder)
+    else:
+        decoder = cfg.sampling.decoder
+        try:
+            check_decoder(decoder)
+        except DecoderUnavailable as unavailable:
+            console.print(f"[yellow]the checkpoint decodes with {decoder}, unavailable here ({unavailable.reason}): "
+                          "decoding with decord[/]", soft_wrap=True)
+            decoder = "decord"
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, decoder=decoder))
+
+
 def _task_report(bar: Progress, description: str) -> Report:
     """A bar row for one video's windows, sized once the video is open and its windows known."""
     task = bar.add_task(description, total=None)
@@ -324,11 +342,11 @@ def iter_predictions(predictor: Predictor, videos: Sequence[str | Path], *, wind
 def predict_videos(checkpoint: str | Path | Checkpoint, videos: Sequence[str | Path], *,
                    species: Sequence[str] | None = None, predict_species: bool = False,
                    window: float | None = None, stride: float | None = None, clips: int | None = None,
-                   crops: int | None = None, device: str | torch.device | None = None,
+                   crops: int | None = None, device: str | torch.device | None = None, decoder: str | None = None,
                    progress: bool = False) -> list[VideoPrediction]:
     """Score every video with ``checkpoint`` (see :class:`Predictor` and :func:`iter_predictions`)."""
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
-                          device=device)
+                          device=device, decoder=decoder)
     return list(iter_predictions(predictor, videos, window=window, stride=stride, progress=progress))
 
 
@@ -430,13 +448,13 @@ def prediction_table(prediction: VideoPrediction, top_k: int) -> Group:
 def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: str | Path, top_k: int = 5,
                 species: Sequence[str] | None = None, predict_species: bool = False, window: float | None = None,
                 stride: float | None = None, clips: int | None = None, crops: int | None = None,
-                device: str | None = None) -> int:
+                device: str | None = None, decoder: str | None = None) -> int:
     """What ``anim-clip predict`` does: print a table per video as it is scored, write the files
     (also on Ctrl-C, for the videos done); returns how many videos failed."""
     if top_k < 1:
         raise AnimClipError(f"--top-k must be at least 1, got {top_k}")
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
-                          device=device)
+                          device=device, decoder=decoder)
     if predictor.species.note:
         console.print(f"[yellow]{predictor.species.note}[/]", soft_wrap=True)
     predictions: list[VideoPrediction] = []

@@ -4,6 +4,7 @@ by hand with the other decoder, plus species options, sliding windows and bad in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,13 +20,13 @@ from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import eval_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.video import open_video
-from anim_clip.errors import AnimClipError
+from anim_clip.errors import AnimClipError, DecoderUnavailable
 from anim_clip.models import build_head, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
 
-from videos import write_garbage
+from videos import decoder_unavailable, write_garbage
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
 BUNNY, FISH = REAL / "bigbuckbunny.mp4", REAL / "fish_tank_idtrackerai_test_A.avi"
@@ -148,6 +149,23 @@ def test_species_options(head_ckpt: Path, videos: list[Path]):
     assert Predictor(head_ckpt, predict_species=True, device="cpu").species.note is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_checkpoint_decoding_on_the_gpu_predicts_here_with_decord(head_ckpt: Path, videos: list[Path], capsys):
+    ckpt = load_checkpoint(head_ckpt)
+    config = dataclasses.replace(ckpt.config, sampling=dataclasses.replace(ckpt.config.sampling, decoder="torchcodec-cuda"))
+    gpu_trained = dataclasses.replace(ckpt, config=config)
+    predictor = Predictor(gpu_trained, species=["Fox"], device="cpu")
+    assert predictor.cfg.sampling.decoder == "decord"
+    assert "decodes with torchcodec-cuda, unavailable here" in capsys.readouterr().out
+    reference = Predictor(head_ckpt, species=["Fox"], device="cpu").predict(videos[0]).scores
+    np.testing.assert_array_equal(predictor.predict(videos[0]).scores, reference)
+    with pytest.raises(DecoderUnavailable, match="torch sees none"):
+        Predictor(head_ckpt, device="cpu", decoder="torchcodec-cuda")
+    if decoder_unavailable("torchcodec") is None:  # the same pixels, so the same scores
+        torchcodec = Predictor(head_ckpt, species=["Fox"], device="cpu", decoder="torchcodec")
+        np.testing.assert_array_equal(torchcodec.predict(videos[0]).scores, reference)
+
+
 def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):
     with pytest.raises(AnimClipError, match=r"unknown species 'Foxx' \(--species\); close matches: Fox"):
         Predictor(head_ckpt, species=["Foxx"])
@@ -157,6 +175,8 @@ def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):
         Predictor(head_ckpt, species=["Fox"], predict_species=True)
     with pytest.raises(AnimClipError, match="--crops must be one of 1, 3"):
         Predictor(head_ckpt, crops=2)
+    with pytest.raises(AnimClipError, match="--decoder must be one of decord, pyav, torchcodec"):
+        Predictor(head_ckpt, decoder="opencv")
 
 
 def test_a_checkpoint_that_is_not_ours_gets_the_loaders_message(tmp_path: Path, videos: list[Path]):

@@ -103,7 +103,7 @@ def test_bad_indices(video_dir):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_decoder_without_a_gpu_is_refused_with_the_fix(video_dir):
-    with pytest.raises(DecoderUnavailable, match="torch sees none; pick sampling.decoder=decord"):
+    with pytest.raises(DecoderUnavailable, match="torch sees none; decode with decord on this machine"):
         open_video(video_dir / "plain.mp4", "torchcodec-cuda")
     assert decoder_note("decord", torch.device("cpu")) == "decoder decord (CPU)"
     assert "no GPU decoder: it decodes on a CUDA GPU" in decoder_note("decord", torch.device("cuda", 0))

@@ -316,13 +316,13 @@ def _torchcodec_decoder_class(backend: str) -> type:
         from torchcodec.decoders import VideoDecoder
     except ImportError as error:
         raise DecoderUnavailable(backend, f"torchcodec is not installed ({error}); "
-                                          "pip install 'anim-clip[gpu]' or pick sampling.decoder=decord") from error
+                                          "pip install 'anim-clip[gpu]', or decode with decord") from error
     if torchcodec.ffmpeg_major_version is None:
         raise DecoderUnavailable(backend, "torchcodec found no FFmpeg 4-9 shared libraries; install them "
-                                          "(apt install ffmpeg, or conda install ffmpeg) or pick sampling.decoder=decord")
+                                          "(apt install ffmpeg, or conda install ffmpeg), or decode with decord")
     if backend == "torchcodec-cuda" and not torch.cuda.is_available():
         raise DecoderUnavailable(backend, "it decodes on a CUDA GPU (NVDEC) and torch sees none; "
-                                          "pick sampling.decoder=decord on this machine")
+                                          "decode with decord on this machine")
     return VideoDecoder
 
 
