@@ -174,7 +174,7 @@ def test_torchcodec_decoding_gives_the_same_store(data: Path, reference: Path, t
 def test_gpu_decoded_frames_are_not_mixed_into_a_cpu_decoded_cache(data: Path, reference: Path):
     cfg = config(data, "sampling.decoder=torchcodec-cuda")
     signature = {**cache_signature(cfg, resolve_weights(cfg.backbone)[1]), "random_weights": True}
-    assert signature["sampling"]["decoded_on"] == "cuda"
+    assert signature["sampling"]["decoded_on"] == "cuda" and "decoded_on" not in FeatureCache(reference).attrs["config"]["sampling"]
     with pytest.raises(CacheError, match=r"sampling\.decoded_on"):
         check_compatible(FeatureCache(reference).attrs["config"], signature, reference)
 

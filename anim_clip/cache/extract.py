@@ -40,7 +40,7 @@ TRAIN_SPLIT = "train"
 def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
     """What makes two caches' features interchangeable; stored in the cache, compared on reuse."""
     s = cfg.sampling
-    return {
+    signature = {
         "dataset": cfg.data.name,
         "backbone": {
             "model": cfg.backbone.model,
@@ -52,10 +52,11 @@ def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
             "num_frames": s.num_frames, "image_size": s.image_size, "resize": s.resize,
             "normalization": s.normalization, "train_views": s.train_views,
             "test_clips": s.test_clips, "test_crops": s.test_crops,
-            # the CPU decoders give identical pixels; NVDEC's colour conversion does not
-            "decoded_on": "cuda" if s.decoder in GPU_BACKENDS else "cpu",
         },
     }
+    if s.decoder in GPU_BACKENDS:  # the CPU decoders give identical pixels; NVDEC converts colour its own way
+        signature["sampling"]["decoded_on"] = "cuda"
+    return signature
 
 
 def plan_views(split: str, index: int, num_frames: int, height: int, width: int, cfg: Config) -> list[ViewSpec]:
