@@ -10,6 +10,7 @@ import pytest
 from typer.main import get_command
 
 from anim_clip.cli import app
+from anim_clip.ui import RateColumn, progress_bar
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,3 +69,12 @@ def test_dataset_info_writes_json(tmp_path):
     assert summary["actions"] == 21 and summary["species"] == 11
     assert summary["splits"]["train"]["clips"] == 6994 and summary["splits"]["test"]["clips"] == 2997
     assert "6994" in proc.stdout
+
+
+def test_rate_columns_show_clips_and_frames_per_second():
+    with progress_bar("clips", RateColumn("frames", per_item="frames_per_clip"), disable=True) as bar:
+        bar.add_task("test", total=10, frames_per_clip=8)
+        task = bar.tasks[0]
+        task.finished_speed = 2.5
+        clips, frames = (c.render(task).plain for c in bar.columns if isinstance(c, RateColumn))
+    assert clips.split() == ["2.5", "clips/s"] and frames.split() == ["20.0", "frames/s"]

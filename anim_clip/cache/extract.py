@@ -32,7 +32,7 @@ from anim_clip.data.video import GPU_BACKENDS, check_decoder, decoder_note, open
 from anim_clip.errors import VideoDecodeError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
-from anim_clip.ui import console, progress_bar
+from anim_clip.ui import RateColumn, console, progress_bar
 
 TRAIN_SPLIT = "train"
 
@@ -250,8 +250,10 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
     frame_indices: dict[int, np.ndarray] = {}
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
     start = time.perf_counter()
-    with progress_bar("clips", disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
-        task = bar.add_task(f"{split} [{shard + 1}/{num_shards}]", total=len(jobs))
+    frames_rate = RateColumn("frames", per_item="frames_per_clip")
+    with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
+        task = bar.add_task(f"{split} [{shard + 1}/{num_shards}]", total=len(jobs),
+                            frames_per_clip=num_views(split, cfg) * cfg.sampling.num_frames)
 
         def store(results: list[tuple[int, FrameFeatures]]) -> None:
             for index, features in results:
