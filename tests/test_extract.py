@@ -111,6 +111,8 @@ def test_corrupt_video_is_skipped_and_reported(data: Path, tmp_path: Path):
     reports = extract(config(data, f"data.root={videos}"), out, progress=False)
     test = next(r for r in reports if r.split == "test")
     assert sum(test.failed.values()) == 1 and test.extracted == 5
+    cls_bytes = test.extracted * T * 128 * 2  # 1 view x T frames x D=128, fp16
+    assert cls_bytes <= test.bytes_written < cls_bytes + 2**16  # the features, plus flags, ids and metadata
     split = FeatureCache(out).split("test")
     failed = [i for i, e in enumerate(split.errors) if e]
     assert [split.clip_ids[i] for i in failed] == [bad.name]

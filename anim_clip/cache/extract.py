@@ -122,13 +122,18 @@ class SplitReport:
     failed: Counter = field(default_factory=Counter)
     frames: int = 0
     seconds: float = 0.0
+    bytes_written: int = 0  # growth of the split on disk during this run
     interrupted: bool = False
 
     def row(self) -> list[Any]:
         rate = self.extracted / self.seconds if self.seconds else 0.0
         reasons = "; ".join(f"{n}× {r}" for r, n in self.failed.most_common(3)) or "-"
         return [self.split, self.clips, self.already_done, self.extracted, sum(self.failed.values()), reasons,
-                f"{rate:.1f}", f"{self.frames / self.seconds if self.seconds else 0:.0f}"]
+                f"{self.bytes_written / 2**20:.1f}", f"{rate:.1f}", f"{self.frames / self.seconds if self.seconds else 0:.0f}"]
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class FrameEncoder:
@@ -249,6 +254,7 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
     encoder = FrameEncoder(tower, device, cfg)
     frame_indices: dict[int, np.ndarray] = {}
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
+    bytes_before = _disk_bytes(out / split)
     start = time.perf_counter()
     frames_rate = RateColumn("frames", per_item="frames_per_clip")
     with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
@@ -279,4 +285,5 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
             console.print(f"[yellow]interrupted: {writer.unfinished} clips of unfinished chunks will be redone; "
                           "run the same command again to resume[/]")
     report.seconds = time.perf_counter() - start
+    report.bytes_written = _disk_bytes(out / split) - bytes_before
     return report
