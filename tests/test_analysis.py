@@ -403,3 +403,21 @@ def test_faiss_training_survives_video_decoding_loaded_first():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trained" in done.stdout
+
+
+def test_clip_from_a_video_scores_like_the_same_clip_from_the_cache(stored, head, trained, tmp_path):
+    """``analyze clip --video`` decodes, renders and encodes the clip itself (the predict path):
+    with the clip's annotated species it must score as the cached clip, up to the cache's fp16."""
+    cached = clip_from_cache(trained["cache"], "test00001.mp4", trained["cfg"], False)
+    from_cache = clip_report(stored, head, cached, k=7)
+    species = [a for s in np.flatnonzero(cached.species.numpy()) for a in ("--species", stored.space.species[s])]
+    video = trained["root"] / "data" / "videos" / "test00001.mp4"
+    out = tmp_path / "clip.json"
+    result = CliRunner().invoke(analyze_app, ["clip", str(trained["run"]), "--video", str(video), *species, "-k", "7",
+                                              "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    from_video = json.loads(out.read_text())
+    assert from_video["species"] == from_cache["species"]
+    video_logits = {r["action"]: r["logit"] for r in from_video["by_logit"]}
+    for r in from_cache["by_logit"]:
+        assert video_logits[r["action"]] == pytest.approx(r["logit"], abs=0.01)
