@@ -193,7 +193,7 @@ class Predictor:
                  predict_species: bool = False, clips: int | None = None, crops: int | None = None,
                  device: str | torch.device | None = None, decoder: str | None = None):
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        self.cfg = _with_decoder(_with_views(self.ckpt.config, clips, crops), decoder)
+        self.cfg = with_decoder(_with_views(self.ckpt.config, clips, crops), decoder)
         self.device = torch.device(device) if device is not None else default_device()
         head, tower, self.weights = load_model(self.ckpt)
         if head.vocab is None:
@@ -302,7 +302,7 @@ def _with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
     return dataclasses.replace(cfg, sampling=views)
 
 
-def _with_decoder(cfg: Config, decoder: str | None) -> Config:
+def with_decoder(cfg: Config, decoder: str | None) -> Config:
     """``cfg`` decoding with ``decoder``; by default the checkpoint's own, unless this machine lacks
     it (a run trained with the GPU decoder, predicting on a laptop): then decord, said aloud."""
     if decoder is not None:

@@ -144,12 +144,12 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     from anim_clip.data.dataset import load_dataset
     from anim_clip.evaluate.cached import eval_context, eval_dir, resolve_checkpoint, write_report
     from anim_clip.models.checkpoint import load_checkpoint
-    from anim_clip.predict import load_model
+    from anim_clip.predict import load_model, with_decoder
     from anim_clip.train.distributed import setup_distributed
 
     file = resolve_checkpoint(path, weights)
     ckpt = load_checkpoint(file)
-    cfg = ckpt.config
+    cfg = with_decoder(ckpt.config, None)
     dist = setup_distributed(device)
     dataset = load_dataset(cfg.data)
     videos = video_split(dataset, split, cfg)
