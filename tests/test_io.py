@@ -1,0 +1,40 @@
+"""Atomic writes: whole files, normal permissions, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from anim_clip.io import atomic_write, atomic_write_json
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_get_the_umask_mode_whoever_writes_them(tmp_path: Path):
+    umask = os.umask(0o022)
+    try:
+        text = atomic_write_json(tmp_path / "a.json", {"x": 1})
+        weights = atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.ones(2)}, str(tmp)))
+    finally:
+        os.umask(umask)
+    assert _mode(text) == _mode(weights) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "w.safetensors"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):
+    path = atomic_write_json(tmp_path / "a.json", {"x": 1})
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, broken)
+    assert path.read_text().strip().startswith("{") and [p.name for p in tmp_path.iterdir()] == ["a.json"]
