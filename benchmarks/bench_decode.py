@@ -20,8 +20,7 @@ import torch
 
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import tsn_indices
-from anim_clip.data.video import BACKENDS, GPU_BACKENDS, check_decoder, open_video
-from anim_clip.errors import DecoderUnavailable
+from anim_clip.data.video import BACKENDS, GPU_BACKENDS, decoder_unavailable, open_video
 from benchmarks.common import save
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
@@ -39,11 +38,11 @@ def _time(fn, repeats: int) -> float:
 def usable_decoders() -> list[str]:
     usable = []
     for backend in BACKENDS:
-        try:
-            check_decoder(backend)
+        reason = decoder_unavailable(backend)
+        if reason is None:
             usable.append(backend)
-        except DecoderUnavailable as unavailable:
-            print(f"skipping {unavailable}")
+        else:
+            print(f"skipping {backend}: {reason}")
     return usable
 
 

@@ -23,10 +23,9 @@ from anim_clip.config import BackboneConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
-from anim_clip.data.video import open_video
+from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, CacheError, DecoderUnavailable
 from anim_clip.models.backbone import FrozenImageTower, create_clip, resolve_weights
-from videos import decoder_unavailable
 
 V, T = 2, 4
 OVERRIDES = ["backbone.pretrained=null", f"sampling.train_views={V}", f"sampling.num_frames={T}",

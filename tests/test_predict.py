@@ -19,14 +19,14 @@ from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import eval_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
-from anim_clip.data.video import open_video
+from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable
 from anim_clip.models import build_head, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
 
-from videos import decoder_unavailable, write_garbage
+from videos import write_garbage
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
 BUNNY, FISH = REAL / "bigbuckbunny.mp4", REAL / "fish_tank_idtrackerai_test_A.avi"

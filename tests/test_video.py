@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from videos import (
-    decoder_unavailable,
     decoders,
     frame_ids,
     indexed_frames,

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from anim_clip.data.video import BACKENDS, check_decoder
-from anim_clip.errors import DecoderUnavailable
+from anim_clip.data.video import BACKENDS, decoder_unavailable
 
 BASE = 10
 STEP = 6
@@ -36,15 +35,6 @@ def frame_ids(frames: torch.Tensor) -> np.ndarray:
     """The index k each decoded frame encodes (nearest code level of its mean)."""
     means = frames.cpu().numpy().reshape(len(frames), -1).mean(axis=1)
     return np.rint((means - BASE) / STEP).astype(np.int64)
-
-
-def decoder_unavailable(backend: str) -> str | None:
-    """Why ``backend`` cannot run on this machine, or None."""
-    try:
-        check_decoder(backend)
-    except DecoderUnavailable as unavailable:
-        return unavailable.reason
-    return None
 
 
 def decoders() -> list:

@@ -377,15 +377,23 @@ def check_decoder(backend: str, worker_processes: int = 0) -> None:
         _torchcodec_decoder_class(backend)
 
 
+def decoder_unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, or None when it can."""
+    try:
+        check_decoder(backend)
+    except DecoderUnavailable as unavailable:
+        return unavailable.reason
+    return None
+
+
 def decoder_note(backend: str, device: torch.device) -> str:
     """Which decoder runs where, for the log; names the GPU decoder when a GPU run leaves it unused."""
     note = f"decoder {backend} ({f'NVDEC on {device}' if backend in GPU_BACKENDS else 'CPU'})"
     if backend in GPU_BACKENDS or device.type != "cuda":
         return note
-    try:
-        check_decoder("torchcodec-cuda")
-    except DecoderUnavailable as unavailable:
-        return f"{note}; no GPU decoder: {unavailable.reason}"
+    reason = decoder_unavailable("torchcodec-cuda")
+    if reason is not None:
+        return f"{note}; no GPU decoder: {reason}"
     return f"{note}; a GPU decoder is available: --set sampling.decoder=torchcodec-cuda"
 
 
