@@ -496,10 +496,6 @@ class CachedSplit:
         """Clips with features: done and not failed."""
         return self.done & ~self.failed
 
-    @property
-    def has_patches(self) -> bool:
-        return self._patches is not None
-
     def __len__(self) -> int:
         return self.cls.shape[0]
 

@@ -68,8 +68,6 @@ SPECIES: tuple[Species, ...] = (
     Species("Rabbit", 0.28, (("brown", (150, 115, 80)), ("white", (232, 230, 224)), ("grey", (140, 140, 140))),
             ("Running", "Jumping", "Keeping still"), 1.0),
 )
-SPECIES_BY_NAME: dict[str, Species] = {s.name: s for s in SPECIES}
-
 
 @dataclass(frozen=True)
 class AnimalPlan:

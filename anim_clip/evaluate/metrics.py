@@ -13,8 +13,6 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor
 
-GROUPS = ("head", "middle", "tail")
-
 
 def _tensor(x: ArrayLike) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double()
