@@ -69,6 +69,7 @@ SPECIES: tuple[Species, ...] = (
             ("Running", "Jumping", "Keeping still"), 1.0),
 )
 
+
 @dataclass(frozen=True)
 class AnimalPlan:
     """One animal of a clip: its species and the actions it performs, in order."""
