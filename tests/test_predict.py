@@ -26,18 +26,12 @@ from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_text
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
 
-from videos import write_garbage
+from videos import real_clip, write_garbage
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
-BUNNY, FISH = REAL / "bigbuckbunny.mp4", REAL / "fish_tank_idtrackerai_test_A.avi"
+BUNNY, FISH = "bigbuckbunny.mp4", "fish_tank_idtrackerai_test_A.avi"
 T = 4
 TOL = {"atol": 1e-5, "rtol": 0}
 
-
-def real(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"{path} is not beside the repository")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +115,7 @@ def by_hand(ckpt_path: Path, video_path: Path, species: list[str] | None, clips:
 
 @pytest.mark.parametrize("species", [["Duck", "Frog"], None], ids=["oracle", "predicted"])
 def test_scores_equal_the_head_run_by_hand(head_ckpt: Path, videos: list[Path], species):
-    paths = [videos[0], real(BUNNY)]
+    paths = [videos[0], real_clip(BUNNY)]
     predictions = predict_videos(head_ckpt, paths, species=species, predict_species=species is None, clips=2, crops=3,
                                  device="cpu")
     for path, prediction in zip(paths, predictions):
@@ -193,7 +187,7 @@ def test_window_bounds():
 
 
 def test_window_timeline_on_a_long_real_clip(head_ckpt: Path, tmp_path: Path):
-    fish = real(FISH)
+    fish = real_clip(FISH)
     failed = run_predict(head_ckpt, [fish], out=tmp_path, window=4.0, predict_species=True, device="cpu")
     assert failed == 0
     record = json.loads((tmp_path / "predictions.json").read_text())

@@ -1,4 +1,4 @@
-"""Parity with the authors' released model on ../shared/fixtures/reference_parity_small.pt.
+"""Parity with the authors' released model on tests/fixtures/reference_parity_small.pt (see its README).
 
 Every output of the release's forward pass is reproduced within 1e-4 (fp32, CPU); the graph
 built by our parsers equals the fixture's edges; the cached-mode head fed the fixture's frame

@@ -11,6 +11,7 @@ from videos import (
     decoders,
     frame_ids,
     indexed_frames,
+    real_clip,
     write_empty,
     write_garbage,
     write_truncated,
@@ -23,7 +24,6 @@ from anim_clip.data.video import BACKENDS, decoder_note, open_video
 from anim_clip.errors import DecoderUnavailable, VideoDecodeError
 
 N = 40
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
 
 # (file name, codec, keyframe interval): H.264 with B-frames and several keyframes exercises
 # seeking; mkv declares no frame count (counted by demuxing); AVI is MPEG-4 Part 2.
@@ -171,9 +171,7 @@ REAL_CLIPS = [
 
 @pytest.mark.parametrize(("name", "frames", "height", "width", "fps"), REAL_CLIPS)
 def test_real_clips(name, frames, height, width, fps):
-    path = REAL / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (needs ../shared beside the repository)")
+    path = real_clip(name)
     indices = np.array([frames - 1, 0, frames // 2, 7, frames // 2])
     decoded = []
     for backend in usable_decoders():

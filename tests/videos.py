@@ -16,6 +16,9 @@ import torch
 
 from anim_clip.data.video import BACKENDS, decoder_unavailable
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
+
 BASE = 10
 STEP = 6
 TEXTURE = 8
@@ -102,3 +105,12 @@ def write_zero_frames(path: Path, height: int = 64, width: int = 96) -> Path:
         container.add_stream_from_template(source.streams.video[0])
         container.start_encoding()
     return path
+
+
+def real_clip(name: str) -> Path:
+    """A real clip: shipped in tests/fixtures, else the optional one of ../shared (the GPL fish,
+    not shipped); the test skips, saying so, when neither folder has it."""
+    for folder in (FIXTURES, SHARED_VIDEOS):
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"{name} is in neither tests/fixtures nor {SHARED_VIDEOS} (optional extra data, tests/fixtures/README.md)")

@@ -310,7 +310,11 @@ _TORCHCODEC_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
 
 
 def _torchcodec_decoder_class(backend: str) -> type:
-    """torchcodec's ``VideoDecoder``, or DecoderUnavailable saying what this machine lacks."""
+    """torchcodec's ``VideoDecoder``, or DecoderUnavailable saying what this machine lacks, the
+    most basic lack first: without a GPU, installing torchcodec or FFmpeg would not help NVDEC."""
+    if backend == "torchcodec-cuda" and not torch.cuda.is_available():
+        raise DecoderUnavailable(backend, "it decodes on a CUDA GPU (NVDEC) and torch sees none; "
+                                          "decode with decord on this machine")
     try:
         import torchcodec
         from torchcodec.decoders import VideoDecoder
@@ -320,9 +324,6 @@ def _torchcodec_decoder_class(backend: str) -> type:
     if torchcodec.ffmpeg_major_version is None:
         raise DecoderUnavailable(backend, "torchcodec found no FFmpeg 4-9 shared libraries; install them "
                                           "(apt install ffmpeg, or conda install ffmpeg), or decode with decord")
-    if backend == "torchcodec-cuda" and not torch.cuda.is_available():
-        raise DecoderUnavailable(backend, "it decodes on a CUDA GPU (NVDEC) and torch sees none; "
-                                          "decode with decord on this machine")
     return VideoDecoder
 
 
