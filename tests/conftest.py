@@ -1,5 +1,5 @@
-"""Shared test setup: no hub access, the fixtures shipped in ``tests/fixtures``, and the optional
-extra data of ``../shared`` beside the repository (tests that need it skip, saying so)."""
+"""Shared test setup: no hub access, the parity fixture shipped in ``tests/fixtures``, and the
+optional extra data beside the repository (``extra_data.py``)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from extra_data import RELEASE, require
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PARITY_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_parity_small.pt"
-# Optional extra data: the release's description CSV (third-party prose), not shipped.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-RELEASE = SHARED / "data" / "animal-clip-release"
 
 
 @pytest.fixture
 def release_dir() -> Path:
-    if not RELEASE.is_dir():
-        pytest.skip(f"{RELEASE} is absent (optional extra data: the release's description CSV)")
-    return RELEASE
+    return require(RELEASE, "the release's description CSV")
 
 
 @pytest.fixture(scope="session")

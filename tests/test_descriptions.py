@@ -11,6 +11,7 @@ from anim_clip.data.descriptions import CONTEXT_LENGTH, class_texts, load_descri
 from anim_clip.errors import DatasetFormatError
 
 
+@pytest.mark.extra_data
 def test_release_description_csv(release_dir):
     """No header, one long text per class: all 140 rows are read (the release's own loader loses one)."""
     actions = load_dataset(DataConfig(format="ak")).actions

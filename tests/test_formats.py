@@ -22,6 +22,7 @@ def test_release_counts(fmt, actions, species, train, test):
     assert (len(ds.clips("train")), len(ds.clips("test"))) == (train, test)
 
 
+@pytest.mark.extra_data
 def test_shipped_files_equal_the_release(release_dir: Path):
     for shipped in RELEASE_DIR.rglob("*"):
         if shipped.is_file():

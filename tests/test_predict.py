@@ -186,6 +186,7 @@ def test_window_bounds():
     assert window_bounds(210, 25.0, 4.0, 2.0)[-1] == (4.4, 8.4)  # the tail gets a window ending with the video
 
 
+@pytest.mark.extra_data
 def test_window_timeline_on_a_long_real_clip(head_ckpt: Path, tmp_path: Path):
     fish = real_clip(FISH)
     failed = run_predict(head_ckpt, [fish], out=tmp_path, window=4.0, predict_species=True, device="cpu")

@@ -165,7 +165,7 @@ def test_truncated_mkv_returns_only_true_frames(video_dir, backend):
 
 REAL_CLIPS = [
     ("bigbuckbunny.mp4", 132, 720, 1280, 25.0),
-    ("fish_tank_idtrackerai_test_A.avi", 501, 938, 1160, 28.07),
+    pytest.param("fish_tank_idtrackerai_test_A.avi", 501, 938, 1160, 28.07, marks=pytest.mark.extra_data),
 ]
 
 

@@ -13,11 +13,11 @@ import av
 import numpy as np
 import pytest
 import torch
+from extra_data import VIDEOS, require
 
 from anim_clip.data.video import BACKENDS, decoder_unavailable
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
 
 BASE = 10
 STEP = 6
@@ -108,9 +108,7 @@ def write_zero_frames(path: Path, height: int = 64, width: int = 96) -> Path:
 
 
 def real_clip(name: str) -> Path:
-    """A real clip: shipped in tests/fixtures, else the optional one of ../shared (the GPL fish,
-    not shipped); the test skips, saying so, when neither folder has it."""
-    for folder in (FIXTURES, SHARED_VIDEOS):
-        if (folder / name).is_file():
-            return folder / name
-    pytest.skip(f"{name} is in neither tests/fixtures nor {SHARED_VIDEOS} (optional extra data, tests/fixtures/README.md)")
+    """A real clip: shipped in tests/fixtures (the CC-BY rabbit), else the optional extra data (the
+    GPL fish, not shipped)."""
+    shipped = FIXTURES / name
+    return shipped if shipped.is_file() else require(VIDEOS / name, "a GPL-licensed real clip")
