@@ -169,6 +169,24 @@ def test_two_shards_equal_one_process(data: Path, reference: Path, tmp_path: Pat
     assert_same_store(out, reference)
 
 
+def test_extracting_again_gives_the_same_bits_with_threads_and_under_load(data: Path, reference: Path,
+                                                                           tmp_path: Path):
+    # reference: 4 decoding threads, 1 thread per decoder, an idle process; here 3 and 2, while
+    # another process burns a CPU core
+    out = tmp_path / "cache.zarr"
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        extract(config(data, "sampling.decode_threads=2"), out, workers=3, progress=False)
+    finally:
+        burner.kill()
+        burner.wait()
+    for split in ("train", "test"):
+        again, first = arrays(out, split), arrays(reference, split)
+        assert again.pop("cls").tobytes() == first.pop("cls").tobytes(), f"{split}/cls differs"
+        for name, values in first.items():
+            np.testing.assert_array_equal(again[name], values, err_msg=f"{split}/{name}")
+
+
 def test_other_config_is_refused(data: Path, reference: Path):
     with pytest.raises(CacheError, match=r"sampling\.num_frames"):
         extract(config(data, f"sampling.num_frames={T + 1}"), reference, progress=False)
