@@ -141,7 +141,7 @@ def extract_cmd(
 
     index, count = _parse_shard(shard)
     reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
-    console.print(table("extraction", ["split", "clips", "done before", "extracted", "failed", "failure reasons",
+    console.print(table("extraction", ["split", "clips", "done before", "extracted", "decoded by", "failed", "failure reasons",
                                        "MB written", "clips/s", "frames/s"], [r.row() for r in reports]))
     if any(r.interrupted for r in reports):
         raise typer.Exit(130)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from anim_clip.cache.extract import DecodedClip, FrameEncoder, default_device
 from anim_clip.config import Config
 from anim_clip.data.sampling import TEST_CROPS, eval_views, union_indices
-from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
+from anim_clip.data.video import BACKENDS, FallbackNotice, VideoFile, check_decoder, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
 from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
 from anim_clip.models.animal_clip import AnimalCLIP
@@ -207,6 +207,7 @@ class Predictor:
         self.head = head.to(self.device).eval()
         self.tower = tower.to(self.device).eval()
         self.num_frames = head.dims["num_frames"]
+        self.fallbacks = FallbackNotice()
 
     def describe(self) -> dict[str, Any]:
         """What produced the scores, for the JSON file."""
@@ -229,6 +230,7 @@ class Predictor:
                 ranges = [(first, stop) for _, _, first, stop in segments]
                 actions, species = self._score_segments(video, ranges, report or (lambda done, total: None))
                 num_frames, fps = video.num_frames, video.fps
+                self.fallbacks(video.fallback)
         except VideoDecodeError as e:
             return VideoPrediction(path, self.actions, error=str(e))
         windows = [Window(a, b, scores) for (a, b, _, _), scores in zip(segments, actions)] if window else []

@@ -143,7 +143,8 @@ def build_cache(root: Path, clips: int, rng: np.random.Generator) -> Path:
     views = torch.from_numpy(synthetic((V, T, P, W), rng))
     writer = SplitWriter(path, "train")
     for i in writer.pending:
-        writer.write(i, FrameFeatures(cls=torch.zeros(V, T, D), patches=views.roll(i, dims=0)), np.zeros((V, T), np.int64))
+        writer.write(i, FrameFeatures(cls=torch.zeros(V, T, D), patches=views.roll(i, dims=0)), np.zeros((V, T), np.int64),
+                     "decord")
     return path
 
 

@@ -50,19 +50,19 @@ def bench_video(path: Path, decoders: list[str], repeats: int) -> list[dict]:
     rows = []
     for backend in decoders:
         for threads in (1,) if backend in GPU_BACKENDS else (1, 2):
-            with open_video(path, backend, threads) as video:
+            with open_video(path, backend, threads, pyav_fallback=False) as video:
                 n = video.num_frames
                 shape = (video.width, video.height)
             tsn = tsn_indices(n, 8, np.random.default_rng(0))
 
             def sampled():
-                with open_video(path, backend, threads) as v:
+                with open_video(path, backend, threads, pyav_fallback=False) as v:
                     v.get_frames(tsn)
                     if v.device.type == "cuda":
                         torch.cuda.synchronize(v.device)
 
             def everything():
-                with open_video(path, backend, threads) as v:
+                with open_video(path, backend, threads, pyav_fallback=False) as v:
                     v.get_frames(np.arange(n))
                     if v.device.type == "cuda":
                         torch.cuda.synchronize(v.device)

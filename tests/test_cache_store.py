@@ -35,6 +35,7 @@ CHUNK_BYTES = CLIPS_PER_CHUNK * V * T * D * 2
 CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None},
           "sampling": {"num_frames": T, "image_size": 224}, "dataset": "demo"}
 FAILING = {4: "cannot decode video:\n  moov atom   not found"}
+FELL_BACK = 7  # the clip the configured decoder failed on and PyAV decoded
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,7 @@ def give(writer: SplitWriter, i: int) -> None:
         writer.fail(i, FAILING[i])
     else:
         writer.write(i, FrameFeatures(torch.from_numpy(clip_cls(i)).float(), torch.from_numpy(clip_patches(i))),
-                     clip_frames(i))
+                     clip_frames(i), "pyav" if i == FELL_BACK else "decord")
 
 
 def extract(path: str, shard: int = 0, num_shards: int = 1, kill_after_clip: int | None = None,
@@ -270,9 +271,9 @@ def test_writer_checks_shapes(tmp_path: Path) -> None:
     create_split(path, "train", spec())
     writer = SplitWriter(path, "train")
     with pytest.raises(CacheError, match=r"expects \(2, 3, 8\)"):
-        writer.write(0, FrameFeatures(torch.zeros(V, T, D + 1), torch.zeros(V, T, P, W)), clip_frames(0))
+        writer.write(0, FrameFeatures(torch.zeros(V, T, D + 1), torch.zeros(V, T, P, W)), clip_frames(0), "decord")
     with pytest.raises(CacheError, match="without them"):
-        writer.write(0, FrameFeatures(torch.zeros(V, T, D)), clip_frames(0))
+        writer.write(0, FrameFeatures(torch.zeros(V, T, D)), clip_frames(0), "decord")
     assert writer.pending == list(range(N))  # a refused clip can still be given
 
 
@@ -395,7 +396,10 @@ def test_cache_info_summarises(full: Path) -> None:
     assert train["arrays"]["cls"]["chunks"] == [CLIPS_PER_CHUNK, V, T, D]
     assert train["arrays"]["patches"]["bytes"] >= (N - 1) * V * T * P * W * 2 / 2
     assert info["config"] == CONFIG and info["schema_version"] == store.SCHEMA_VERSION
+    assert train["decoders"] == info["decoders"] == {"decord": N - 2, "pyav": 1}  # failed clips have none
+    assert zarr.open_array(full / "train" / "decoder", mode="r")[FELL_BACK] == "pyav"
     with console.capture() as captured:
         for t in cache_info_tables(info):
             console.print(t)
     assert "moov atom" in captured.get()
+    assert "MIXED DECODERS" in captured.get() and "decord 8, pyav 1" in " ".join(captured.get().split())

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from typer.testing import CliRunner
+from videos import frame_ids, indexed_frames, write_video
 
 from anim_clip.cache.extract import extract
 from anim_clip.cli import app
@@ -90,6 +91,19 @@ def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path, capsys):
     assert not torch.equal(other_epoch.features[1], batch.features[1])
     assert len(other_epoch.skipped) == 1  # counted in every epoch, printed once
     assert capsys.readouterr().out.count("cannot decode video") == 1
+
+
+def test_a_video_decord_cannot_read_is_trained_on_with_pyav_and_said_once(data: Path, tmp_path: Path, capsys):
+    cfg = cfg_for(data)
+    videos = VideoTrainData(load_dataset(cfg.data), "train", torch.arange(12), cfg, torch.device("cpu"))
+    videos.paths[0] = write_video(tmp_path / "raw.h264", indexed_frames(16, 64, 64))  # decord cannot open it
+    clips = [decode_train_clip(videos.paths, cfg, 0, i) for i in (0, 1)]
+    assert [c.decoder for c in clips] == ["pyav", "decord"] and clips[0].error is None
+    assert frame_ids(clips[0].frames).tolist() == clips[0].views[0].frame_indices.tolist()
+    for epoch in (0, 1):
+        assert videos.batch(clips, epoch).valid.all()
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("decoder fallback:") == 1 and "raw.h264: cannot decode video: decord: " in out
 
 
 def test_pixel_cutmix_pastes_one_box_on_every_frame_of_every_clip():

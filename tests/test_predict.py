@@ -26,7 +26,7 @@ from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_text
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
 
-from videos import real_clip, write_garbage
+from videos import indexed_frames, real_clip, write_garbage, write_video
 
 BUNNY, FISH = "bigbuckbunny.mp4", "fish_tank_idtrackerai_test_A.avi"
 T = 4
@@ -158,6 +158,19 @@ def test_a_checkpoint_decoding_on_the_gpu_predicts_here_with_decord(head_ckpt: P
     if decoder_unavailable("torchcodec") is None:  # the same pixels, so the same scores
         torchcodec = Predictor(head_ckpt, species=["Fox"], device="cpu", decoder="torchcodec")
         np.testing.assert_array_equal(torchcodec.predict(videos[0]).scores, reference)
+
+
+def test_a_video_decord_cannot_read_is_predicted_from_pyav_pixels_and_said_once(head_ckpt: Path, tmp_path: Path,
+                                                                               capsys):
+    raw = write_video(tmp_path / "raw.h264", indexed_frames(16, 64, 64))  # no timestamps: decord cannot open it
+    predictor = Predictor(head_ckpt, species=["Duck"], device="cpu")
+    assert predictor.cfg.sampling.decoder == "decord"
+    first, again = predictor.predict(raw), predictor.predict(raw)
+    assert first.error is None
+    np.testing.assert_allclose(first.scores, by_hand(head_ckpt, raw, ["Duck"], 1, 1)[0], **TOL)
+    np.testing.assert_array_equal(again.scores, first.scores)
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("decoder fallback:") == 1 and f"{raw}: cannot decode video: decord: " in out
 
 
 def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):

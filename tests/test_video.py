@@ -1,4 +1,5 @@
-"""Video decoding with both backends: generated videos, the real clips, and broken files."""
+"""Video decoding with every backend: generated videos of many frame sizes, the real clips, broken
+files, and the per-file PyAV fallback."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 from videos import (
+    DECORD_SIZE_BUG,
     decoders,
+    decodes_alone,
     frame_ids,
     indexed_frames,
     real_clip,
     write_empty,
     write_garbage,
+    write_junk_payloads,
     write_truncated,
     write_video,
     write_zero_frames,
@@ -35,10 +39,20 @@ FORMATS = [
 ]
 
 
+# (height, width): decord2 3.4.0 reads 100x64 but not 96x64 on AVX-512 CPUs (DECORD_SIZE_BUG)
+SIZES = [(64, 96), (64, 100)]
+
+
+@pytest.fixture(scope="module", params=SIZES, ids=[f"{w}x{h}" for h, w in SIZES])
+def size(request) -> tuple[int, int]:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("videos")
-    frames = indexed_frames(N)
+def video_dir(size, tmp_path_factory) -> Path:
+    height, width = size
+    root = tmp_path_factory.mktemp(f"videos-{width}x{height}")
+    frames = indexed_frames(N, height, width)
     for name, codec, gop in FORMATS:
         write_video(root / name, frames, codec=codec, keyframe_interval=gop)
     write_video(root / "faststart.mp4", frames, options={"movflags": "faststart"})
@@ -46,37 +60,81 @@ def video_dir(tmp_path_factory) -> Path:
     return root
 
 
+def expected_decoder(path: Path, backend: str) -> str:
+    """The backend itself, or PyAV where it cannot read this file alone."""
+    return backend if decodes_alone(path, backend) else "pyav"
+
+
 @pytest.mark.parametrize("backend", decoders())
 @pytest.mark.parametrize("name", [f[0] for f in FORMATS])
-def test_decodes_every_frame_in_order(video_dir, backend, name):
+def test_decodes_every_frame_in_order(video_dir, size, backend, name):
+    height, width = size
     with open_video(video_dir / name, backend) as video:
-        assert (video.num_frames, video.height, video.width) == (N, 64, 96)
+        assert (video.num_frames, video.height, video.width) == (N, height, width)
         assert video.fps == pytest.approx(25.0)
         frames = video.get_frames(np.arange(N))
-    assert frames.dtype == torch.uint8 and frames.shape == (N, 64, 96, 3) and frames.device == video.device
+    assert frames.dtype == torch.uint8 and frames.shape == (N, height, width, 3) and frames.device == video.device
     assert frame_ids(frames).tolist() == list(range(N))
+    assert video.decoder == expected_decoder(video_dir / name, backend)
 
 
 @pytest.mark.parametrize("backend", decoders())
 @pytest.mark.parametrize("name", [f[0] for f in FORMATS])
-def test_unsorted_repeated_indices(video_dir, backend, name):
+def test_unsorted_repeated_indices(video_dir, size, backend, name):
     rng = np.random.default_rng(0)
     with open_video(video_dir / name, backend) as video:
         for indices in [np.array([39, 0, 17, 17, 3, 39, 8]), *rng.integers(0, N, size=(5, 9))]:
             assert frame_ids(video.get_frames(indices)).tolist() == indices.tolist()
-        assert video.get_frames(np.array([], dtype=np.int64)).shape == (0, 64, 96, 3)
+        assert video.get_frames(np.array([], dtype=np.int64)).shape == (0, *size, 3)
 
 
 @pytest.mark.parametrize("backend", decoders())
 @pytest.mark.parametrize("name", [f[0] for f in FORMATS])
 def test_decoders_agree_with_decord(video_dir, backend, name):
+    # 8-bit 4:2:0 of even height: the CPU decoders agree to the bit. Where decord cannot read this
+    # frame size alone, the decord run is its PyAV fallback.
     indices = np.array([0, 9, 21, 38, 39, 9])
-    a, b = (open_video(video_dir / name, d).get_frames(indices).cpu().to(torch.int16) for d in ("decord", backend))
+    with open_video(video_dir / name, "decord") as reference, open_video(video_dir / name, backend) as video:
+        a, b = (v.get_frames(indices).cpu().to(torch.int16) for v in (reference, video))
+    assert reference.decoder == expected_decoder(video_dir / name, "decord")
     diff = (a - b).abs()
     if backend in ("pyav", "torchcodec"):  # FFmpeg software decoding and swscale, like decord: the same pixels
         assert diff.max() == 0
     else:  # NVDEC converts colour its own way
         assert diff.float().mean() < 1 and diff.max() <= 8
+
+
+# (height, width, codec, suffix, pixel format): sizes decord2 3.4.0 reads on AVX-512 CPUs and sizes
+# it does not (32x32, 96x64, 144x64), odd ones in the codecs that allow them, and 10-bit
+FRAME_SIZES = [
+    (32, 32, "libx264", ".mp4", "yuv420p"),
+    (64, 96, "libx264", ".mp4", "yuv420p"),
+    (64, 144, "libx264", ".mp4", "yuv420p"),
+    (64, 100, "libx264", ".mp4", "yuv420p"),
+    (112, 112, "libx264", ".mp4", "yuv420p"),
+    (64, 96, "libx264", ".mp4", "yuv420p10le"),
+    (63, 97, "mpeg4", ".avi", "yuv420p"),
+    (65, 101, "ffv1", ".mkv", "yuv420p"),
+    (33, 31, "libx264", ".mp4", "yuv444p"),
+    (61, 99, "libvpx-vp9", ".webm", "yuv420p"),
+]
+
+
+@pytest.mark.parametrize("backend", decoders())
+@pytest.mark.parametrize(("height", "width", "codec", "suffix", "pix_fmt"), FRAME_SIZES,
+                         ids=[f"{w}x{h}-{c}-{f}" for h, w, c, _, f in FRAME_SIZES])
+def test_every_frame_size_decodes(tmp_path, backend, height, width, codec, suffix, pix_fmt):
+    # through the configured decoder, falling back to PyAV where it cannot read the size alone
+    path = write_video(tmp_path / f"{width}x{height}{suffix}", indexed_frames(12, height, width), codec=codec,
+                       pix_fmt=pix_fmt)
+    indices = np.array([11, 0, 5, 5, 3])
+    with open_video(path, backend) as video:
+        frames = video.get_frames(indices)
+        assert (video.num_frames, video.height, video.width) == (12, height, width)
+    assert frames.shape == (5, height, width, 3)
+    assert frame_ids(frames).tolist() == indices.tolist()
+    assert video.decoder == expected_decoder(path, backend)
+    assert (video.fallback is None) == (video.decoder == backend)
 
 
 def test_pyav_without_timestamps_decodes_in_one_pass(video_dir):
@@ -86,8 +144,32 @@ def test_pyav_without_timestamps_decodes_in_one_pass(video_dir):
         indices = np.array([39, 0, 17, 17, 3])
         assert frame_ids(video.get_frames(indices)).tolist() == indices.tolist()
         assert frame_ids(video.get_frames(np.array([5]))).tolist() == [5]
-    with pytest.raises(VideoDecodeError, match="raw.h264"):
-        open_video(video_dir / "raw.h264", "decord")
+    with pytest.raises(VideoDecodeError, match="raw.h264.*decord: .*broken metadata"):
+        open_video(video_dir / "raw.h264", "decord", pyav_fallback=False)
+
+
+def test_decord_failing_at_open_falls_back_to_pyav_for_that_file(video_dir):
+    with open_video(video_dir / "raw.h264", "decord") as video:
+        assert video.decoder == "pyav" and video.num_frames == N
+        assert "raw.h264: cannot decode video: decord: " in video.fallback
+        indices = np.array([39, 0, 17, 17, 3])
+        assert frame_ids(video.get_frames(indices)).tolist() == indices.tolist()
+    with open_video(video_dir / "plain.mp4", "pyav") as video:
+        assert video.decoder == "pyav" and video.fallback is None
+
+
+@pytest.mark.parametrize("backend", [b for b in usable_decoders() if b != "torchcodec-cuda"])
+def test_a_file_no_cpu_decoder_reads_names_both_reasons(video_dir, backend):
+    junk = write_junk_payloads(video_dir / "gop8.mkv", video_dir / f"junk-{backend}.mkv")
+    with pytest.raises(VideoDecodeError) as info:
+        with open_video(junk, backend) as video:
+            video.get_frames(np.arange(video.num_frames))
+    reason = info.value.reason
+    assert info.value.path == junk
+    if backend == "pyav":
+        assert reason.startswith("ffmpeg: ") and "fallback" not in reason
+    else:
+        assert reason.startswith(f"{backend}: ") and "; pyav fallback: ffmpeg: " in reason
 
 
 def test_bad_indices(video_dir):

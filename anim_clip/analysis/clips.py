@@ -76,6 +76,7 @@ def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
     s = predictor.cfg.sampling
     with open_video(video, s.decoder, s.decode_threads, predictor.device) as file:
         decoded = predictor.decode(file, 0, file.num_frames, 0)
+        predictor.fallbacks(file.fallback)
     encoder = FrameEncoder(predictor.tower, predictor.device, predictor.cfg)
     encoder.add(decoded)
     [(_, features)] = encoder.flush()

@@ -21,14 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
+from anim_clip.cache.inspect import cache_decoders, decoders_text, mixed_decoders_note
 from anim_clip.cache.store import SplitSpec, SplitWriter, TextFeatures, create_split, create_store, write_text
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
-from anim_clip.data.video import GPU_BACKENDS, check_decoder, decoder_note, open_video
+from anim_clip.data.video import FallbackNotice, VideoFile, check_decoder, decoder_note, open_video
 from anim_clip.errors import VideoDecodeError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
@@ -40,7 +42,7 @@ TRAIN_SPLIT = "train"
 def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
     """What makes two caches' features interchangeable; stored in the cache, compared on reuse."""
     s = cfg.sampling
-    signature = {
+    return {
         "dataset": cfg.data.name,
         "backbone": {
             "model": cfg.backbone.model,
@@ -52,11 +54,9 @@ def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
             "num_frames": s.num_frames, "image_size": s.image_size, "resize": s.resize,
             "normalization": s.normalization, "train_views": s.train_views,
             "test_clips": s.test_clips, "test_crops": s.test_crops,
+            "decoder": s.decoder,  # decoders' pixels differ on some video (anim_clip.data.video)
         },
     }
-    if s.decoder in GPU_BACKENDS:  # the CPU decoders give identical pixels; NVDEC converts colour its own way
-        signature["sampling"]["decoded_on"] = "cuda"
-    return signature
 
 
 def plan_views(split: str, index: int, num_frames: int, height: int, width: int, cfg: Config) -> list[ViewSpec]:
@@ -81,6 +81,14 @@ class DecodedClip:
     views: list[ViewSpec] = field(default_factory=list)
     positions: list[np.ndarray] = field(default_factory=list)
     error: str | None = None
+    decoder: str = ""  # the decoder whose pixels ``frames`` are
+    fallback: str | None = None  # why the configured decoder failed on the file, when PyAV decoded it
+
+    @classmethod
+    def of(cls, video: VideoFile, index: int, frames: torch.Tensor, views: list[ViewSpec],
+           positions: list[np.ndarray]) -> DecodedClip:
+        """``frames`` decoded from ``video``, with the decoder that decoded them (known only after)."""
+        return cls(index, frames, views, positions, decoder=video.decoder, fallback=video.fallback)
 
 
 def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.device | None = None) -> DecodedClip:
@@ -90,7 +98,7 @@ def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.d
         with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads, device) as video:
             views = plan_views(split, index, video.num_frames, video.height, video.width, cfg)
             unique, positions = union_indices(views)
-            return DecodedClip(index, video.get_frames(unique), views, positions)
+            return DecodedClip.of(video, index, video.get_frames(unique), views, positions)
     except VideoDecodeError as e:
         return DecodedClip(index, error=e.reason)
 
@@ -120,6 +128,7 @@ class SplitReport:
     already_done: int = 0
     extracted: int = 0
     failed: Counter = field(default_factory=Counter)
+    decoders: Counter = field(default_factory=Counter)  # clips extracted this run, per decoder that decoded them
     frames: int = 0
     seconds: float = 0.0
     bytes_written: int = 0  # growth of the split on disk during this run
@@ -128,8 +137,9 @@ class SplitReport:
     def row(self) -> list[Any]:
         rate = self.extracted / self.seconds if self.seconds else 0.0
         reasons = "; ".join(f"{n}× {r}" for r, n in self.failed.most_common(3)) or "-"
-        return [self.split, self.clips, self.already_done, self.extracted, sum(self.failed.values()), reasons,
-                f"{self.bytes_written / 2**20:.1f}", f"{rate:.1f}", f"{self.frames / self.seconds if self.seconds else 0:.0f}"]
+        return [self.split, self.clips, self.already_done, self.extracted, decoders_text(self.decoders),
+                sum(self.failed.values()), reasons, f"{self.bytes_written / 2**20:.1f}", f"{rate:.1f}",
+                f"{self.frames / self.seconds if self.seconds else 0:.0f}"]
 
 
 def _disk_bytes(path: Path) -> int:
@@ -210,7 +220,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     console.print(f"extracting {', '.join(splits)} of [bold]{cfg.data.name}[/] with {cfg.backbone.model} "
                   f"({weights.pretrained or 'random'}) on {device}, {decoder_note(cfg.sampling.decoder, device)}, "
                   f"shard {shard + 1}/{num_shards} -> {out}")
-    reports = []
+    reports, notice = [], FallbackNotice()
     for split in splits:
         clips = dataset.clips(split)
         spec = SplitSpec(
@@ -224,9 +234,13 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             patch_shape=tower.patch_shape if cfg.backbone.patches != "none" else None,
         )
         create_split(out, split, spec)
-        reports.append(_extract_split(dataset, split, cfg, out, shard, num_shards, workers, device, tower, progress))
+        reports.append(_extract_split(dataset, split, cfg, out, shard, num_shards, workers, device, tower, notice,
+                                      progress))
         if reports[-1].interrupted:
             break
+    mixed = mixed_decoders_note(cache_decoders(out))
+    if mixed:
+        console.print(f"[bold yellow]WARNING: cache {escape(str(out))} holds {mixed}[/]", soft_wrap=True, highlight=False)
     return reports
 
 
@@ -247,12 +261,14 @@ def _decoded(pool: ThreadPoolExecutor, jobs: list[tuple[Path, int]], split: str,
 
 
 def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: int, num_shards: int,
-                   workers: int, device: torch.device, tower: FrozenImageTower, progress: bool) -> SplitReport:
+                   workers: int, device: torch.device, tower: FrozenImageTower, notice: FallbackNotice,
+                   progress: bool) -> SplitReport:
     writer = SplitWriter(out, split, shard, num_shards)
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
     encoder = FrameEncoder(tower, device, cfg)
     frame_indices: dict[int, np.ndarray] = {}
+    decoders: dict[int, str] = {}
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
     bytes_before = _disk_bytes(out / split)
     start = time.perf_counter()
@@ -263,8 +279,10 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
 
         def store(results: list[tuple[int, FrameFeatures]]) -> None:
             for index, features in results:
-                writer.write(index, features, frame_indices.pop(index))
+                decoder = decoders.pop(index)
+                writer.write(index, features, frame_indices.pop(index), decoder)
                 report.extracted += 1
+                report.decoders[decoder] += 1
                 report.frames += features.cls.shape[0] * features.cls.shape[1]
                 bar.advance(task)
 
@@ -275,7 +293,9 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
                     report.failed[clip.error] += 1
                     bar.advance(task)
                     continue
+                notice(clip.fallback)
                 frame_indices[clip.index] = np.stack([v.frame_indices for v in clip.views])
+                decoders[clip.index] = clip.decoder
                 encoder.add(clip)
                 if encoder.queued_frames >= cfg.backbone.batch_frames:
                     store(encoder.flush())

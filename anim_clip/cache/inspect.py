@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,35 @@ def _outcomes(group: zarr.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return done, done & (errors != ""), errors
 
 
+def _decoded_by(group: zarr.Group, decoded: np.ndarray) -> dict[str, int]:
+    """How many of the ``decoded`` clips each video decoder decoded, most first."""
+    return dict(Counter(group["decoder"][...][decoded].tolist()).most_common())
+
+
+def cache_decoders(path: str | Path) -> dict[str, int]:
+    """How many clips of every split of the cache at ``path`` each video decoder decoded, most first."""
+    total: Counter[str] = Counter()
+    for split in FeatureCache(path).splits:
+        g = zarr.open_group(Path(path) / split, mode="r")
+        done, failed, _ = _outcomes(g)
+        total.update(_decoded_by(g, done & ~failed))
+    return dict(total.most_common())
+
+
+def mixed_decoders_note(decoders: dict[str, int]) -> str | None:
+    """The warning a cache whose clips more than one decoder decoded deserves; None for one decoder."""
+    if len(decoders) < 2:
+        return None
+    return (f"clips decoded by {decoders_text(decoders)}: the decoders' pixels differ on 10-bit and odd-height "
+            "4:2:0 video (README, Video decoding), so their features may too; for one decoder throughout, "
+            "extract into a new cache with --set sampling.decoder=pyav")
+
+
+def decoders_text(decoders: dict[str, int]) -> str:
+    """``decord 30, pyav 2``: clips per decoder, most first."""
+    return ", ".join(f"{name} {n}" for name, n in Counter(decoders).most_common()) or "-"
+
+
 def _split_info(path: Path) -> dict[str, Any]:
     g = zarr.open_group(path, mode="r")
     done, failed, errors = _outcomes(g)
@@ -74,6 +104,7 @@ def _split_info(path: Path) -> dict[str, Any]:
         "done": int(done.sum()),
         "failed": int(failed.sum()),
         "pending": int((~done).sum()),
+        "decoders": _decoded_by(g, done & ~failed),
         "failures": [[clip_ids[i], errors[i]] for i in np.flatnonzero(failed)],
         "arrays": {name: _array_info(g[name], path / name) for name in sorted(g.array_keys())},
     }
@@ -88,7 +119,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         attrs = dict(zarr.open_group(path / TEXT_GROUP / kind, mode="r").attrs)
         text[kind] = {**attrs, "bytes": disk_bytes(path / TEXT_GROUP / kind)}
     return {"path": str(path), **{k: v for k, v in cache.attrs.items() if k != "config"},
-            "splits": {name: _split_info(path / name) for name in cache.splits},
+            "splits": {name: _split_info(path / name) for name in cache.splits}, "decoders": cache_decoders(path),
             "text": text, "bytes": disk_bytes(path), "config": cache.config}
 
 
@@ -116,11 +147,14 @@ def cache_info_tables(info: dict[str, Any]) -> list[Table]:
         ("schema", info["schema_version"]), ("created", info["created"]),
         ("anim_clip", info["anim_clip_version"]), ("torch", info["torch_version"]),
         ("open_clip", info["open_clip_version"]), ("zarr", info["zarr_version"]), ("on disk", _size(info["bytes"])),
+        ("decoded by", decoders_text(info["decoders"])),
+        *([("[bold yellow]MIXED DECODERS[/]", note)] if (note := mixed_decoders_note(info["decoders"])) else []),
     ])
-    splits = table("splits", ["split", "clips", "views", "T", "D", "patches", "done", "failed", "pending", "on disk"], [
+    splits = table("splits", ["split", "clips", "views", "T", "D", "patches", "done", "failed", "pending",
+                              "decoded by", "on disk"], [
         (name, s["num_clips"], f"{s['num_views']} ({s['view_kind']})", s["frames"], s["dim"],
          "x".join(map(str, s["patches"])) if s["patches"] else "no", s["done"], s["failed"], s["pending"],
-         _size(sum(a["bytes"] for a in s["arrays"].values())))
+         decoders_text(s["decoders"]), _size(sum(a["bytes"] for a in s["arrays"].values())))
         for name, s in info["splits"].items()
     ])
     arrays = table("arrays", ["array", "shape", "chunks", "dtype", "codec", "on disk"], [
@@ -149,7 +183,8 @@ def _clip_list(clip_ids: list[str], indices: np.ndarray) -> str:
 
 def _shape_problems(g: zarr.Group, attrs: dict[str, Any], where: str) -> list[str]:
     n, v, t, d = attrs["num_clips"], attrs["num_views"], attrs["frames"], attrs["dim"]
-    expected = {"cls": (n, v, t, d), "done": (n,), "error": (n,), "clip_ids": (n,), "frame_indices": (n, v, t)}
+    expected = {"cls": (n, v, t, d), "done": (n,), "error": (n,), "decoder": (n,), "clip_ids": (n,),
+                "frame_indices": (n, v, t)}
     if attrs["patches"]:
         expected["patches"] = (n, v, t, *attrs["patches"])
     present = set(g.array_keys())
@@ -163,9 +198,9 @@ def _shape_problems(g: zarr.Group, attrs: dict[str, Any], where: str) -> list[st
                  for name, shape in expected.items() if g[name].shape != shape]
     problems += [f"{where}: {name} has {g[name].shape[0]} rows for {n} clips"
                  for name in ("targets", "species") if g[name].shape[0] != n]
-    chunks = {g[name].chunks[0] for name in ("cls", "done", "error")}
+    chunks = {g[name].chunks[0] for name in ("cls", "done", "error", "decoder")}
     if len(chunks) > 1:
-        problems.append(f"{where}: cls, done and error are chunked differently ({sorted(chunks)}): shards would share chunks")
+        problems.append(f"{where}: cls, done, error and decoder are chunked differently ({sorted(chunks)}): shards would share chunks")
     return problems
 
 

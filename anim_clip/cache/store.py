@@ -8,6 +8,7 @@ One zarr v3 store (DESIGN.md "Cache layout")::
         patches       (N,V,T,P,W) f16   one view of one clip per chunk (optional)
         done          (N,)        bool  set after a chunk's data is on disk
         error         (N,)        str   why a clip failed ("" = it did not)
+        decoder       (N,)        str   which video decoder decoded the clip ("" = none did)
         frame_indices (N,V,T) i32 the source frames of every view, written with the clip's cls chunk
         clip_ids (N,) str, targets (N,C) u8, species (N,A) u8
     PATH/text/<kind>/                   raw text embeddings of class names and descriptions
@@ -48,7 +49,7 @@ from anim_clip import __version__
 from anim_clip.errors import CacheError
 from anim_clip.models.features import FrameFeatures
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the per-clip decoder
 CHUNK_BYTES = 2 << 20  # target size of a cls chunk: loaded whole, so a few MB keeps reads efficient
 MAX_ERROR_CHARS = 200
 TEXT_GROUP = "text"
@@ -253,6 +254,7 @@ def _build_split(tmp: Path, spec: SplitSpec) -> None:
     g.create_array("frame_indices", shape=(n, v, t), chunks=(cpc, v, t), dtype="int32", fill_value=-1)
     g.create_array("done", shape=(n,), chunks=(cpc,), dtype=bool, fill_value=False)
     g.create_array("error", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
+    g.create_array("decoder", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
     _write_strings(g, "clip_ids", spec.clip_ids)
     for name, a in spec.arrays().items():
         rows = _rows_per_chunk(a[:1].nbytes)
@@ -353,12 +355,13 @@ def read_text(path: Path, kind: str) -> TextFeatures:
 
 @dataclass
 class _ChunkBuffer:
-    """The ``cls`` rows and error strings of one chunk, until all its clips have arrived."""
+    """The ``cls`` rows, error strings and decoders of one chunk, until all its clips have arrived."""
 
     start: int
     cls: np.ndarray
     frame_indices: np.ndarray
     errors: list[str]
+    decoders: list[str]
     missing: set[int]
 
 
@@ -376,7 +379,7 @@ class SplitWriter:
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {split!r}; create it first")
         g = zarr.open_group(self.path, mode="r+")
-        self._cls, self._done, self._error = g["cls"], g["done"], g["error"]
+        self._cls, self._done, self._error, self._decoder = g["cls"], g["done"], g["error"], g["decoder"]
         self._frame_indices = g["frame_indices"]
         self._patches = g["patches"] if "patches" in g else None
         self.num_clips = self._cls.shape[0]
@@ -411,12 +414,13 @@ class SplitWriter:
             shape = (stop - start, *self._cls.shape[1:])
             self._buffers[chunk] = _ChunkBuffer(start, np.full(shape, np.nan, np.float16),
                                                 np.full(shape[:3], -1, np.int32),
-                                                [""] * (stop - start), set(range(start, stop)))
+                                                [""] * (stop - start), [""] * (stop - start),
+                                                set(range(start, stop)))
         return self._buffers[chunk]
 
-    def write(self, index: int, features: FrameFeatures, frame_indices: np.ndarray) -> None:
-        """Store clip ``index``: ``features.cls`` ``(V,T,D)``, if kept ``patches`` ``(V,T,P,W)``, and
-        the source frame of every view's frame ``(V,T)``."""
+    def write(self, index: int, features: FrameFeatures, frame_indices: np.ndarray, decoder: str) -> None:
+        """Store clip ``index``: ``features.cls`` ``(V,T,D)``, if kept ``patches`` ``(V,T,P,W)``, the
+        source frame of every view's frame ``(V,T)`` and the video decoder that decoded them."""
         cls = _half(features.cls, self._cls.shape[1:], f"clip {index} cls")
         if tuple(np.shape(frame_indices)) != tuple(self._frame_indices.shape[1:]):
             raise CacheError(f"clip {index} frame indices: shape {np.shape(frame_indices)}, "
@@ -430,6 +434,7 @@ class SplitWriter:
             self._patches[index] = patches
         buffer.cls[index - buffer.start] = cls
         buffer.frame_indices[index - buffer.start] = frame_indices
+        buffer.decoders[index - buffer.start] = decoder
         self._arrived(buffer, index)
 
     def fail(self, index: int, reason: str) -> None:
@@ -450,6 +455,7 @@ class SplitWriter:
         self._frame_indices[buffer.start:stop] = buffer.frame_indices
         # always written: replaces reasons a crashed run left for clips that succeed now
         self._error[buffer.start:stop] = np.array(buffer.errors, dtype=np.dtypes.StringDType())
+        self._decoder[buffer.start:stop] = np.array(buffer.decoders, dtype=np.dtypes.StringDType())
         self._mark_done(buffer.start, stop)
 
     def _mark_done(self, start: int, stop: int) -> None:

@@ -8,12 +8,22 @@ repeat), on the device the decoder decodes on: the CPU, or the GPU for ``torchco
 record the clip as bad and go on; a decoder that cannot run on this machine raises
 :class:`~anim_clip.errors.DecoderUnavailable` with the fix, before any clip is judged.
 
-The CPU decoders are all FFmpeg software decoding with the same RGB conversion and give the same
-pixels (tested); NVDEC converts colour on the GPU its own way, which torchcodec documents as
-slightly different.
+A configured CPU decoder (decord, torchcodec) that fails on a file PyAV reads hands that file to
+PyAV: ``decord2`` 3.4.0, for one, cannot convert some frame sizes on AVX-512 CPUs (96×64 and 32×32
+fail, 100×64 decodes). The file's :attr:`VideoFile.decoder` then says ``pyav`` and its
+:attr:`VideoFile.fallback` why; a file PyAV cannot decode either fails with both reasons. A GPU
+decoder's failure is never replaced by CPU pixels.
 
-Every backend first demuxes (without decoding) every packet of the first video stream with PyAV
-(:func:`_scan`). That pass is cheap next to decoding and gives what the headers alone cannot:
+The CPU decoders are all FFmpeg software decoding but do not always give the same pixels: decord
+and PyAV agree to the bit on 8-bit video of even height (4:2:0, 4:2:2, 4:4:4, odd widths too),
+and differ on 10-bit and on odd-height 4:2:0 video, by up to 22/255 on real footage and 65/255 at
+hard colour edges, neither closer to the source (benchmarks/bench_decoder_pixels.py). Their RGB
+conversions differ. So the configured decoder is part of a cache's signature, and the cache
+records which decoder decoded each clip. NVDEC converts colour on the GPU its own way, which
+torchcodec documents as slightly different.
+
+Every file is first demuxed once with PyAV, every packet of its first video stream without
+decoding (:func:`_scan`), whichever backend then decodes it. That pass is cheap next to decoding and gives what the headers alone cannot:
 a file holding fewer packets than its container declares (``stream.frames``), or holding a packet
 cut short, is truncated and rejected at open, before any decoder returns half-decoded frames; a
 stream with no packets has zero frames. The frame count is the number of packets, which is also
@@ -39,8 +49,10 @@ import faiss  # noqa: F401  isort: skip
 import decord  # isort: skip
 import numpy as np
 import torch
+from rich.markup import escape
 
 from anim_clip.errors import ConfigError, DecoderUnavailable, VideoDecodeError
+from anim_clip.ui import console
 
 _DECORD_ERRORS = (decord.DECORDError, RuntimeError)
 
@@ -119,10 +131,14 @@ class VideoFile(ABC):
     """An open video file: its metadata and random access to its frames.
 
     ``fps`` is the container's average frame rate (0.0 when it declares none); ``height`` and
-    ``width`` are the decoded frame size.
+    ``width`` are the decoded frame size. ``decoder`` names the backend whose pixels
+    ``get_frames`` returns; ``fallback`` is None, or why the configured decoder failed on this
+    file and PyAV decodes it instead.
     """
 
     device = torch.device("cpu")  # where get_frames puts frames; a GPU decoder sets its own
+    decoder: str
+    fallback: str | None = None
 
     def __init__(self, path: Path, num_frames: int, fps: float, height: int, width: int):
         self.path = path
@@ -181,8 +197,9 @@ class VideoFile(ABC):
 class DecordVideo(VideoFile):
     """decord's ``VideoReader`` on the CPU (the release's decoder, METHOD.md §4.4)."""
 
-    def __init__(self, path: Path, threads: int):
-        scan = _scan(path)
+    decoder = "decord"
+
+    def __init__(self, path: Path, scan: _Scan, threads: int):
         try:
             self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         except _DECORD_ERRORS as error:
@@ -241,8 +258,9 @@ class PyAVVideo(VideoFile):
     decoded from the start in one pass, frame k being the k-th decoded frame.
     """
 
-    def __init__(self, path: Path, threads: int):
-        scan = _scan(path)
+    decoder = "pyav"
+
+    def __init__(self, path: Path, scan: _Scan, threads: int):
         super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
         self._threads = threads
         self._container, self._stream = self._open()
@@ -334,13 +352,12 @@ class TorchcodecVideo(VideoFile):
     encoder reads them without a host-to-device copy and the CPU cores are free for demuxing.
     """
 
-    def __init__(self, path: Path, backend: str, threads: int, device: torch.device | None):
+    def __init__(self, path: Path, scan: _Scan, backend: str, threads: int, device: torch.device | None):
         decoder_class = _torchcodec_decoder_class(backend)
         if backend not in GPU_BACKENDS:
             device = torch.device("cpu")
         elif device is None or device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        scan = _scan(path)
         try:
             self._decoder = decoder_class(str(path), device=str(device), seek_mode="exact",
                                           dimension_order="NHWC", num_ffmpeg_threads=threads)
@@ -348,6 +365,7 @@ class TorchcodecVideo(VideoFile):
             raise VideoDecodeError(path, self._reason(error)) from error
         super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
         self.device = device
+        self.decoder = backend
 
     @staticmethod
     def _reason(error: Exception) -> str:
@@ -363,9 +381,83 @@ class TorchcodecVideo(VideoFile):
         self._decoder = None
 
 
-_CPU_READERS: dict[str, type[VideoFile]] = {"decord": DecordVideo, "pyav": PyAVVideo}
-BACKENDS: tuple[str, ...] = (*_CPU_READERS, "torchcodec", "torchcodec-cuda")
+BACKENDS: tuple[str, ...] = ("decord", "pyav", "torchcodec", "torchcodec-cuda")
 GPU_BACKENDS: tuple[str, ...] = ("torchcodec-cuda",)
+FALLBACK = "pyav"  # the CPU decoder that decodes a file the configured CPU decoder fails on
+
+
+def _open_alone(path: Path, scan: _Scan, backend: str, threads: int, device: torch.device | None) -> VideoFile:
+    if backend == "decord":
+        return DecordVideo(path, scan, threads)
+    if backend == "pyav":
+        return PyAVVideo(path, scan, threads)
+    return TorchcodecVideo(path, scan, backend, threads, device)
+
+
+class FallbackVideo(VideoFile):
+    """A configured CPU decoder that hands the whole file to PyAV at its first failure, whether at
+    open or while decoding (decord's frame-size failure comes at the first decode).
+
+    Frames returned before a failure stay the configured decoder's; ``decoder`` names the one that
+    decodes from then on.
+    """
+
+    def __init__(self, path: Path, scan: _Scan, backend: str, threads: int):
+        self._scan, self._threads = scan, threads
+        self._failure: VideoDecodeError | None = None
+        try:
+            self._reader = _open_alone(path, scan, backend, threads, None)
+        except VideoDecodeError as error:
+            self._reader = self._fall_back(error)
+        super().__init__(path, self._reader.num_frames, self._reader.fps, self._reader.height, self._reader.width)
+
+    @property
+    def decoder(self) -> str:
+        return self._reader.decoder
+
+    @property
+    def fallback(self) -> str | None:
+        return None if self._failure is None else str(self._failure)
+
+    def _both_failed(self, second: VideoDecodeError) -> VideoDecodeError:
+        return VideoDecodeError(second.path, f"{self._failure.reason}; {FALLBACK} fallback: {second.reason}")
+
+    def _fall_back(self, error: VideoDecodeError) -> PyAVVideo:
+        self._failure = error
+        try:
+            return PyAVVideo(error.path, self._scan, self._threads)
+        except VideoDecodeError as second:
+            raise self._both_failed(second) from second
+
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
+        if self._failure is None:
+            try:
+                return self._reader.get_frames(indices)
+            except VideoDecodeError as error:
+                self._reader.close()
+                self._reader = self._fall_back(error)
+        try:
+            return self._reader.get_frames(indices)
+        except VideoDecodeError as second:
+            raise self._both_failed(second) from second
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class FallbackNotice:
+    """Says once, at the first file PyAV decodes in place of the configured decoder, which file,
+    which decoder and why; later ones are not repeated (a cache records every clip's decoder)."""
+
+    def __init__(self) -> None:
+        self.said = False
+
+    def __call__(self, fallback: str | None) -> None:
+        if fallback is None or self.said:
+            return
+        self.said = True
+        console.print(f"[yellow]decoder fallback: {escape(fallback)}; PyAV decodes it instead, and every further file "
+                      "the configured decoder fails on (said once)[/]", soft_wrap=True, highlight=False)
 
 
 def check_decoder(backend: str, worker_processes: int = 0) -> None:
@@ -399,13 +491,14 @@ def decoder_note(backend: str, device: torch.device) -> str:
 
 
 def open_video(path: str | Path, backend: str = "decord", threads: int = 1,
-               device: torch.device | None = None) -> VideoFile:
+               device: torch.device | None = None, pyav_fallback: bool = True) -> VideoFile:
     """Open ``path`` for random frame access with ``backend`` (one of :data:`BACKENDS`).
 
     ``threads`` is the CPU decoder's thread count (0 lets the decoder choose); a GPU backend
-    decodes on ``device`` (default: the current CUDA device). Raises VideoDecodeError when the
-    file is missing, empty, not a video, truncated or has no frames, and DecoderUnavailable when
-    ``backend`` cannot run here.
+    decodes on ``device`` (default: the current CUDA device). A CPU backend that fails on this
+    file hands it to PyAV unless ``pyav_fallback`` is False (module docstring). Raises
+    VideoDecodeError when the file is missing, empty, not a video, truncated, has no frames or
+    cannot be decoded, and DecoderUnavailable when ``backend`` cannot run here.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -414,6 +507,8 @@ def open_video(path: str | Path, backend: str = "decord", threads: int = 1,
         raise VideoDecodeError(path, "file not found")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)")
-    if backend in _CPU_READERS:
-        return _CPU_READERS[backend](path, threads)
-    return TorchcodecVideo(path, backend, threads, device)
+    check_decoder(backend)  # what this machine lacks first, before the file is judged
+    scan = _scan(path)
+    if pyav_fallback and backend not in (FALLBACK, *GPU_BACKENDS):
+        return FallbackVideo(path, scan, backend, threads)
+    return _open_alone(path, scan, backend, threads, device)

@@ -5,8 +5,9 @@ training, for its per-epoch selection (1 × 1 views, as the release), and by ``a
 
 DataLoader workers decode (every needed frame once per clip); the device renders and encodes
 about ``backbone.batch_frames`` frames per forward pass. Under torchrun each rank scores every
-world-th clip and the scores are gathered. A video that cannot be decoded is reported in one line
-and left out of the metrics (``skipped_videos`` in the report).
+world-th clip and the scores are gathered. A file the configured decoder fails on is decoded by
+PyAV, said once (:mod:`anim_clip.data.video`); a video that cannot be decoded is reported in one
+line and left out of the metrics (``skipped_videos`` in the report).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from anim_clip.cache.extract import DecodedClip, FrameEncoder, decode_clip
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
-from anim_clip.data.video import check_decoder
+from anim_clip.data.video import FallbackNotice, check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.report import EvalContext, evaluation_report
 from anim_clip.models.features import FrameFeatures
@@ -89,6 +90,7 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
     species = torch.from_numpy(videos.species).float()
     rows: list[Tensor] = []
     scores: list[Tensor] = []
+    fallbacks = FallbackNotice()
 
     def score(encoded: list[tuple[int, FrameFeatures]]) -> None:
         if not encoded:
@@ -105,6 +107,7 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
     mine = [[i] for i in range(dist.rank, len(videos.paths), dist.world)]
     for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
         for clip in clips:
+            fallbacks(clip.fallback)
             if clip.error is not None:
                 console.print(f"[bold red]error:[/] {VideoDecodeError(videos.paths[clip.index], clip.error)}; "
                               "left out of the evaluation", soft_wrap=True, highlight=False)

@@ -10,9 +10,11 @@ Every random draw of a clip comes from streams seeded by (run seed, epoch, clip)
 order clips are decoded or which rank decodes them: a resumed run, a run with more workers and a
 run split over torchrun ranks all see the same augmented clips.
 
-A video that cannot be decoded costs one error line; its slot in the batch is filled with a copy
-of a good clip and left out of the loss (:class:`~anim_clip.train.mixing.Batch`), so the epoch
-goes on and every rank keeps the same batch shape.
+A file the configured decoder fails on is decoded by PyAV, said once per run
+(:mod:`anim_clip.data.video`). A video that cannot be decoded costs one error line; its slot in
+the batch is filled with a copy of a good clip and left out of the loss
+(:class:`~anim_clip.train.mixing.Batch`), so the epoch goes on and every rank keeps the same
+batch shape.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.data.sampling import train_views
 from anim_clip.data.transforms import color_augment, normalization_stats, render_views
-from anim_clip.data.video import check_decoder, open_video
+from anim_clip.data.video import FallbackNotice, check_decoder, open_video
 from anim_clip.errors import VideoDecodeError
 from anim_clip.train.mixing import Batch
 from anim_clip.train.plan import EpochPlan
@@ -71,7 +73,7 @@ def decode_train_clip(paths: Sequence[Path], cfg: Config, epoch: int, index: int
         with open_video(paths[index], s.decoder, s.decode_threads) as video:
             view = train_views(video.num_frames, video.height, video.width, s.num_frames, 1, s.image_size,
                                s.resize, rng)[0]
-            return DecodedClip(index, video.get_frames(view.frame_indices), [view], [np.arange(s.num_frames)])
+            return DecodedClip.of(video, index, video.get_frames(view.frame_indices), [view], [np.arange(s.num_frames)])
     except VideoDecodeError as e:
         return DecodedClip(index, error=str(e))
 
@@ -86,6 +88,7 @@ class VideoTrainData:
         self.all_species = torch.from_numpy(dataset.species_vectors(split))
         self.indices, self.cfg, self.device = indices, cfg, device
         self.reported: set[int] = set()  # clips whose decoding error was printed (once per run, not per epoch)
+        self.fallbacks = FallbackNotice()
         mean, std = normalization_stats(cfg.sampling.normalization)
         self.mean = torch.tensor(mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(std, device=device).view(3, 1, 1)
@@ -108,6 +111,7 @@ class VideoTrainData:
         valid = [c.error is None for c in clips]
         good = [c for c in clips if c.error is None]
         for clip in clips:
+            self.fallbacks(clip.fallback)
             if clip.error is not None and clip.index not in self.reported:
                 self.reported.add(clip.index)
                 console.print(f"[bold red]error:[/] {clip.error}; clip skipped in every epoch", soft_wrap=True,
