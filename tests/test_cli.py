@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
 
 from anim_clip.cli import app
+from anim_clip.data.demo import make_demo_data
 from anim_clip.ui import RateColumn, progress_bar
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+def run_cli(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The command line of this checkout, run from ``cwd`` (default: here)."""
+    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -69,6 +74,17 @@ def test_dataset_info_writes_json(tmp_path):
     assert summary["actions"] == 21 and summary["species"] == 11
     assert summary["splits"]["train"]["clips"] == 6994 and summary["splits"]["test"]["clips"] == 2997
     assert "6994" in proc.stdout
+
+
+def test_shipped_demo_config_reads_the_default_demo_folder(tmp_path):
+    """`dataset-info demo` reads demo-out/data, where `anim-clip demo` generates it; before that exists it
+    says how to make it (it used to fall back to the shipped AK folder and miss AK/train.txt)."""
+    proc = run_cli("dataset-info", "demo", check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "`anim-clip make-demo-data demo-out/data` generates the demo dataset" in proc.stdout
+    make_demo_data(tmp_path / "demo-out" / "data", train_clips=5, test_clips=3, size=32, num_frames=4)
+    run_cli("dataset-info", "demo", "--json", "demo.json", cwd=tmp_path)
+    splits = json.loads((tmp_path / "demo.json").read_text())["splits"]
+    assert (splits["train"]["clips"], splits["test"]["clips"]) == (5, 3)
 
 
 def test_rate_columns_show_clips_and_frames_per_second():
