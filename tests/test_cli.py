@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.main import get_command
 
 from anim_clip.cli import app
@@ -94,3 +96,36 @@ def test_rate_columns_show_clips_and_frames_per_second():
         task.finished_speed = 2.5
         clips, frames = (c.render(task).plain for c in bar.columns if isinstance(c, RateColumn))
     assert clips.split() == ["2.5", "clips/s"] and frames.split() == ["20.0", "frames/s"]
+
+
+# Every bar of the package, with its widest realistic description and figures.
+BARS = {
+    "extract": (dict(unit="clips", extra=("frames",)), "train [1/1]", 30000, 250.0),
+    "train": (dict(unit="steps"), "epoch 30/30 loss 12.345 lr 1.0e-03", 9999, 999.9),
+    "demo": (dict(unit="clips"), "demo clips", 336, 29.0),
+    "describe": (dict(unit="classes", per="min"), "describing species", 125, 0.2),
+    "predict": (dict(unit="videos"), "predict", 1000, 3.2),
+    "predict windows": (dict(unit="windows"), "[12/40] a_long_video_file_name_from_a_camera_trap.mp4", 999, 25.0),
+    "pretrain-tiny": (dict(unit="frames"), "rendering captioned frames", 12256, 1234.5),
+    "sweep": (dict(unit="runs"), "sweep", 48, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", BARS)
+@pytest.mark.parametrize("finished", [False, True])
+def test_every_bar_fits_80_columns(name, finished):
+    """An 80-column terminal or log (rich's width when output is not a terminal): one line per bar, none longer."""
+    kind, description, total, speed = BARS[name]
+    extra = [RateColumn(unit, per_item="per_clip") for unit in kind.get("extra", ())]
+    with progress_bar(kind["unit"], *extra, per=kind.get("per", "s"), disable=True) as bar:
+        done = total if finished else total // 3
+        bar.update(bar.add_task(description, total=total, per_clip=16), completed=done)
+        bar.tasks[0].finished_speed = speed
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(bar.get_renderable())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 80, "\n".join(lines)
+    line = lines[0]
+    for rate in [f"{kind['unit']}/{kind.get('per', 's')}", *(f"{u}/s" for u in kind.get("extra", ()))]:
+        assert rate in line, line
+    assert f"{done}/{total}" in line and ("took 0:00:00" if finished else "ETA -:--:--") in line, line
