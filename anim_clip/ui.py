@@ -21,6 +21,13 @@ def _one_line() -> Column:
     return Column(no_wrap=True)
 
 
+def _rate(task: Task) -> float | None:
+    """Items per second over the task's whole time: rich's windowed speed reads work that advances in
+    bursts (a batch of clips stored at once) as the burst's own rate, hundreds of times too high."""
+    elapsed = task.finished_time if task.finished else task.elapsed
+    return task.completed / elapsed if task.completed and elapsed else None
+
+
 class RateColumn(ProgressColumn):
     """Items per second (or per minute, for slow work such as LLM calls), e.g. ``12.3 clips/s``;
     with ``per_item``, the rate of a sub-unit: the task's field of that name counts them per item
@@ -32,7 +39,7 @@ class RateColumn(ProgressColumn):
         self.scale = {"s": 1, "min": 60}[per]
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = _rate(task)
         if speed is not None and self.per_item:
             speed *= task.fields.get(self.per_item, 1)
         rate = "     ?" if speed is None else f"{speed * self.scale:>6.1f}"
@@ -46,9 +53,10 @@ class TimeColumn(ProgressColumn):
         super().__init__(table_column=_one_line())
 
     def render(self, task: Task) -> Text:
-        if task.finished and task.finished_time is not None:
+        if task.finished:
             return Text(f"took {timedelta(seconds=int(task.finished_time))}", style="progress.elapsed")
-        left = task.time_remaining
+        rate = _rate(task)
+        left = None if rate is None or task.total is None else (task.total - task.completed) / rate
         return Text(f"ETA {'-:--:--' if left is None else timedelta(seconds=int(left))}", style="progress.remaining")
 
 

@@ -90,11 +90,14 @@ def test_shipped_demo_config_reads_the_default_demo_folder(tmp_path):
 
 
 def test_rate_columns_show_clips_and_frames_per_second():
+    """Over the task's whole time: the 10 clips advanced within a millisecond at the end (one batch
+    stored at once), which rich's windowed speed reads as thousands of clips/s."""
     with progress_bar("clips", RateColumn("frames", per_item="frames_per_clip"), disable=True) as bar:
-        bar.add_task("test", total=10, frames_per_clip=8)
-        task = bar.tasks[0]
-        task.finished_speed = 2.5
-        clips, frames = (c.render(task).plain for c in bar.columns if isinstance(c, RateColumn))
+        task = bar.add_task("test", total=10, frames_per_clip=8)
+        for _ in range(10):
+            bar.advance(task)
+        bar.tasks[0].finished_time = 4.0
+        clips, frames = (c.render(bar.tasks[0]).plain for c in bar.columns if isinstance(c, RateColumn))
     assert clips.split() == ["2.5", "clips/s"] and frames.split() == ["20.0", "frames/s"]
 
 
@@ -120,7 +123,9 @@ def test_every_bar_fits_80_columns(name, finished):
     with progress_bar(kind["unit"], *extra, per=kind.get("per", "s"), disable=True) as bar:
         done = total if finished else total // 3
         bar.update(bar.add_task(description, total=total, per_clip=16), completed=done)
-        bar.tasks[0].finished_speed = speed
+        task = bar.tasks[0]
+        task.start_time -= done / speed  # as if started that long ago
+        task.finished_time = done / speed if finished else None
         out = io.StringIO()
         Console(file=out, width=80, color_system=None).print(bar.get_renderable())
     lines = out.getvalue().splitlines()
@@ -128,4 +133,4 @@ def test_every_bar_fits_80_columns(name, finished):
     line = lines[0]
     for rate in [f"{kind['unit']}/{kind.get('per', 's')}", *(f"{u}/s" for u in kind.get("extra", ()))]:
         assert rate in line, line
-    assert f"{done}/{total}" in line and ("took 0:00:00" if finished else "ETA -:--:--") in line, line
+    assert f"{done}/{total}" in line and ("took " if finished else "ETA ") in line, line
