@@ -434,10 +434,18 @@ def write_outputs(out: str | Path, predictions: Sequence[VideoPrediction], heade
     return written
 
 
-def prediction_table(prediction: VideoPrediction, top_k: int) -> Group:
+def species_text(prediction: VideoPrediction, source: str) -> str:
+    """The species a video was scored as: those given (``--species``) by name, predicted ones with
+    their probability, whatever its value (a certain prediction is still a prediction)."""
+    if source == "oracle":
+        return ", ".join(name for name, _ in prediction.species) + " (given)"
+    return ", ".join(f"{name} {p:.2f}" for name, p in prediction.species) or "none"
+
+
+def prediction_table(prediction: VideoPrediction, top_k: int, species_source: str) -> Group:
     """A line naming the video and the species it was scored as (too long for a table title),
     then a table of the top actions."""
-    species = ", ".join(f"{name} {p:.2f}" if p < 1 else name for name, p in prediction.species) or "none"
+    species = species_text(prediction, species_source)
     count = len(prediction.windows)
     extent = f", {count} window{'s' * (count != 1)}" if count else ""
     heading = Text.assemble((prediction.video.name, "bold"), f" ({prediction.duration_s:.1f} s{extent}), species: {species}")
@@ -465,7 +473,7 @@ def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: st
             if prediction.error is not None:
                 console.print(f"[bold red]error:[/] {prediction.error}", soft_wrap=True, highlight=False)
             else:
-                console.print(prediction_table(prediction, top_k))
+                console.print(prediction_table(prediction, top_k, predictor.species.source))
     finally:
         header = {**predictor.describe(), "window": None if window is None else
                   {"length_s": window, "stride_s": resolve_stride(window, stride)}}

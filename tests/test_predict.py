@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.console import Console
 
 from anim_clip.config import Config, load_config
 from anim_clip.data.dataset import load_dataset
@@ -24,7 +26,7 @@ from anim_clip.errors import AnimClipError, DecoderUnavailable
 from anim_clip.models import build_head, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
-from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
+from anim_clip.predict import Predictor, VideoPrediction, prediction_table, predict_videos, run_predict, window_bounds
 
 from videos import real_clip, write_garbage
 
@@ -158,6 +160,19 @@ def test_a_checkpoint_decoding_on_the_gpu_predicts_here_with_decord(head_ckpt: P
     if decoder_unavailable("torchcodec") is None:  # the same pixels, so the same scores
         torchcodec = Predictor(head_ckpt, species=["Fox"], device="cpu", decoder="torchcodec")
         np.testing.assert_array_equal(torchcodec.predict(videos[0]).scores, reference)
+
+
+def test_species_line_shows_every_predicted_probability_even_a_certain_one():
+    """A predicted species at probability 1.0 kept its name only, like a given one; given ones say so."""
+    prediction = VideoPrediction(Path("fox.mp4"), ["Walking"], np.ones(1), [("Fox", 1.0), ("Duck", 0.0)], num_frames=32, fps=16)
+    given = dataclasses.replace(prediction, species=[("Fox", 1.0), ("Duck", 1.0)])
+    lines = {}
+    for source, shown in (("predicted", prediction), ("oracle", given)):
+        out = io.StringIO()
+        Console(file=out, width=200, color_system=None).print(prediction_table(shown, 1, source))
+        lines[source] = out.getvalue().splitlines()[0]
+    assert lines["predicted"] == "fox.mp4 (2.0 s), species: Fox 1.00, Duck 0.00"
+    assert lines["oracle"] == "fox.mp4 (2.0 s), species: Fox, Duck (given)"
 
 
 def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):
