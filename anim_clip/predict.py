@@ -130,6 +130,16 @@ def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
     return SpeciesSetting("predicted", note=note)
 
 
+def demo_world_note(cfg: Config, actions: Sequence[str], species: Sequence[str] | None) -> str | None:
+    """A checkpoint on the tiny CLIP pretrained on rendered demo frames knows nothing beyond them: say so,
+    before its scores of a real video are taken for a judgement."""
+    if cfg.backbone.pretrained != "demo-world":
+        return None
+    known = f"{len(species)} species and {len(actions)} actions" if species else f"{len(actions)} actions"
+    return (f"this checkpoint is built on the demo world (backbone.pretrained=demo-world): it knows only the demo's "
+            f"{known}, drawn animals, not real footage")
+
+
 def resolve_stride(window: float, stride: float | None) -> float:
     """The stride in seconds: by default half a window, so every moment is seen by two windows."""
     stride = window / 2 if stride is None else stride
@@ -463,8 +473,9 @@ def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: st
         raise AnimClipError(f"--top-k must be at least 1, got {top_k}")
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
                           device=device, decoder=decoder)
-    if predictor.species.note:
-        console.print(f"[yellow]{predictor.species.note}[/]", soft_wrap=True)
+    for note in (demo_world_note(predictor.cfg, predictor.actions, predictor.species_names), predictor.species.note):
+        if note:
+            console.print(f"[yellow]{note}[/]", soft_wrap=True)
     predictions: list[VideoPrediction] = []
     try:
         for prediction in iter_predictions(predictor, videos, window=window, stride=stride,
