@@ -130,6 +130,16 @@ def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
     return SpeciesSetting("predicted", note=note)
 
 
+def demo_world_note(cfg: Config, actions: Sequence[str], species: Sequence[str] | None) -> str | None:
+    """A checkpoint on the tiny CLIP pretrained on rendered demo frames knows nothing beyond them: say so,
+    before its scores of a real video are taken for a judgement."""
+    if cfg.backbone.pretrained != "demo-world":
+        return None
+    known = f"{len(species)} species and {len(actions)} actions" if species else f"{len(actions)} actions"
+    return (f"this checkpoint is built on the demo world (backbone.pretrained=demo-world): it knows only the demo's "
+            f"{known}, drawn animals, not real footage")
+
+
 def resolve_stride(window: float, stride: float | None) -> float:
     """The stride in seconds: by default half a window, so every moment is seen by two windows."""
     stride = window / 2 if stride is None else stride
@@ -436,10 +446,18 @@ def write_outputs(out: str | Path, predictions: Sequence[VideoPrediction], heade
     return written
 
 
-def prediction_table(prediction: VideoPrediction, top_k: int) -> Group:
+def species_text(prediction: VideoPrediction, source: str) -> str:
+    """The species a video was scored as: those given (``--species``) by name, predicted ones with
+    their probability, whatever its value (a certain prediction is still a prediction)."""
+    if source == "oracle":
+        return ", ".join(name for name, _ in prediction.species) + " (given)"
+    return ", ".join(f"{name} {p:.2f}" for name, p in prediction.species) or "none"
+
+
+def prediction_table(prediction: VideoPrediction, top_k: int, species_source: str) -> Group:
     """A line naming the video and the species it was scored as (too long for a table title),
     then a table of the top actions."""
-    species = ", ".join(f"{name} {p:.2f}" if p < 1 else name for name, p in prediction.species) or "none"
+    species = species_text(prediction, species_source)
     count = len(prediction.windows)
     extent = f", {count} window{'s' * (count != 1)}" if count else ""
     heading = Text.assemble((prediction.video.name, "bold"), f" ({prediction.duration_s:.1f} s{extent}), species: {species}")
@@ -457,8 +475,9 @@ def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: st
         raise AnimClipError(f"--top-k must be at least 1, got {top_k}")
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
                           device=device, decoder=decoder)
-    if predictor.species.note:
-        console.print(f"[yellow]{predictor.species.note}[/]", soft_wrap=True)
+    for note in (demo_world_note(predictor.cfg, predictor.actions, predictor.species_names), predictor.species.note):
+        if note:
+            console.print(f"[yellow]{note}[/]", soft_wrap=True)
     predictions: list[VideoPrediction] = []
     try:
         for prediction in iter_predictions(predictor, videos, window=window, stride=stride,
@@ -467,7 +486,7 @@ def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: st
             if prediction.error is not None:
                 console.print(f"[bold red]error:[/] {prediction.error}", soft_wrap=True, highlight=False)
             else:
-                console.print(prediction_table(prediction, top_k))
+                console.print(prediction_table(prediction, top_k, predictor.species.source))
     finally:
         header = {**predictor.describe(), "window": None if window is None else
                   {"length_s": window, "stride_s": resolve_stride(window, stride)}}

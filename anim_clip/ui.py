@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Iterable, Sequence
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    ProgressColumn,
-    Task,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.table import Column, Table
 from rich.text import Text
 
 console = Console()
+
+# A bar is one line of a log or an 80-column terminal: every column but the bar keeps its text on one
+# line, a long description ends in an ellipsis, and the bar takes what is left.
+DESCRIPTION_WIDTH = 36
+
+
+def _one_line() -> Column:
+    return Column(no_wrap=True)
+
+
+def _rate(task: Task) -> float | None:
+    """Items per second over the task's whole time: rich's windowed speed reads work that advances in
+    bursts (a batch of clips stored at once) as the burst's own rate, hundreds of times too high."""
+    elapsed = task.finished_time if task.finished else task.elapsed
+    return task.completed / elapsed if task.completed and elapsed else None
 
 
 class RateColumn(ProgressColumn):
@@ -28,30 +34,43 @@ class RateColumn(ProgressColumn):
     (frames per clip gives ``98.4 frames/s``)."""
 
     def __init__(self, unit: str, per: str = "s", per_item: str | None = None):
-        super().__init__()
+        super().__init__(table_column=_one_line())
         self.unit, self.per, self.per_item = unit, per, per_item
         self.scale = {"s": 1, "min": 60}[per]
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = _rate(task)
         if speed is not None and self.per_item:
             speed *= task.fields.get(self.per_item, 1)
         rate = "     ?" if speed is None else f"{speed * self.scale:>6.1f}"
         return Text(f"{rate} {self.unit}/{self.per}", style="cyan")
 
 
+class TimeColumn(ProgressColumn):
+    """``ETA 0:01:05`` while running, ``took 0:00:11`` once finished: one short column for both."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=_one_line())
+
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text(f"took {timedelta(seconds=int(task.finished_time))}", style="progress.elapsed")
+        rate = _rate(task)
+        left = None if rate is None or task.total is None else (task.total - task.completed) / rate
+        return Text(f"ETA {'-:--:--' if left is None else timedelta(seconds=int(left))}", style="progress.remaining")
+
+
 def progress_bar(unit: str = "clips", *extra: ProgressColumn, per: str = "s", disable: bool = False) -> Progress:
-    """A bar with count, rate (``unit`` per second or minute) and ETA; ``extra`` columns show live figures."""
+    """A one-line bar with count, rate (``unit`` per second or minute) and ETA; ``extra`` columns show
+    live figures."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
+        TextColumn("[bold]{task.description}", table_column=Column(
+            no_wrap=True, overflow="ellipsis", max_width=DESCRIPTION_WIDTH)),
+        BarColumn(bar_width=None, table_column=Column(max_width=40)),
+        MofNCompleteColumn(table_column=_one_line()),
         RateColumn(unit, per),
         *extra,
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeColumn(),
         console=console,
         disable=disable,
         transient=False,

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.main import get_command
 
 from anim_clip.cli import app
+from anim_clip.data.demo import make_demo_data
 from anim_clip.ui import RateColumn, progress_bar
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+def run_cli(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The command line of this checkout, run from ``cwd`` (default: here)."""
+    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -71,10 +78,59 @@ def test_dataset_info_writes_json(tmp_path):
     assert "6994" in proc.stdout
 
 
+def test_shipped_demo_config_reads_the_default_demo_folder(tmp_path):
+    """`dataset-info demo` reads demo-out/data, where `anim-clip demo` generates it; before that exists it
+    says how to make it (it used to fall back to the shipped AK folder and miss AK/train.txt)."""
+    proc = run_cli("dataset-info", "demo", check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "`anim-clip make-demo-data demo-out/data` generates the demo dataset" in proc.stdout
+    make_demo_data(tmp_path / "demo-out" / "data", train_clips=5, test_clips=3, size=32, num_frames=4)
+    run_cli("dataset-info", "demo", "--json", "demo.json", cwd=tmp_path)
+    splits = json.loads((tmp_path / "demo.json").read_text())["splits"]
+    assert (splits["train"]["clips"], splits["test"]["clips"]) == (5, 3)
+
+
 def test_rate_columns_show_clips_and_frames_per_second():
+    """Over the task's whole time: the 10 clips advanced within a millisecond at the end (one batch
+    stored at once), which rich's windowed speed reads as thousands of clips/s."""
     with progress_bar("clips", RateColumn("frames", per_item="frames_per_clip"), disable=True) as bar:
-        bar.add_task("test", total=10, frames_per_clip=8)
-        task = bar.tasks[0]
-        task.finished_speed = 2.5
-        clips, frames = (c.render(task).plain for c in bar.columns if isinstance(c, RateColumn))
+        task = bar.add_task("test", total=10, frames_per_clip=8)
+        for _ in range(10):
+            bar.advance(task)
+        bar.tasks[0].finished_time = 4.0
+        clips, frames = (c.render(bar.tasks[0]).plain for c in bar.columns if isinstance(c, RateColumn))
     assert clips.split() == ["2.5", "clips/s"] and frames.split() == ["20.0", "frames/s"]
+
+
+# Every bar of the package, with its widest realistic description and figures.
+BARS = {
+    "extract": (dict(unit="clips", extra=("frames",)), "train [1/1]", 30000, 250.0),
+    "train": (dict(unit="steps"), "epoch 30/30 loss 12.345 lr 1.0e-03", 9999, 999.9),
+    "demo": (dict(unit="clips"), "demo clips", 336, 29.0),
+    "describe": (dict(unit="classes", per="min"), "describing species", 125, 0.2),
+    "predict": (dict(unit="videos"), "predict", 1000, 3.2),
+    "predict windows": (dict(unit="windows"), "[12/40] a_long_video_file_name_from_a_camera_trap.mp4", 999, 25.0),
+    "pretrain-tiny": (dict(unit="frames"), "rendering captioned frames", 12256, 1234.5),
+    "sweep": (dict(unit="runs"), "sweep", 48, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", BARS)
+@pytest.mark.parametrize("finished", [False, True])
+def test_every_bar_fits_80_columns(name, finished):
+    """An 80-column terminal or log (rich's width when output is not a terminal): one line per bar, none longer."""
+    kind, description, total, speed = BARS[name]
+    extra = [RateColumn(unit, per_item="per_clip") for unit in kind.get("extra", ())]
+    with progress_bar(kind["unit"], *extra, per=kind.get("per", "s"), disable=True) as bar:
+        done = total if finished else total // 3
+        bar.update(bar.add_task(description, total=total, per_clip=16), completed=done)
+        task = bar.tasks[0]
+        task.start_time -= done / speed  # as if started that long ago
+        task.finished_time = done / speed if finished else None
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(bar.get_renderable())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 80, "\n".join(lines)
+    line = lines[0]
+    for rate in [f"{kind['unit']}/{kind.get('per', 's')}", *(f"{u}/s" for u in kind.get("extra", ()))]:
+        assert rate in line, line
+    assert f"{done}/{total}" in line and ("took " if finished else "ETA ") in line, line

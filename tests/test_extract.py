@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from videos import decodes_alone, indexed_frames, write_video
+from videos import decodes_alone, indexed_frames, write_garbage, write_video
 
 from anim_clip.cache import store
 from anim_clip.cache.extract import extract, plan_views
@@ -28,7 +28,7 @@ from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, CacheError, DecoderUnavailable
-from anim_clip.models.backbone import FrozenImageTower, create_clip
+from anim_clip.models.backbone import FrozenImageTower, create_clip, resolve_weights
 from anim_clip.ui import console
 
 V, T = 2, 4
@@ -126,6 +126,22 @@ def test_corrupt_video_is_skipped_and_reported(data: Path, tmp_path: Path):
     assert [split.clip_ids[i] for i in failed] == [bad.name]
     assert split.done.all() and not split.valid[failed[0]]
     assert verify_cache(out) == []
+
+
+def test_rates_count_only_extracted_clips(data: Path, tmp_path: Path):
+    """Every video unreadable: nothing was extracted, so the bars show no rate (they showed
+    ~10^5 frames/s: failed clips advanced the bar, and each counted a clip's frames)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for f in (data / "videos").iterdir():
+        write_garbage(videos / f.name)
+    proc = run_extract(data, tmp_path / "cache.zarr", "--set", f"data.root={videos}")
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, output
+    bars = [line for line in output.splitlines() if "clips/s" in line and ("ETA" in line or "took" in line)]
+    assert len(bars) == 2, output
+    for line in bars:
+        assert "? clips/s" in line and "? frames/s" in line, line
 
 
 def test_resume_after_kill_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.console import Console
 
 from anim_clip.config import Config, load_config
 from anim_clip.data.dataset import load_dataset
@@ -24,7 +26,7 @@ from anim_clip.errors import AnimClipError, DecoderUnavailable
 from anim_clip.models import build_head, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
-from anim_clip.predict import Predictor, predict_videos, run_predict, window_bounds
+from anim_clip.predict import Predictor, VideoPrediction, prediction_table, predict_videos, run_predict, window_bounds
 
 from videos import indexed_frames, real_clip, write_garbage, write_video
 
@@ -173,6 +175,29 @@ def test_a_video_decord_cannot_read_is_predicted_from_pyav_pixels_and_said_once(
     assert out.count("decoder fallback:") == 1 and f"{raw}: cannot decode video: decord: " in out
 
 
+def test_species_line_shows_every_predicted_probability_even_a_certain_one():
+    """A predicted species at probability 1.0 kept its name only, like a given one; given ones say so."""
+    prediction = VideoPrediction(Path("fox.mp4"), ["Walking"], np.ones(1), [("Fox", 1.0), ("Duck", 0.0)], num_frames=32, fps=16)
+    given = dataclasses.replace(prediction, species=[("Fox", 1.0), ("Duck", 1.0)])
+    lines = {}
+    for source, shown in (("predicted", prediction), ("oracle", given)):
+        out = io.StringIO()
+        Console(file=out, width=200, color_system=None).print(prediction_table(shown, 1, source))
+        lines[source] = out.getvalue().splitlines()[0]
+    assert lines["predicted"] == "fox.mp4 (2.0 s), species: Fox 1.00, Duck 0.00"
+    assert lines["oracle"] == "fox.mp4 (2.0 s), species: Fox, Duck (given)"
+
+
+def test_a_demo_world_checkpoint_says_it_knows_only_the_demo(cfg: Config, videos: list[Path], tmp_path: Path, capsys):
+    demo_cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained="demo-world"))
+    names, tensors = vocabulary(demo_cfg)
+    path = save_checkpoint(tmp_path / "demo-world.pt", build_head(demo_cfg, **tensors), demo_cfg, vocab=names)
+    assert run_predict(path, videos[:1], out=tmp_path / "out", species=["Fox"], device="cpu") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "demo world" in line]
+    assert notes == ["this checkpoint is built on the demo world (backbone.pretrained=demo-world): it knows only "
+                     "the demo's 7 species and 7 actions, drawn animals, not real footage"]
+
+
 def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):
     with pytest.raises(AnimClipError, match=r"unknown species 'Foxx' \(--species\); close matches: Fox"):
         Predictor(head_ckpt, species=["Foxx"])
@@ -236,7 +261,7 @@ def test_missing_and_broken_videos_are_reported_and_the_others_predicted(head_ck
     assert failed == 2
     out = capsys.readouterr().out
     assert f"{missing}: cannot decode video: file not found" in out and f"{broken}: cannot decode video" in out
-    assert "2/4 videos predicted" in out and "Duck" in out
+    assert "2/4 videos predicted" in out and "Duck" in out and "demo world" not in out  # local weights: no demo note
 
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert record["kind"] == "head" and record["species_source"] == "oracle" and record["window"] is None

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,7 @@ from anim_clip.config import TrainConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError, CacheError
 from anim_clip.evaluate.cached import evaluate_checkpoint
+from anim_clip.evaluate.plots import training_curves_figure
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.train.engine import train
@@ -90,6 +92,18 @@ def test_run_directory_and_report(run: Path, data: Path, cache: Path):
     valid = targets.sum(0) > 0
     assert report["mAP"] == pytest.approx(average_precision_score(targets[:, valid], scores[:, valid], average=None).mean())
     assert np.allclose(scores.sum(1), 1, atol=1e-5)
+
+
+def test_training_curves_plot_the_epoch_mean_loss(run: Path):
+    """Not the last logged batch's loss of each epoch, which the plot showed before."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    means = [r["loss"] for r in records if r["kind"] == "epoch"]
+    last_batch = {r["epoch"]: r["loss"] for r in records if r["kind"] == "step"}
+    assert means != list(last_batch.values())
+    fig = training_curves_figure(records)
+    (x, y), = [line.get_data() for line in fig.axes[0].lines]
+    plt.close(fig)
+    assert list(x) == [1, 2, 3] and list(y) == means
 
 
 def test_eval_command_reproduces_the_training_report(run: Path, cache: Path, tmp_path: Path):

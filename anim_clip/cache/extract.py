@@ -291,7 +291,7 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
                 if clip.error is not None:
                     writer.fail(clip.index, clip.error)
                     report.failed[clip.error] += 1
-                    bar.advance(task)
+                    bar.update(task, total=len(jobs) - sum(report.failed.values()))  # the rates count extracted clips only
                     continue
                 notice(clip.fallback)
                 frame_indices[clip.index] = np.stack([v.frame_indices for v in clip.views])

@@ -182,7 +182,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         raise ConfigError("data.format=csv needs data.annotations: the folder with your train/test CSV files")
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: annotation folder not found (data.annotations)")
+        hint = f"; `anim-clip make-demo-data {folder}` generates the demo dataset there" if cfg.name == "demo" else ""
+        raise ConfigError(f"{folder}: annotation folder not found (data.annotations){hint}")
 
     reader = {"ak": read_ak_split, "mammalnet": read_id_split, "lote": read_id_split, "csv": read_csv_split}[cfg.format]
     split_paths = {s: _file(cfg, folder, s) for s in SPLITS}

@@ -26,7 +26,7 @@ from anim_clip.ui import progress_bar
 
 __all__ = ["DemoSummary", "make_demo_data", "render_captioned_frames", "write_mp4"]
 
-GENERATOR_VERSION = 1  # bump when the world or the files change: old folders then regenerate
+GENERATOR_VERSION = 2  # bump when the world or the files change: old folders then regenerate
 TWO_ANIMAL_RATE = 0.15
 TWO_ACTION_RATE = 0.10
 SPLITS = ("train", "test")
@@ -140,9 +140,12 @@ def _write_text(path: Path, lines: list[str]) -> None:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 (libx264, yuv420p) with one encoder thread, so the bytes do not depend on the machine."""
+    """H.264 (libx264, yuv420p) with the same bytes on every run: one encoder thread, and no
+    macroblock-tree rate control, which reads uninitialised memory when there are B-frames (its
+    output then changed with whatever the process's heap held before)."""
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        options = {"crf": "18", "preset": "veryfast", "mbtree": "0"}
+        stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1

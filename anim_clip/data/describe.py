@@ -346,7 +346,7 @@ def describe_classes(
     atomic_write_text(out_csv, _csv_text(_class_rows(done, names, sorted(done)), header=True))
     todo = [i for i in range(len(names)) if i not in done]
     with progress_bar("classes", per="min", disable=not progress) as bar:
-        task = bar.add_task(f"describing {kind}", total=len(names), completed=len(done))
+        task = bar.add_task(f"describing {kind}", total=len(todo))  # this run's work: the rate counts it
         for i in todo:
             done[i] = describe_class(names[i], kind, k, client, examples[i] if examples else None,
                                      temperature, max_requests)

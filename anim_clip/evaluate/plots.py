@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -57,21 +58,30 @@ def group_plot(report: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def training_curves_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+def training_curves_figure(records: list[dict[str, Any]]) -> Figure | None:
+    """Each epoch's mean training loss (a step record holds one batch's, too noisy to compare epochs by),
+    the learning rate per logged step, and the selection metric per epoch when there is one."""
+    epochs = [r for r in records if r.get("kind") == "epoch"]
     steps = [r for r in records if r.get("kind") == "step"]
-    epochs = [r for r in records if r.get("kind") == "epoch" and "val_metric" in r]
-    if not steps:
+    selected = [r for r in epochs if "val_metric" in r]
+    if not epochs:
         return None
-    fig, axes = plt.subplots(1, 3 if epochs else 2, figsize=(12 if epochs else 8, 3))
-    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps])
-    axes[0].set_xlabel("optimiser step")
-    axes[0].set_ylabel("training loss")
+    fig, axes = plt.subplots(1, 3 if selected else 2, figsize=(12 if selected else 8, 3))
+    axes[0].plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], marker="o")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("training loss (epoch mean)")
     axes[1].plot([r["step"] for r in steps], [r["lr"] for r in steps])
     axes[1].set_xlabel("optimiser step")
     axes[1].set_ylabel("learning rate (new modules)")
-    if epochs:
-        axes[2].plot([r["epoch"] for r in epochs], [r["val_metric"] for r in epochs], marker="o")
+    if selected:
+        axes[2].plot([r["epoch"] for r in selected], [r["val_metric"] for r in selected], marker="o")
         axes[2].set_xlabel("epoch")
-        axes[2].set_ylabel(epochs[0].get("val_metric_name", "selection metric"))
+        axes[2].set_ylabel(selected[0].get("val_metric_name", "selection metric"))
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def training_curves_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """training_curves.png of a run's metrics.jsonl records; None before its first epoch ends."""
+    fig = training_curves_figure(records)
+    return None if fig is None else _save(fig, path)
