@@ -23,6 +23,7 @@ app = typer.Typer(
 
 ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a shipped one: ak, ak-cached, mammalnet, mammalnet-cached, lote, lote-cached, demo.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable).")]
+AllowIncompleteOpt = Annotated[bool, typer.Option("--allow-incomplete", help="Use a cache whose extraction is unfinished: only the clips extracted so far, which the report (eval.json: pending_clips) then says. Without it such a cache is refused.")]
 
 DEFAULT_DEMO_DIR = Path("demo-out")
 
@@ -185,6 +186,7 @@ def train_cmd(
     init_head: Annotated[Optional[Path], typer.Option("--init-head", help="e2e only: start from the head of this cached-mode run directory (its last.pt) or checkpoint file.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
     select_on_test: Annotated[bool, typer.Option("--select-on-test", help="Choose best.pt on the test split (only when you mean to; default: a validation share, train.val_fraction).")] = False,
+    allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Train Animal-CLIP: the head on a feature cache (cached mode, phase two), or the whole model end to end on
@@ -197,7 +199,8 @@ def train_cmd(
     if mode is not None and mode not in ("cached", "e2e"):
         raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
-    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head)
+    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
+                   allow_incomplete=allow_incomplete)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
 
@@ -210,6 +213,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="Split to evaluate: test, train, or val (the held-out share of train).")] = "test",
     weights: Annotated[str, typer.Option(help="In a run directory: last (the release's protocol) or best.")] = "last",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where eval.json and plots go (default: the run directory).")] = None,
+    allow_incomplete: AllowIncompleteOpt = False,
 ) -> None:
     """Evaluate a trained model with the field's metrics: mAP (per class; head / middle / tail), top-1/top-5 and
     class accuracy for single-label data, inconsistent predictions; a table, eval.json and PNG plots."""
@@ -224,7 +228,7 @@ def eval_cmd(
     else:
         from anim_clip.evaluate.cached import evaluate_checkpoint
 
-        report = evaluate_checkpoint(run, cache, split=split, weights=weights, out=out)
+        report = evaluate_checkpoint(run, cache, split=split, weights=weights, out=out, allow_incomplete=allow_incomplete)
     console.print(f"plots: {', '.join(report.get('plots', []))}")
 
 
@@ -236,6 +240,7 @@ def sweep_cmd(
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="An axis of the grid, e.g. --grid model.refine=on,off (repeatable; every combination runs).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
     parallel: Annotated[int, typer.Option(help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
+    allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Ablations in one command: train every combination of the grid × seeds on the same cache, then print one
@@ -244,7 +249,7 @@ def sweep_cmd(
 
     if seeds < 1 or parallel < 1:
         raise AnimClipError("--seeds and --parallel must be at least 1")
-    run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel)
+    run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete)
 
 
 @app.command("predict")

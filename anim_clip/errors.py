@@ -36,6 +36,14 @@ class CacheError(AnimClipError):
     """A feature cache is missing, built for another config, or inconsistent."""
 
 
+class DamagedCache(CacheError):
+    """Part of a cache cannot be read: a truncated chunk, an invalid ``zarr.json``, a missing array."""
+
+    def __init__(self, cache: str | Path, problem: str):
+        super().__init__(f"{problem}: the cache is damaged; run `anim-clip cache verify {cache}`")
+        self.problem = problem
+
+
 class DecoderUnavailable(AnimClipError):
     """The configured video decoder cannot run on this machine (a run-wide problem, not a bad clip)."""
 

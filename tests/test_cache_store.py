@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from anim_clip.cache.store import (
     shard_range,
     write_text,
 )
-from anim_clip.errors import AnimClipError, CacheError
+from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.features import FrameFeatures
 from anim_clip.ui import console
 
@@ -78,26 +79,36 @@ def give(writer: SplitWriter, i: int) -> None:
 
 
 def extract(path: str, shard: int = 0, num_shards: int = 1, kill_after_clip: int | None = None,
-            kill_at_done_call: int | None = None) -> None:
+            kill_at_done_call: int | None = None, flush_seconds: float = store.FLUSH_SECONDS) -> None:
     """What an extraction process does; optionally SIGKILLs itself at a chosen moment."""
     store.CHUNK_BYTES = CHUNK_BYTES  # spawned children do not inherit the fixture
+    store.FLUSH_SECONDS = flush_seconds
     create_store(path, CONFIG)
     create_split(path, "train", spec())
-    writer = SplitWriter(path, "train", shard, num_shards)
-    if kill_at_done_call is not None:
-        mark_done, calls = writer._mark_done, []
+    with SplitWriter(path, "train", shard, num_shards) as writer:
+        if kill_at_done_call is not None:
+            mark_done, calls = writer._mark_done, []
 
-        def dying_mark_done(start: int, stop: int) -> None:
-            calls.append(start)
-            if len(calls) == kill_at_done_call:  # the cls chunk is on disk, its done flags are not
+            def dying_mark_done(start: int, flags: np.ndarray) -> None:
+                calls.append(start)
+                if len(calls) == kill_at_done_call:  # the cls chunk is on disk, its done flags are not
+                    os.kill(os.getpid(), signal.SIGKILL)
+                mark_done(start, flags)
+
+            writer._mark_done = dying_mark_done
+        for i in writer.pending:
+            give(writer, i)
+            if i == kill_after_clip:  # patches of this clip written, its cls chunk incomplete
                 os.kill(os.getpid(), signal.SIGKILL)
-            mark_done(start, stop)
 
-        writer._mark_done = dying_mark_done
-    for i in writer.pending:
-        give(writer, i)
-        if i == kill_after_clip:  # patches of this clip written, its cls chunk incomplete
-            os.kill(os.getpid(), signal.SIGKILL)
+
+def extract_or_refusal(results: multiprocessing.Queue, **job) -> None:
+    """``extract(**job)``, putting "done" or the message of the CacheError that refused it on ``results``."""
+    try:
+        extract(**job)
+        results.put("done")
+    except CacheError as e:
+        results.put(str(e))
 
 
 def run_processes(*jobs: dict) -> list[int]:
@@ -180,6 +191,8 @@ def test_error_strings_round_trip(tmp_path: Path) -> None:
     assert errors[2] == "failed"
     assert errors[9] == "reason 9"
     assert cache_info(path)["splits"]["train"]["failed"] == N
+    assert verify_cache(path) == [f"split 'train': all {N} clips failed (e.g. video_00.mp4: {reasons[0]}): nothing to "
+                                  "train or evaluate on"]
 
 
 @pytest.mark.parametrize("num_clips,per_chunk", [(10, 3), (64, 8), (5, 7), (100, 1)])
@@ -203,24 +216,60 @@ def test_two_processes_equal_one(tmp_path: Path, full: Path) -> None:
                          {"path": str(path), "shard": 1, "num_shards": 2}) == [0, 0]
     assert_same(snapshot(path), snapshot(full))
     assert verify_cache(path) == []
-    assert not [p for p in path.iterdir() if p.name.startswith(".")]  # the losing creator cleaned up
+    assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]  # the losing creator cleaned up
+
+
+def test_a_second_writer_of_the_same_chunks_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+
+    def run(**job) -> str:
+        proc = ctx.Process(target=extract_or_refusal, args=(results,), kwargs={"path": str(path), **job})
+        proc.start()
+        proc.join(120)
+        assert proc.exitcode == 0
+        return results.get(timeout=10)
+
+    with SplitWriter(path, "train", 0, 2) as held:  # this process holds the first half's chunks
+        assert run(shard=1, num_shards=2) == "done"  # the other half: another shard, no conflict
+        refused = run()
+        assert refused == (f"{path}: clips 0..9 of split 'train' are being extracted by another process; wait for it "
+                           "to finish (processes share a store only as shards: --shard i/n or torchrun)")
+        assert run(shard=0, num_shards=3).startswith(f"{path}: clips 0..2 of split 'train' are being extracted")
+        assert FeatureCache(path).split("train").done.tolist() == [False] * 6 + [True] * 4
+        assert held.pending == list(range(6))
+    assert run() == "done"  # released: the first half is extracted now
+    assert verify_cache(path) == []
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path, full: Path) -> None:
-    kills = {"mid-chunk": {"kill_after_clip": 4}, "before-done": {"kill_at_done_call": 2}}
+    # (kill, clips done when killed): the clips of an incomplete chunk are saved every FLUSH_SECONDS
+    kills = {"mid-chunk": ({"kill_after_clip": 4}, CLIPS_PER_CHUNK),
+             "before-done": ({"kill_at_done_call": 2}, CLIPS_PER_CHUNK),
+             "mid-chunk, flushed": ({"kill_after_clip": 4, "flush_seconds": 0}, 5)}
     paths = {name: tmp_path / f"{name}.zarr" for name in kills}
-    assert run_processes(*({"path": str(paths[n]), **k} for n, k in kills.items())) == [-signal.SIGKILL] * 2
-    before = {}
+    assert run_processes(*({"path": str(paths[n]), **k} for n, (k, _) in kills.items())) == [-signal.SIGKILL] * 3
+    before, saved = {}, {}
     for name, path in paths.items():
-        done = FeatureCache(path).split("train").done
-        assert done.tolist() == [True] * CLIPS_PER_CHUNK + [False] * (N - CLIPS_PER_CHUNK), name
-        assert SplitWriter(path, "train").pending == list(range(CLIPS_PER_CHUNK, N))
+        done_when_killed = kills[name][1]
+        split = FeatureCache(path).split("train")
+        assert split.done.tolist() == [True] * done_when_killed + [False] * (N - done_when_killed), name
+        with SplitWriter(path, "train") as writer:
+            assert writer.pending == list(range(done_when_killed, N))
+        saved[name] = (split.cls[:done_when_killed].clone(), split.errors[:done_when_killed])
         before[name] = chunk_stats(path, [0], list(range(CLIPS_PER_CHUNK)))
         assert len(before[name]) == 1 + 1 + CLIPS_PER_CHUNK * V  # done, cls, every patch chunk; no error chunk
 
-    assert run_processes(*({"path": str(path)} for path in paths.values())) == [0, 0]
+    assert run_processes(*({"path": str(path)} for path in paths.values())) == [0, 0, 0]
     for name, path in paths.items():
-        assert chunk_stats(path, [0], list(range(CLIPS_PER_CHUNK))) == before[name]  # done clips never rewritten
+        assert chunk_stats(path, [0], list(range(CLIPS_PER_CHUNK))) == before[name]  # complete chunks never rewritten
+        split = FeatureCache(path).split("train")
+        cls, errors = saved[name]
+        assert torch.equal(split.cls[:len(errors)].isnan(), cls.isnan()), name  # done clips keep their values
+        assert torch.equal(split.cls[:len(errors)].nan_to_num(), cls.nan_to_num()) and split.errors[:len(errors)] == errors
         assert_same(snapshot(path), snapshot(full))
         assert verify_cache(path) == []
 
@@ -231,7 +280,7 @@ def test_rerun_clears_reasons_left_by_a_crash(tmp_path: Path, monkeypatch: pytes
     create_split(path, "train", spec())
     writer = SplitWriter(path, "train")
 
-    def crash(start: int, stop: int) -> None:
+    def crash(start: int, flags: np.ndarray) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(writer, "_mark_done", crash)
@@ -258,7 +307,6 @@ def test_writer_refuses_done_and_repeated_clips(tmp_path: Path, full: Path) -> N
     create_split(path, "train", spec())
     writer = SplitWriter(path, "train", shard=1, num_shards=2)
     give(writer, writer.pending[0])
-    assert writer.unfinished == 1
     with pytest.raises(CacheError, match="already given"):
         give(writer, writer.pending[0])
     with pytest.raises(CacheError, match="outside this shard"):
@@ -353,7 +401,74 @@ def test_verify_detects_done_flag_without_data(tmp_path: Path) -> None:
     problems = verify_cache(path)
     assert any("missing cls" in p and "video_00.mp4" in p for p in problems), problems
     assert any("missing patches" in p for p in problems), problems
-    assert any("only some are marked done" in p for p in problems), problems
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# damage -> (what verify says, the part a reader names)
+DAMAGES = {
+    "truncated cls chunk": (lambda p: truncate(p / "train/cls/c/1/0/0/0"),
+                            "split 'train': {p}/train/cls/c/1/0/0/0 cannot be read (ValueError: cannot reshape array of "
+                            "size 72 into shape (3,2,3,8)) (clips 3..5)", "{p}/train/cls cannot be read (ValueError"),
+    "truncated done chunk": (lambda p: truncate(p / "train/done/c/0"),
+                             "split 'train': {p}/train/done cannot be read (RuntimeError: Zstd decompression error",
+                             "{p}/train/done cannot be read (RuntimeError"),
+    "invalid split zarr.json": (lambda p: (p / "train/zarr.json").write_text("{not json"),
+                                "split 'train': {p}/train/zarr.json cannot be read (JSONDecodeError: Expecting property "
+                                "name enclosed in double quotes: line 1 column 2 (char 1))", "{p}/train/zarr.json cannot"),
+    "invalid array zarr.json": (lambda p: (p / "train/error/zarr.json").write_text("[]"),
+                                "split 'train': {p}/train/error cannot be read (", "{p}/train/error cannot be read ("),
+    "missing array": (lambda p: shutil.rmtree(p / "train/clip_ids"), "split 'train': {p}/train/clip_ids is missing",
+                      "{p}/train/clip_ids is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_store_is_listed_by_verify_and_refused_in_one_line(full: Path, damage: str) -> None:
+    make, listed, named = DAMAGES[damage]
+    make(full)
+    problems = verify_cache(full)
+    assert len(problems) == 1 and problems[0].startswith(listed.format(p=full)), problems
+    readers = [lambda: FeatureCache(full).split("train")]
+    if "cls" not in damage:  # info reads no features
+        readers.append(lambda: cache_info(full))
+    for read in readers:
+        with pytest.raises(DamagedCache) as refused:
+            read()
+        assert str(refused.value).startswith(named.format(p=full))
+        assert str(refused.value).endswith(f": the cache is damaged; run `anim-clip cache verify {full}`")
+        assert "\n" not in str(refused.value)
+
+
+def test_damaged_patches_are_refused_as_they_are_read(full: Path) -> None:
+    patches = zarr.open_array(full / "train" / "patches", mode="r+")
+    bad = patches[2, 1].copy()
+    bad[0, 0, 0] = np.nan
+    patches[2, 1] = bad
+    truncate(full / "train/patches/c/7/0/0/0/0")
+    split = FeatureCache(full).split("train")
+    for clip, view, problem in ((2, 1, f"{full}/train/patches: clip 'video_02.mp4' holds NaN/inf patch tokens"),
+                                (7, 0, f"{full}/train/patches cannot be read (ValueError: cannot reshape")):
+        with pytest.raises(DamagedCache) as refused:
+            list(split.patch_loader([(torch.tensor([0, clip]), torch.tensor([0, view]))]))
+        assert str(refused.value).startswith(problem)
+        assert str(refused.value).endswith(f": the cache is damaged; run `anim-clip cache verify {full}`")
+    problems = verify_cache(full)
+    assert problems[0] == "split 'train': 1 done clips have NaN/inf or missing patches: video_02.mp4"
+    assert problems[1].startswith(f"split 'train': the patches of 1 done clips cannot be read: video_07.mp4 "
+                                  f"({full}/train/patches cannot be read (ValueError: cannot reshape")
+
+
+def test_verify_goes_on_past_an_invalid_root(full: Path) -> None:
+    (full / "zarr.json").write_text("")
+    truncate(full / "train/cls/c/0/0/0/0")
+    problems = verify_cache(full)
+    assert problems[0].startswith(f"{full}/zarr.json cannot be read (JSONDecodeError")
+    assert problems[1].startswith(f"split 'train': {full}/train/cls/c/0/0/0/0 cannot be read") and len(problems) == 2
+    with pytest.raises(DamagedCache, match=r"zarr\.json cannot be read .*: the cache is damaged; run `anim-clip cache verify"):
+        FeatureCache(full)
 
 
 def test_verify_reports_unknown_schema(full: Path) -> None:

@@ -4,6 +4,8 @@ open_clip tower, a zarr cache on disk."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,23 +20,27 @@ import zarr
 from videos import decodes_alone, indexed_frames, write_garbage, write_video
 
 from anim_clip.cache import store
-from anim_clip.cache.extract import extract, plan_views
+from anim_clip.cache.extract import FrameEncoder, cache_signature, extract, plan_views
 from anim_clip.cache.inspect import cache_info, verify_cache
-from anim_clip.cache.store import FeatureCache
+from anim_clip.cache.store import FeatureCache, check_compatible
 from anim_clip.demo import demo_config
 from anim_clip.config import BackboneConfig
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import decoder_unavailable, open_video
-from anim_clip.errors import AnimClipError, CacheError, DecoderUnavailable
+from anim_clip.errors import AnimClipError, CacheError, ConfigError, DecoderUnavailable
 from anim_clip.models.backbone import FrozenImageTower, create_clip, resolve_weights
 from anim_clip.ui import console
 
 V, T = 2, 4
 OVERRIDES = ["backbone.pretrained=null", f"sampling.train_views={V}", f"sampling.num_frames={T}",
              "backbone.batch_frames=16"]
-SMALL_CHUNK = 2 * V * T * 128 * 2  # two clips per cls chunk, so a run has many chunks to resume from
+CLIP_BYTES = V * T * 128 * 2  # one clip's cls features
+
+
+def chunk_bytes(clips: int) -> int:
+    return clips * CLIP_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +54,15 @@ def config(data: Path, *extra: str):
     return demo_config(data, [*OVERRIDES, *extra])
 
 
-def run_extract(data: Path, out: Path, *args: str, small_chunks: bool = True) -> subprocess.Popen:
-    """The real command in a child process (optionally with small chunks, to resume mid-split)."""
+def run_extract(data: Path, out: Path, *args: str, chunk_clips: int = 2,
+                flush_seconds: float = store.FLUSH_SECONDS) -> subprocess.Popen:
+    """The real command in a child process, with small chunks (to resume mid-split) and optionally
+    another interval between the writes of incomplete chunks."""
     argv = ["extract", "demo", "--out", str(out), "--workers", "1",
             "--set", f"data.annotations={data}", "--set", f"data.root={data / 'videos'}",
             *[a for o in OVERRIDES for a in ("--set", o)], *args]
-    code = (f"import sys; from anim_clip.cache import store; store.CHUNK_BYTES = {SMALL_CHUNK if small_chunks else store.CHUNK_BYTES}; "
+    code = (f"import sys; from anim_clip.cache import store; store.CHUNK_BYTES = {chunk_bytes(chunk_clips)}; "
+            f"store.FLUSH_SECONDS = {flush_seconds}; "
             f"from anim_clip.cli import main; sys.argv = ['anim-clip'] + {argv!r}; main()")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -137,43 +146,105 @@ def test_rates_count_only_extracted_clips(data: Path, tmp_path: Path):
         write_garbage(videos / f.name)
     proc = run_extract(data, tmp_path / "cache.zarr", "--set", f"data.root={videos}")
     output = proc.communicate(timeout=300)[0].decode()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 2 and "error: all 16 clips of split 'train'" in output, output  # nothing usable
     bars = [line for line in output.splitlines() if "clips/s" in line and ("ETA" in line or "took" in line)]
-    assert len(bars) == 2, output
+    assert len(bars) == 1, output  # the first split stops the run
     for line in bars:
         assert "? clips/s" in line and "? frames/s" in line, line
 
 
-def test_resume_after_kill_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):
-    out = tmp_path / "cache.zarr"
-    proc = run_extract(data, out)
-    done = 0
+def kill_when(proc: subprocess.Popen, path: Path, condition) -> np.ndarray:
+    """SIGKILL ``proc`` once ``condition(done flags)`` holds, checked on the stopped process; the flags then."""
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
-            done = int(zarr.open_array(out / "train" / "done", mode="r")[...].sum())
+            flags = zarr.open_array(path, mode="r")[...]
         except Exception:  # the store or split is not there yet
-            done = 0
-        if done >= 4:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 4 <= done < 16, f"could not kill mid-run (done={done})"
-    # chunks whose clips are all done must survive untouched; one killed between its data and its
-    # done flags is unfinished, and rewritten
-    cls = zarr.open_array(out / "train" / "cls", mode="r")
-    flags, per_chunk = zarr.open_array(out / "train" / "done", mode="r")[...], cls.chunks[0]
+            flags = np.zeros(0, bool)
+        if condition(flags):
+            proc.send_signal(signal.SIGSTOP)
+            flags = zarr.open_array(path, mode="r")[...]
+            if condition(flags):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return flags
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"could not kill mid-run (exit {proc.wait()})")
+
+
+def test_resume_after_kill_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):
+    out = tmp_path / "cache.zarr"
+    per_chunk = 4
+    proc = run_extract(data, out, chunk_clips=per_chunk, flush_seconds=0)  # every clip is written as it arrives
+    # killed with at least one chunk finished and the next one partly done
+    flags = kill_when(proc, out / "train" / "done", lambda done: done.sum() > per_chunk and done.sum() % per_chunk)
+    before = arrays(out, "train")
+    # chunks whose clips are all done survive untouched; a chunk with some clips done is rewritten
+    # when the rest arrive, and its done clips keep their values
     finished = [k for k in range(-(-len(flags) // per_chunk)) if flags[k * per_chunk:(k + 1) * per_chunk].all()]
-    assert finished, "no chunk was finished before the kill"
-    before = {p: p.stat().st_mtime_ns for k in finished for p in (out / "train" / "cls" / "c" / str(k)).rglob("*")
+    stamps = {p: p.stat().st_mtime_ns for k in finished for p in (out / "train" / "cls" / "c" / str(k)).rglob("*")
               if p.is_file()}
-    resumed = run_extract(data, out)
+    resumed = run_extract(data, out, chunk_clips=per_chunk, flush_seconds=0)
     output = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, output
     assert_same_store(out, reference)
-    after = {p: p.stat().st_mtime_ns for p in before}
-    assert before == after, "a finished chunk was written again"
+    assert stamps and stamps == {p: p.stat().st_mtime_ns for p in stamps}, "a finished chunk was written again"
+    after = arrays(out, "train")
+    for name in ("cls", "frame_indices", "error"):
+        np.testing.assert_array_equal(after[name][flags], before[name][flags], err_msg=name)
+
+
+def test_ctrl_c_saves_the_clips_extracted_so_far(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    flush, calls = FrameEncoder.flush, []
+
+    def interrupted_flush(self: FrameEncoder) -> list:
+        calls.append(1)
+        if len(calls) == 3:  # two batches of two clips stored, in one incomplete chunk
+            raise KeyboardInterrupt
+        return flush(self)
+
+    monkeypatch.setattr(FrameEncoder, "flush", interrupted_flush)
+    out = tmp_path / "cache.zarr"
+    reports = extract(config(data), out, progress=False)
+    assert reports[-1].interrupted and reports[-1].extracted == 4
+    done = zarr.open_array(out / "train" / "done", mode="r")
+    assert done.chunks[0] > 4 and done[...].tolist() == [True] * 4 + [False] * 12
+
+
+def test_a_wrong_video_root_is_refused_before_any_weights_load(data: Path, tmp_path: Path):
+    out, nowhere = tmp_path / "cache.zarr", tmp_path / "nowhere"
+    # weights that do not exist either: their error would come first if they were loaded first
+    proc = run_extract(data, out, "--set", f"data.root={nowhere}", "--set", f"backbone.pretrained={tmp_path / 'w.pt'}")
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 2 and output.strip() == (
+        f"error: data.root {nowhere} is not a folder: point it (--set data.root=...) at the folder that holds the videos")
+    nowhere.mkdir()
+    with pytest.raises(ConfigError, match=rf"none of the 16 videos of split 'train' is under data.root {nowhere} "
+                                          rf"\(e.g. {nowhere}/train00000.mp4\)"):
+        extract(config(data, f"data.root={nowhere}", f"backbone.pretrained={tmp_path / 'w.pt'}"), out, progress=False)
+    assert not out.exists()
+
+
+def test_missing_videos_are_counted_and_a_split_that_all_failed_is_an_error(data: Path, tmp_path: Path):
+    videos = tmp_path / "videos"
+    shutil.copytree(data / "videos", videos)
+    for name in ("train00003.mp4", "train00007.mp4"):
+        (videos / name).unlink()
+    for video in videos.glob("test*.mp4"):
+        video.write_bytes(video.read_bytes()[:300])  # the header survives, the frames do not
+    out = tmp_path / "cache.zarr"
+    with console.capture() as captured, pytest.raises(CacheError) as failed:
+        extract(config(data, f"data.root={videos}"), out, progress=False)
+    assert (f"2 of 16 videos of split 'train' are missing (e.g. {videos / 'train00003.mp4'}); they will be recorded "
+            "as failed") in captured.get()
+    assert re.fullmatch(rf"all 6 clips of split 'test' in {out} failed \(6x .+\): nothing to train or evaluate on; "
+                        rf"fix the cause \(data.root, sampling.decoder\), remove {out / 'test'} and extract again",
+                        str(failed.value)), str(failed.value)
+    problems = verify_cache(out)
+    assert len(problems) == 1 and problems[0].startswith("split 'test': all 6 clips failed (e.g. test00000.mp4: ")
+    assert FeatureCache(out).split("train").errors[3] == "file not found"
 
 
 def test_two_shards_equal_one_process(data: Path, reference: Path, tmp_path: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +17,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+import zarr
 from sklearn.metrics import average_precision_score
 
 from anim_clip.cache.extract import extract
 from anim_clip.demo import demo_config
 from anim_clip.config import TrainConfig
+from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
-from anim_clip.errors import AnimClipError, CacheError
+from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.plots import training_curves_figure
 from anim_clip.models.checkpoint import load_checkpoint
@@ -128,12 +131,123 @@ def test_refuses_an_existing_run_and_a_foreign_cache(data: Path, cache: Path, ru
         train(cfg_for(data, "sampling.num_frames=5"), cache=cache, out=tmp_path, progress=False)
 
 
+def copy_cache(cache: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(cache, tmp_path / "copy.zarr"))
+
+
+def other_annotations(data: Path, folder: Path, file: str, edit) -> Path:
+    """A copy of the demo's annotation files in ``folder``, with ``edit`` applied to the lines of ``file``."""
+    folder.mkdir(parents=True)
+    for f in data.iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+    (folder / file).write_text("\n".join(edit((folder / file).read_text().splitlines())) + "\n")
+    return folder
+
+
+def test_an_unfinished_cache_is_refused_unless_allowed(data: Path, cache: Path, run: Path, tmp_path: Path):
+    unfinished = copy_cache(cache, tmp_path)
+    zarr.open_array(unfinished / "train" / "done", mode="r+")[12:] = False  # as a killed extraction leaves it
+    with pytest.raises(CacheError) as refused:
+        train(cfg_for(data), cache=unfinished, out=tmp_path / "run", progress=False)
+    assert str(refused.value) == (
+        f"cache {unfinished} is unfinished: 8 of the 20 'train' clips are not extracted yet; finish them with "
+        f"`anim-clip extract CONFIG --out {unfinished}` (the config it was made with), or pass --allow-incomplete "
+        "(train, eval, sweep) to use only the clips extracted so far")
+    with pytest.raises(CacheError, match="8 of the 20 'train' clips"):
+        evaluate_checkpoint(run, unfinished, split="train", out=tmp_path / "eval")
+    evaluate_checkpoint(run, unfinished, out=tmp_path / "eval")  # the test split is complete
+    result = train(cfg_for(data, "train.epochs=1"), cache=unfinished, out=tmp_path / "run", progress=False,
+                   allow_incomplete=True)
+    assert result.report["pending_clips"] == {"train": 8}
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["pending_clips"] == {"train": 8}
+    report = evaluate_checkpoint(run, unfinished, split="train", out=tmp_path / "eval", allow_incomplete=True)
+    assert report["pending_clips"] == {"train": 8} and report["clips"] == 12
+
+
+def test_a_cache_of_other_annotations_is_refused(data: Path, cache: Path, tmp_path: Path):
+    def relabel(lines: list[str]) -> list[str]:
+        return [*lines[:3], lines[3].split("\t")[0] + "\t[('Fox', 'Flying'), ('Fox', 'Walking')]", *lines[4:]]
+
+    folder = other_annotations(data, tmp_path / "relabelled", "test.txt", relabel)
+    clip = (folder / "test.txt").read_text().splitlines()[3].split("\t")[0]
+    cfg = cfg_for(data, f"data.annotations={folder}")
+    actions = load_dataset(cfg.data).actions
+    was = [actions[i] for i in np.flatnonzero(zarr.open_array(cache / "test" / "targets", mode="r")[3])]
+    with pytest.raises(CacheError) as refused:
+        train(cfg, cache=cache, out=tmp_path / "run", progress=False)
+    assert str(refused.value) == (f"cache {cache / 'test'}: clip {clip!r} (row 3) has actions {was} there, this run's "
+                                  "labels give ['Walking', 'Flying']: it was extracted from other annotations; extract "
+                                  "this config into another --out")
+    folder = other_annotations(data, tmp_path / "more", "train.txt", lambda lines: [*lines, "extra.mp4\t[('Fox', 'Walking')]"])
+    with pytest.raises(CacheError, match=r"has no clip 'extra\.mp4' of this run's train split"):
+        train(cfg_for(data, f"data.annotations={folder}"), cache=cache, out=tmp_path / "run", progress=False)
+    swapped = {"3,Flying": "3,Swimming", "4,Swimming": "4,Flying"}
+    folder = other_annotations(data, tmp_path / "names", "label.csv", lambda lines: [swapped.get(l, l) for l in lines])
+    with pytest.raises(CacheError, match="extracted for other actions: at 3 the cache has 'Flying', this run 'Swimming'"):
+        train(cfg_for(data, f"data.annotations={folder}"), cache=cache, out=tmp_path / "run", progress=False)
+    # the dataset's unseen_species leaves training clips out; the cache keeps them, and that is fine
+    result = train(cfg_for(data, "data.unseen_species=Fox", "train.epochs=1"), cache=cache, out=tmp_path / "unseen",
+                   progress=False)
+    assert result.report["unseen_species"]["clips"] > 0
+
+
+def test_nan_features_are_refused_at_load_time(data: Path, cache: Path, run: Path, tmp_path: Path):
+    damaged = copy_cache(cache, tmp_path)
+    cls = zarr.open_array(damaged / "train" / "cls", mode="r+")
+    for row in (2, 5, 6, 7, 9):
+        values = cls[row]
+        values[0, 1, 2] = np.nan if row != 9 else np.inf
+        cls[row] = values
+    ids = zarr.open_array(damaged / "train" / "clip_ids", mode="r")[...].tolist()
+    message = (f"{damaged / 'train' / 'cls'}: 5 clips hold NaN/inf features ({ids[2]!r}, {ids[5]!r}, {ids[6]!r} and 2 "
+               f"more): the cache is damaged; run `anim-clip cache verify {damaged}`")
+    with pytest.raises(DamagedCache) as refused:
+        train(cfg_for(data), cache=damaged, out=tmp_path / "run", progress=False)
+    assert str(refused.value) == message
+    with pytest.raises(DamagedCache, match="5 clips hold NaN/inf"):
+        evaluate_checkpoint(run, damaged, split="train", out=tmp_path / "eval")
+    tests = zarr.open_array(damaged / "test" / "cls", mode="r+")
+    values = tests[1]
+    values[...] = np.nan
+    tests[1] = values
+    with pytest.raises(DamagedCache, match=r"test/cls: 1 clips hold NaN/inf"):
+        evaluate_checkpoint(run, damaged, out=tmp_path / "eval")
+
+
 def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
     sets = [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
             for a in ("--set", o)]
     return subprocess.Popen([sys.executable, "-m", "anim_clip", "train", "demo", "--cache", str(cache), "--out", str(out),
                              *sets, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("damage", ["truncated chunk", "invalid zarr.json", "missing array"])
+def test_a_damaged_cache_is_one_line_and_verify_lists_it(data: Path, cache: Path, tmp_path: Path, damage: str):
+    damaged = copy_cache(cache, tmp_path)
+    chunk = damaged / "train" / "cls" / "c" / "0" / "0" / "0" / "0"
+    if damage == "truncated chunk":  # as a full disk or an interrupted copy leaves it
+        chunk.write_bytes(chunk.read_bytes()[:1000])
+        refused, listed = damaged / "train" / "cls", f"split 'train': {chunk} cannot be read (ValueError: cannot reshape"
+    elif damage == "invalid zarr.json":
+        (damaged / "test" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+        refused = damaged / "test" / "zarr.json"
+        listed = f"split 'test': {refused} cannot be read (JSONDecodeError: Unterminated string"
+    else:
+        shutil.rmtree(damaged / "train" / "done")
+        refused = damaged / "train" / "done"
+        listed = f"split 'train': {refused} is missing"
+    proc = _train_process(data, damaged, tmp_path / "run")
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1].startswith(f"error: {refused} ")
+    assert output.strip().endswith(f": the cache is damaged; run `anim-clip cache verify {damaged}`")
+    verify = subprocess.run([sys.executable, "-m", "anim_clip", "cache", "verify", str(damaged)], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert verify.returncode == 1 and "Traceback" not in verify.stdout + verify.stderr
+    assert verify.stdout.splitlines() == [line for line in verify.stdout.splitlines() if line.startswith("problem: ")]
+    assert any(line.startswith(f"problem: {listed}") for line in verify.stdout.splitlines()), verify.stdout
 
 
 def test_resume_after_kill_is_bit_exact(data: Path, cache: Path, tmp_path: Path):

@@ -209,12 +209,13 @@ def confusions_cmd(
     from anim_clip.analysis.clips import confusion_report
     from anim_clip.analysis.tables import confusions_tables
     from anim_clip.data.dataset import load_dataset
-    from anim_clip.train.cached import open_cached_data
+    from anim_clip.train.cached import open_cached_data, stored_in
 
     stored = _open(run, weights)
     head, cfg = _cached_model(stored, device)
     device_ = next(head.parameters()).device
-    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), device_, head.video_specific_prompt is not None)
+    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), device_, head.video_specific_prompt is not None,
+                               use=stored_in(split))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to score; choose one of {', '.join(data)}")
     result = confusion_report(stored, head, data[split], cfg, split=split, k=_positive(k, "-k"),

@@ -4,8 +4,11 @@ store the per-frame features in the zarr cache.
 Decoding runs in a thread pool ahead of the encoder (decord and PyAV release the GIL while they
 decode), frames travel to the model's device as uint8 and are resized, cropped and normalised
 there, and the encoder sees batches of about ``backbone.batch_frames`` frames. The store's writer
-marks a chunk ``done`` only after its data is on disk, so killing the process at any moment and
-running the same command again finishes the job without redoing or corrupting finished clips.
+marks a clip ``done`` only after its data is on disk and saves finished clips at least every
+``store.FLUSH_SECONDS`` (and on Ctrl-C), so killing the process at any moment and running the same
+command again finishes the job, redoing at most that much work and corrupting nothing. The video
+root and files are checked before any weights load, and a split none of whose clips could be made
+is an error, not an empty success.
 """
 
 from __future__ import annotations
@@ -24,14 +27,22 @@ import torch
 from rich.markup import escape
 
 from anim_clip.cache.inspect import cache_decoders, decoders_text, mixed_decoders_note
-from anim_clip.cache.store import SplitSpec, SplitWriter, TextFeatures, create_split, create_store, write_text
+from anim_clip.cache.store import (
+    SplitSpec,
+    SplitWriter,
+    TextFeatures,
+    create_split,
+    create_store,
+    read_array,
+    write_text,
+)
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.video import FallbackNotice, VideoFile, check_decoder, decoder_note, open_video
-from anim_clip.errors import VideoDecodeError
+from anim_clip.errors import CacheError, ConfigError, VideoDecodeError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
 from anim_clip.ui import RateColumn, console, progress_bar
@@ -142,6 +153,24 @@ class SplitReport:
                 f"{self.frames / self.seconds if self.seconds else 0:.0f}"]
 
 
+def check_videos(dataset: Dataset, splits: tuple[str, ...]) -> None:
+    """Refuse a missing video root, or a split none of whose videos exist, before any weights load;
+    warn about missing videos, with their count and an example (they are recorded as failed)."""
+    root = dataset.root
+    if root is None or not root.is_dir():
+        found = "is not set" if root is None else f"{root} is not a folder"
+        raise ConfigError(f"data.root {found}: point it (--set data.root=...) at the folder that holds the videos")
+    for split in splits:
+        clips = dataset.clips(split)
+        missing = [path for path in map(dataset.video_path, clips) if not path.is_file()]
+        if clips and len(missing) == len(clips):
+            raise ConfigError(f"none of the {len(clips)} videos of split {split!r} is under data.root {root} "
+                              f"(e.g. {missing[0]}); point data.root at the folder that holds them")
+        if missing:
+            console.print(f"[yellow]{len(missing)} of {len(clips)} videos of split {split!r} are missing (e.g. "
+                          f"{missing[0]}); they will be recorded as failed[/]", soft_wrap=True, highlight=False)
+
+
 def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -204,6 +233,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     device = device or default_device()
     check_decoder(cfg.sampling.decoder)
     dataset = load_dataset(cfg.data)
+    check_videos(dataset, splits)
     clip, weights = create_clip(cfg.backbone)
     if weights.random:
         console.print(f"[bold red]WARNING: {cfg.backbone.model} has RANDOM weights (backbone.pretrained is null): "
@@ -234,10 +264,12 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             patch_shape=tower.patch_shape if cfg.backbone.patches != "none" else None,
         )
         create_split(out, split, spec)
-        reports.append(_extract_split(dataset, split, cfg, out, shard, num_shards, workers, device, tower, notice,
-                                      progress))
+        with SplitWriter(out, split, shard, num_shards) as writer:
+            reports.append(_extract_split(writer, dataset, split, cfg, out, f"{split} [{shard + 1}/{num_shards}]",
+                                          workers, device, tower, notice, progress))
         if reports[-1].interrupted:
             break
+        _check_some_usable(out, split, writer.clips)
     mixed = mixed_decoders_note(cache_decoders(out))
     if mixed:
         console.print(f"[bold yellow]WARNING: cache {escape(str(out))} holds {mixed}[/]", soft_wrap=True, highlight=False)
@@ -260,10 +292,9 @@ def _decoded(pool: ThreadPoolExecutor, jobs: list[tuple[Path, int]], split: str,
             future.cancel()
 
 
-def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: int, num_shards: int,
+def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Config, out: Path, label: str,
                    workers: int, device: torch.device, tower: FrozenImageTower, notice: FallbackNotice,
                    progress: bool) -> SplitReport:
-    writer = SplitWriter(out, split, shard, num_shards)
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
     encoder = FrameEncoder(tower, device, cfg)
@@ -274,7 +305,7 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
     start = time.perf_counter()
     frames_rate = RateColumn("frames", per_item="frames_per_clip")
     with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
-        task = bar.add_task(f"{split} [{shard + 1}/{num_shards}]", total=len(jobs),
+        task = bar.add_task(label, total=len(jobs),
                             frames_per_clip=num_views(split, cfg) * cfg.sampling.num_frames)
 
         def store(results: list[tuple[int, FrameFeatures]]) -> None:
@@ -302,8 +333,20 @@ def _extract_split(dataset: Dataset, split: str, cfg: Config, out: Path, shard: 
             store(encoder.flush())
         except KeyboardInterrupt:
             report.interrupted = True
-            console.print(f"[yellow]interrupted: {writer.unfinished} clips of unfinished chunks will be redone; "
-                          "run the same command again to resume[/]")
+            writer.flush()
+            console.print("[yellow]interrupted: every clip extracted so far is saved; run the same command again "
+                          "to resume[/]")
     report.seconds = time.perf_counter() - start
     report.bytes_written = _disk_bytes(out / split) - bytes_before
     return report
+
+
+def _check_some_usable(out: Path, split: str, clips: range) -> None:
+    """A split (or shard) every clip of which failed is an error, not an empty success."""
+    done = read_array(out / split, "done", out)[clips.start:clips.stop]
+    errors = read_array(out / split, "error", out)[clips.start:clips.stop].tolist()
+    if len(clips) and done.all() and all(errors):
+        reason, count = Counter(errors).most_common(1)[0]
+        raise CacheError(f"all {len(clips)} clips of split {split!r} in {out} failed ({count}x {reason}): nothing to "
+                         f"train or evaluate on; fix the cause (data.root, sampling.decoder), remove {out / split} "
+                         "and extract again")

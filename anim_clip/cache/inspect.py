@@ -18,11 +18,16 @@ from anim_clip.cache.store import (
     TEXT_GROUP,
     FeatureCache,
     TextFeatures,
+    group_names,
     manifest_sha256,
+    read_array,
+    read_group_attrs,
     read_root_attrs,
     read_text,
+    reading,
+    split_names,
 )
-from anim_clip.errors import CacheError
+from anim_clip.errors import CacheError, DamagedCache
 from anim_clip.ui import table
 
 ROOT_KEYS = ("schema_version", "anim_clip_version", "created", "torch_version", "open_clip_version", "zarr_version",
@@ -58,25 +63,24 @@ def _array_info(arr: zarr.Array, path: Path) -> dict[str, Any]:
             "codec": _codec(arr), "bytes": disk_bytes(path)}
 
 
-def _outcomes(group: zarr.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``done``, ``failed`` (done with a reason) and the reasons, one entry per clip."""
-    done = group["done"][...]
-    errors = np.asarray(group["error"][...].tolist(), dtype=object)
+def _outcomes(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``done``, ``failed`` (done with a reason) and the reasons, one entry per clip of the split ``path``."""
+    done = read_array(path, "done", path.parent)
+    errors = np.asarray(read_array(path, "error", path.parent).tolist(), dtype=object)
     return done, done & (errors != ""), errors
 
 
-def _decoded_by(group: zarr.Group, decoded: np.ndarray) -> dict[str, int]:
-    """How many of the ``decoded`` clips each video decoder decoded, most first."""
-    return dict(Counter(group["decoder"][...][decoded].tolist()).most_common())
+def _decoded_by(path: Path, decoded: np.ndarray) -> dict[str, int]:
+    """How many of the ``decoded`` clips of the split ``path`` each video decoder decoded, most first."""
+    return dict(Counter(read_array(path, "decoder", path.parent)[decoded].tolist()).most_common())
 
 
 def cache_decoders(path: str | Path) -> dict[str, int]:
     """How many clips of every split of the cache at ``path`` each video decoder decoded, most first."""
     total: Counter[str] = Counter()
     for split in FeatureCache(path).splits:
-        g = zarr.open_group(Path(path) / split, mode="r")
-        done, failed, _ = _outcomes(g)
-        total.update(_decoded_by(g, done & ~failed))
+        done, failed, _ = _outcomes(Path(path) / split)
+        total.update(_decoded_by(Path(path) / split, done & ~failed))
     return dict(total.most_common())
 
 
@@ -95,18 +99,21 @@ def decoders_text(decoders: dict[str, int]) -> str:
 
 
 def _split_info(path: Path) -> dict[str, Any]:
-    g = zarr.open_group(path, mode="r")
-    done, failed, errors = _outcomes(g)
-    clip_ids = g["clip_ids"][...].tolist()
+    attrs = read_group_attrs(path, path.parent)
+    done, failed, errors = _outcomes(path)
+    clip_ids = read_array(path, "clip_ids", path.parent).tolist()
+    with reading(path, path.parent):
+        g = zarr.open_group(path, mode="r")
+        arrays = {name: _array_info(g[name], path / name) for name in sorted(g.array_keys())}
     return {
-        **dict(g.attrs),
-        "clips_per_chunk": g["cls"].chunks[0],
+        **attrs,
+        "clips_per_chunk": arrays["done"]["chunks"][0],
         "done": int(done.sum()),
         "failed": int(failed.sum()),
         "pending": int((~done).sum()),
-        "decoders": _decoded_by(g, done & ~failed),
+        "decoders": _decoded_by(path, done & ~failed),
         "failures": [[clip_ids[i], errors[i]] for i in np.flatnonzero(failed)],
-        "arrays": {name: _array_info(g[name], path / name) for name in sorted(g.array_keys())},
+        "arrays": arrays,
     }
 
 
@@ -116,7 +123,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     cache = FeatureCache(path)
     text = {}
     for kind in cache.text_kinds:
-        attrs = dict(zarr.open_group(path / TEXT_GROUP / kind, mode="r").attrs)
+        attrs = read_group_attrs(path / TEXT_GROUP / kind, path)
         text[kind] = {**attrs, "bytes": disk_bytes(path / TEXT_GROUP / kind)}
     return {"path": str(path), **{k: v for k, v in cache.attrs.items() if k != "config"},
             "splits": {name: _split_info(path / name) for name in cache.splits}, "decoders": cache_decoders(path),
@@ -181,48 +188,70 @@ def _clip_list(clip_ids: list[str], indices: np.ndarray) -> str:
     return names + (f" and {len(indices) - SHOWN_CLIPS} more" if len(indices) > SHOWN_CLIPS else "")
 
 
-def _shape_problems(g: zarr.Group, attrs: dict[str, Any], where: str) -> list[str]:
+SPLIT_ARRAYS = ("cls", "done", "error", "decoder", "clip_ids", "frame_indices", "targets", "species")
+WHOLE_ARRAYS = ("done", "error", "decoder", "clip_ids", "frame_indices", "targets", "species")  # cls: a chunk at a time
+
+
+def _open_arrays(path: Path, names: list[str], where: str) -> tuple[dict[str, zarr.Array], list[str]]:
+    """The split's arrays by name, and a problem for each that is missing or has invalid metadata."""
+    arrays, problems = {}, []
+    for name in names:
+        try:
+            with reading(path / name, path.parent):
+                arrays[name] = zarr.open_array(path / name, mode="r")
+        except DamagedCache as e:
+            problems.append(f"{where}: {e.problem}")
+    return arrays, problems
+
+
+def _shape_problems(arrays: dict[str, zarr.Array], attrs: dict[str, Any], where: str) -> list[str]:
     n, v, t, d = attrs["num_clips"], attrs["num_views"], attrs["frames"], attrs["dim"]
     expected = {"cls": (n, v, t, d), "done": (n,), "error": (n,), "decoder": (n,), "clip_ids": (n,),
                 "frame_indices": (n, v, t)}
     if attrs["patches"]:
         expected["patches"] = (n, v, t, *attrs["patches"])
-    present = set(g.array_keys())
-    problems = [f"{where}: array {name!r} is missing"
-                for name in [*expected, "targets", "species"] if name not in present]
-    if "patches" in present and not attrs["patches"]:
-        problems.append(f"{where}: holds patches although its attributes say it has none")
-    if problems:
-        return problems
-    problems += [f"{where}: {name} has shape {g[name].shape}, expected {shape}"
-                 for name, shape in expected.items() if g[name].shape != shape]
-    problems += [f"{where}: {name} has {g[name].shape[0]} rows for {n} clips"
-                 for name in ("targets", "species") if g[name].shape[0] != n]
-    chunks = {g[name].chunks[0] for name in ("cls", "done", "error", "decoder")}
+    problems = [f"{where}: {name} has shape {arrays[name].shape}, expected {shape}"
+                for name, shape in expected.items() if arrays[name].shape != shape]
+    problems += [f"{where}: {name} has {arrays[name].shape[0]} rows for {n} clips"
+                 for name in ("targets", "species") if arrays[name].shape[0] != n]
+    chunks = {arrays[name].chunks[0] for name in ("cls", "done", "error", "decoder", "frame_indices")}
     if len(chunks) > 1:
-        problems.append(f"{where}: cls, done, error and decoder are chunked differently ({sorted(chunks)}): shards would share chunks")
+        problems.append(f"{where}: cls, done, error, decoder and frame_indices are chunked differently ({sorted(chunks)}): "
+                        "shards would share chunks")
     return problems
 
 
-def _nonfinite_clips(arr: zarr.Array, clips: np.ndarray, workers: int) -> np.ndarray:
-    """Which of ``clips`` hold NaN, inf or never-written (NaN-filled) values, one clip at a time."""
-    with ThreadPoolExecutor(workers) as pool:
-        bad = list(pool.map(lambda i: not np.isfinite(arr[int(i)]).all(), clips))
-    return clips[np.asarray(bad, dtype=bool)]
+def _read_whole(path: Path, where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    values, problems = {}, []
+    for name in WHOLE_ARRAYS:
+        try:
+            values[name] = read_array(path, name, path.parent)
+        except DamagedCache as e:
+            problems.append(f"{where}: {e.problem}")
+    return values, problems
 
 
-def _data_problems(g: zarr.Group, where: str, workers: int) -> list[str]:
-    done, failed, _ = _outcomes(g)
-    clip_ids = g["clip_ids"][...].tolist()
-    cls, per_chunk = g["cls"], g["cls"].chunks[0]
+def _chunk_file(array: Path, chunk: int, ndim: int) -> Path:
+    """The file of chunk ``chunk`` along the first axis (zarr v3's default chunk key encoding)."""
+    return array.joinpath("c", str(chunk), *["0"] * (ndim - 1))
+
+
+def _cls_problems(path: Path, arr: zarr.Array, done: np.ndarray, failed: np.ndarray,
+                  clip_ids: list[str], where: str) -> list[str]:
+    """Each cls chunk holding done clips, read once: unreadable chunks, flags and data that disagree."""
+    per_chunk = arr.chunks[0]
     problems, bad_cls, failed_with_data = [], [], []
-    for start in range(0, cls.shape[0], per_chunk):
-        stop = min(start + per_chunk, cls.shape[0])
+    for start in range(0, arr.shape[0], per_chunk):
+        stop = min(start + per_chunk, arr.shape[0])
         if not done[start:stop].any():
             continue
-        if not done[start:stop].all():
-            problems.append(f"{where}: clips {start}..{stop - 1} share a chunk but only some are marked done")
-        finite = np.isfinite(cls[start:stop]).reshape(stop - start, -1).all(axis=1)
+        try:
+            with reading(_chunk_file(path / "cls", start // per_chunk, arr.ndim), path.parent):
+                values = arr[start:stop]
+        except DamagedCache as e:
+            problems.append(f"{where}: {e.problem} (clips {start}..{stop - 1})")
+            continue
+        finite = np.isfinite(values).reshape(stop - start, -1).all(axis=1)
         ok = done[start:stop] & ~failed[start:stop]
         bad_cls.extend(start + np.flatnonzero(ok & ~finite))
         failed_with_data.extend(start + np.flatnonzero(failed[start:stop] & finite))
@@ -232,31 +261,80 @@ def _data_problems(g: zarr.Group, where: str, workers: int) -> list[str]:
     if failed_with_data:
         problems.append(f"{where}: {len(failed_with_data)} clips are marked failed yet hold cls features: "
                         f"{_clip_list(clip_ids, np.asarray(failed_with_data))}")
-    if "patches" in g:
-        bad = _nonfinite_clips(g["patches"], np.flatnonzero(done & ~failed), workers)
-        if len(bad):
-            problems.append(f"{where}: {len(bad)} done clips have NaN/inf or missing patches: {_clip_list(clip_ids, bad)}")
     return problems
 
 
-def _manifest_problem(g: zarr.Group, attrs: dict[str, Any], where: str) -> list[str]:
-    arrays = [g[name][...] for name in ("targets", "species")]
-    if manifest_sha256(g["clip_ids"][...].tolist(), arrays) != attrs["manifest_sha256"]:
+NONFINITE = "NaN/inf or missing values"
+
+
+def _patch_problems(path: Path, arr: zarr.Array, clips: np.ndarray, clip_ids: list[str], where: str,
+                    workers: int) -> list[str]:
+    """The clips of ``clips`` whose patches hold NaN, inf or never-written (NaN-filled) values, or
+    cannot be read; one clip at a time."""
+    def check(i: int) -> str | None:
+        try:
+            with reading(path / "patches", path.parent):
+                return None if np.isfinite(arr[int(i)]).all() else NONFINITE
+        except DamagedCache as e:
+            return e.problem
+
+    with ThreadPoolExecutor(workers) as pool:
+        found = list(pool.map(check, clips))
+    problems = []
+    nonfinite = np.asarray([i for i, f in zip(clips, found) if f == NONFINITE], dtype=np.int64)
+    if len(nonfinite):
+        problems.append(f"{where}: {len(nonfinite)} done clips have NaN/inf or missing patches: "
+                        f"{_clip_list(clip_ids, nonfinite)}")
+    unreadable = [(i, f) for i, f in zip(clips, found) if f not in (None, NONFINITE)]
+    if unreadable:
+        problems.append(f"{where}: the patches of {len(unreadable)} done clips cannot be read: "
+                        f"{_clip_list(clip_ids, np.asarray([i for i, _ in unreadable]))} ({unreadable[0][1]})")
+    return problems
+
+
+def _data_problems(path: Path, arrays: dict[str, zarr.Array], values: dict[str, np.ndarray], where: str,
+                   workers: int) -> list[str]:
+    done = values["done"]
+    errors = np.asarray(values["error"].tolist(), dtype=object)
+    failed = done & (errors != "")
+    clip_ids = values["clip_ids"].tolist()
+    problems = []
+    if len(done) and failed.all():
+        problems.append(f"{where}: all {len(done)} clips failed (e.g. {clip_ids[0]}: {errors[0]}): nothing to train "
+                        "or evaluate on")
+    problems += _cls_problems(path, arrays["cls"], done, failed, clip_ids, where)
+    if "patches" in arrays:
+        problems += _patch_problems(path, arrays["patches"], np.flatnonzero(done & ~failed), clip_ids, where, workers)
+    return problems
+
+
+def _manifest_problem(values: dict[str, np.ndarray], attrs: dict[str, Any], where: str) -> list[str]:
+    if manifest_sha256(values["clip_ids"].tolist(), [values["targets"], values["species"]]) != attrs["manifest_sha256"]:
         return [f"{where}: clip ids or labels changed since creation (manifest sha256 differs)"]
     return []
 
 
 def _verify_split(path: Path, workers: int) -> list[str]:
     where = f"split {path.name!r}"
-    g = zarr.open_group(path, mode="r")
-    attrs = dict(g.attrs)
+    try:
+        attrs = read_group_attrs(path, path.parent)
+    except DamagedCache as e:
+        return [f"{where}: {e.problem}"]
     missing = [f"{where}: attribute {key!r} is missing" for key in SPLIT_KEYS if key not in attrs]
     if missing:
         return missing
-    problems = _shape_problems(g, attrs, where)
+    arrays, problems = _open_arrays(path, [*SPLIT_ARRAYS, *(["patches"] if attrs["patches"] else [])], where)
+    if (path / "patches").is_dir() and not attrs["patches"]:
+        problems.append(f"{where}: holds patches although its attributes say it has none")
     if problems:
         return problems
-    return _manifest_problem(g, attrs, where) + _data_problems(g, where, workers)
+    problems = _shape_problems(arrays, attrs, where)
+    if problems:
+        return problems
+    values, problems = _read_whole(path, where)
+    if problems:
+        return problems
+    return _manifest_problem(values, attrs, where) + _data_problems(path, arrays, values, where, workers)
 
 
 def _verify_text(text: TextFeatures, attrs: dict[str, Any], where: str) -> list[str]:
@@ -274,8 +352,17 @@ def _verify_text(text: TextFeatures, attrs: dict[str, Any], where: str) -> list[
     return problems
 
 
+def _text_problems(path: Path, kind: str) -> list[str]:
+    where = f"text {kind!r}"
+    try:
+        return _verify_text(read_text(path, kind), read_group_attrs(path / TEXT_GROUP / kind, path), where)
+    except DamagedCache as e:
+        return [f"{where}: {e.problem}"]
+
+
 def verify_cache(path: str | Path, workers: int = 4) -> list[str]:
-    """Every problem found (empty = OK): attributes, shapes, chunk alignment, done vs data, finiteness.
+    """Every problem found (empty = OK): attributes, shapes, chunk alignment, done vs data, finiteness,
+    and every part that cannot be read.
 
     Reads every done clip's features once, a chunk at a time, so it takes about as long as one
     pass over the cache.
@@ -283,18 +370,13 @@ def verify_cache(path: str | Path, workers: int = 4) -> list[str]:
     path = Path(path)
     try:
         attrs = read_root_attrs(path)
+        problems = [f"root attribute {key!r} is missing" for key in ROOT_KEYS if key not in attrs]
+    except DamagedCache as e:  # the splits may still be sound: check them too
+        problems = [e.problem]
     except CacheError as e:
         return [str(e)]
-    problems = [f"root attribute {key!r} is missing" for key in ROOT_KEYS if key not in attrs]
-    cache = FeatureCache(path)
-    for split in cache.splits:
+    for split in split_names(path):
         problems += _verify_split(path / split, workers)
-    for kind in cache.text_kinds:
-        group_attrs = dict(zarr.open_group(path / TEXT_GROUP / kind, mode="r").attrs)
-        try:
-            text = read_text(path, kind)
-        except KeyError as e:
-            problems.append(f"text {kind!r}: array {e} is missing")
-            continue
-        problems += _verify_text(text, group_attrs, f"text {kind!r}")
+    for kind in group_names(path / TEXT_GROUP):
+        problems += _text_problems(path, kind)
     return problems

@@ -6,23 +6,29 @@ One zarr v3 store (DESIGN.md "Cache layout")::
     PATH/<split>/                       one group per split; attributes: views, frames, manifest sha
         cls           (N,V,T,D)   f16   many clips per chunk; loaded whole for training
         patches       (N,V,T,P,W) f16   one view of one clip per chunk (optional)
-        done          (N,)        bool  set after a chunk's data is on disk
+        done          (N,)        bool  set after a clip's data is on disk
         error         (N,)        str   why a clip failed ("" = it did not)
         decoder       (N,)        str   which video decoder decoded the clip ("" = none did)
         frame_indices (N,V,T) i32 the source frames of every view, written with the clip's cls chunk
         clip_ids (N,) str, targets (N,C) u8, species (N,A) u8
+    PATH/.<split>.lock                  byte-range locks of the writers, one byte per chunk
     PATH/text/<kind>/                   raw text embeddings of class names and descriptions
 
-Crash safety rests on three facts. Groups appear by an atomic directory rename, so every reader
+Crash safety rests on four facts. Groups appear by an atomic directory rename, so every reader
 sees a whole split (attributes and creation-time arrays included) or none. zarr's LocalStore writes
-each chunk to a temporary file and renames it, so a chunk is old or new, never torn. ``done`` is
-written last, a whole chunk at a time, by the only writer that owns that chunk (shards split on
-chunk boundaries), so a clip marked done has all its data and is never written again.
+each chunk to a temporary file and renames it, so a chunk is old or new, never torn. Each chunk has
+one writer: shards split on chunk boundaries, and a writer holds an exclusive lock on its shard's
+chunks, so a second process on the same chunks is refused. That writer rewrites a chunk's per-clip
+arrays (``cls``, ``frame_indices``, ``error``) whole from its own buffer, which holds what is on
+disk for the clips already done, and writes ``done`` after them: so a clip marked done has all its
+data, and its values never change again. The buffer is written when its chunk is complete and at
+least every ``FLUSH_SECONDS``, so a kill loses at most that much work.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -30,14 +36,16 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -46,13 +54,18 @@ from zarr.buffer.cpu import NDBuffer
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from anim_clip import __version__
-from anim_clip.errors import CacheError
+from anim_clip.errors import CacheError, DamagedCache
 from anim_clip.models.features import FrameFeatures
 
 SCHEMA_VERSION = 2  # 2: the per-clip decoder
 CHUNK_BYTES = 2 << 20  # target size of a cls chunk: loaded whole, so a few MB keeps reads efficient
 MAX_ERROR_CHARS = 200
 TEXT_GROUP = "text"
+FLUSH_SECONDS = 30.0  # a writer saves the clips of incomplete chunks at least this often
+CHUNK_ARRAYS = ("cls", "frame_indices", "error", "decoder")  # per-clip arrays chunked like cls, written before done
+# what zarr, the JSON parser and the codecs raise on a damaged store (truncated chunk, invalid
+# zarr.json, missing array); only zarr calls are wrapped, so none of these is a bug of ours
+DAMAGE = (ValueError, KeyError, RuntimeError, OSError, TypeError, AttributeError)
 
 # fp16 activations have near-random mantissas: zstd saves ~8% of disk at about half the speed
 # of no codec, lz4 saves nothing (benchmarks/bench_cache_io.py, results/cache_io.json): so none.
@@ -133,12 +146,36 @@ def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: st
         )
 
 
-def _read_attrs(path: Path) -> dict[str, Any]:
-    return dict(zarr.open_group(path, mode="r").attrs)
-
-
 def _is_group(path: Path) -> bool:
     return (path / "zarr.json").is_file()
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a part of a store that cannot be read: missing, or damaged."""
+    if isinstance(error, (KeyError, FileNotFoundError)):
+        return f"{path} is missing"
+    return f"{path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"
+
+
+@contextmanager
+def reading(path: Path, cache: Path) -> Iterator[None]:
+    """Turn the errors of a damaged store at ``path`` into one line naming it and the check to run."""
+    try:
+        yield
+    except DAMAGE as e:
+        raise DamagedCache(cache, unreadable(path, e)) from e
+
+
+def read_array(group: Path, name: str, cache: Path) -> np.ndarray:
+    """Array ``name`` of the group at ``group``, whole; a missing or damaged one is one CacheError."""
+    with reading(group / name, cache):
+        return zarr.open_array(group / name, mode="r")[...]
+
+
+def read_group_attrs(group: Path, cache: Path) -> dict[str, Any]:
+    """The attributes of the group at ``group``; an invalid ``zarr.json`` is one CacheError."""
+    with reading(group / "zarr.json", cache):
+        return dict(zarr.open_group(group, mode="r").attrs)
 
 
 def read_root_attrs(path: str | Path) -> dict[str, Any]:
@@ -146,7 +183,7 @@ def read_root_attrs(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not _is_group(path):
         raise CacheError(f"{path}: no feature cache here (run `anim-clip extract` to build one)")
-    attrs = _read_attrs(path)
+    attrs = read_group_attrs(path, path)
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise CacheError(f"{path}: cache schema version {attrs.get('schema_version')!r} is not "
                          f"{SCHEMA_VERSION}, the one this anim_clip reads; rebuild the cache")
@@ -277,7 +314,7 @@ def create_split(path: str | Path, split: str, spec: SplitSpec) -> None:
     dest = path / split
     if not _is_group(dest):
         _publish(dest, lambda tmp: _build_split(tmp, spec))
-    check_compatible(_read_attrs(dest), spec.attributes(), f"{path} split {split!r}")
+    check_compatible(read_group_attrs(dest, path), spec.attributes(), f"{path} split {split!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,20 +369,20 @@ def write_text(path: str | Path, kind: str, text: TextFeatures) -> None:
     dest = path / TEXT_GROUP / kind
     if not _is_group(dest):
         _publish(dest, lambda tmp: _build_text(tmp, text))
-    check_compatible(_read_attrs(dest), text.attributes(), f"{path} text {kind!r}")
+    check_compatible(read_group_attrs(dest, path), text.attributes(), f"{path} text {kind!r}")
 
 
 def read_text(path: Path, kind: str) -> TextFeatures:
     dest = path / TEXT_GROUP / kind
     if not _is_group(dest):
         raise CacheError(f"cache {path} has no {kind!r} text embeddings")
-    g = zarr.open_group(dest, mode="r")
+    read = lambda name: read_array(dest, name, path)  # noqa: E731
     return TextFeatures(
-        names=g["names"][...].tolist(),
-        name_embeddings=torch.from_numpy(g["name_embeddings"][...]),
-        descriptions=g["descriptions"][...].tolist(),
-        description_embeddings=torch.from_numpy(g["description_embeddings"][...]),
-        owner=torch.from_numpy(g["owner"][...]),
+        names=read("names").tolist(),
+        name_embeddings=torch.from_numpy(read("name_embeddings")),
+        descriptions=read("descriptions").tolist(),
+        description_embeddings=torch.from_numpy(read("description_embeddings")),
+        owner=torch.from_numpy(read("owner")),
     )
 
 
@@ -355,53 +392,56 @@ def read_text(path: Path, kind: str) -> TextFeatures:
 
 @dataclass
 class _ChunkBuffer:
-    """The ``cls`` rows, error strings and decoders of one chunk, until all its clips have arrived."""
+    """One chunk's rows of every ``CHUNK_ARRAYS`` array and its done flags, as they will be on disk."""
 
     start: int
-    cls: np.ndarray
-    frame_indices: np.ndarray
-    errors: list[str]
-    decoders: list[str]
-    missing: set[int]
+    rows: dict[str, np.ndarray]  # array name -> the chunk's rows
+    done: np.ndarray  # (clips of the chunk,) the flags on disk
+    arrived: set[int]  # clips given since the buffer was last written
+    missing: set[int]  # clips neither done before nor given yet
 
 
 class SplitWriter:
-    """Writes the clips of one shard; a chunk becomes ``done`` only when all its data is on disk.
+    """Writes the clips of one shard; a clip becomes ``done`` only when all its data is on disk.
 
     Iterate ``pending`` (clips of this shard not yet done), call ``write`` or ``fail`` for each in
-    any order. Patches go to disk at once; ``cls`` rows wait for their chunk to be complete, then
-    the chunk, its error strings and lastly its ``done`` flags are written. A crash loses at most
-    the incomplete chunks, which a re-run with the same arguments redoes.
+    any order. Patches go to disk at once; the other per-clip arrays are buffered a chunk at a time
+    and written whole, then the done flags of the clips they hold: when the chunk is complete, and
+    every ``FLUSH_SECONDS`` for incomplete ones (``flush`` does it at once). A crash loses at most
+    the clips given since then, which a re-run with the same arguments redoes. The shard's chunks
+    are locked until ``close``: a second writer of any of them, in another process, is refused.
     """
 
     def __init__(self, path: str | Path, split: str, shard: int = 0, num_shards: int = 1):
         self.path = Path(path) / split
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {split!r}; create it first")
-        g = zarr.open_group(self.path, mode="r+")
-        self._cls, self._done, self._error, self._decoder = g["cls"], g["done"], g["error"], g["decoder"]
-        self._frame_indices = g["frame_indices"]
-        self._patches = g["patches"] if "patches" in g else None
-        self.num_clips = self._cls.shape[0]
-        self.clips_per_chunk = self._cls.chunks[0]
+        with reading(self.path, Path(path)):
+            g = zarr.open_group(self.path, mode="r+")
+            self._arrays = {name: g[name] for name in CHUNK_ARRAYS}
+            self._done = g["done"]
+            self._patches = g["patches"] if "patches" in g else None
+        self.num_clips = self._done.shape[0]
+        self.clips_per_chunk = self._done.chunks[0]
         self.clips = shard_range(self.num_clips, shard, num_shards, self.clips_per_chunk)
-        self.pending = self._pending_clips()
+        self._lock = _lock_chunks(Path(path), split, self.clips, self.clips_per_chunk)
+        done = self._done[self.clips.start:self.clips.stop]
+        self.pending = [i for i, d in zip(self.clips, done) if not d]
         self._todo = set(self.pending)
         self._buffers: dict[int, _ChunkBuffer] = {}
+        self._flushed_at = time.monotonic()
 
-    def _chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.clips_per_chunk
-        return start, min(start + self.clips_per_chunk, self.num_clips)
+    def __enter__(self) -> SplitWriter:
+        return self
 
-    def _pending_clips(self) -> list[int]:
-        """Clips of every chunk in this shard not yet entirely done (done is written per chunk)."""
-        done = self._done[self.clips.start:self.clips.stop]
-        out: list[int] = []
-        for start in range(self.clips.start, self.clips.stop, self.clips_per_chunk):
-            stop = min(start + self.clips_per_chunk, self.clips.stop)
-            if not done[start - self.clips.start: stop - self.clips.start].all():
-                out.extend(range(start, stop))
-        return out
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the shard's lock (the buffers of incomplete chunks are not written: ``flush``)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _take(self, index: int) -> _ChunkBuffer:
         if index not in self._todo:
@@ -410,21 +450,26 @@ class SplitWriter:
         self._todo.discard(index)
         chunk = index // self.clips_per_chunk
         if chunk not in self._buffers:
-            start, stop = self._chunk_bounds(chunk)
-            shape = (stop - start, *self._cls.shape[1:])
-            self._buffers[chunk] = _ChunkBuffer(start, np.full(shape, np.nan, np.float16),
-                                                np.full(shape[:3], -1, np.int32),
-                                                [""] * (stop - start), [""] * (stop - start),
-                                                set(range(start, stop)))
+            self._buffers[chunk] = self._read_chunk(chunk)
         return self._buffers[chunk]
+
+    def _read_chunk(self, chunk: int) -> _ChunkBuffer:
+        """The chunk as on disk, with the rows of clips not done reset (a crash may have left data there)."""
+        start = chunk * self.clips_per_chunk
+        stop = min(start + self.clips_per_chunk, self.num_clips)
+        done = self._done[start:stop]
+        rows = {name: array[start:stop] for name, array in self._arrays.items()}
+        for name, array in self._arrays.items():
+            rows[name][~done] = array.fill_value
+        return _ChunkBuffer(start, rows, done, set(), {start + i for i in np.flatnonzero(~done)})
 
     def write(self, index: int, features: FrameFeatures, frame_indices: np.ndarray, decoder: str) -> None:
         """Store clip ``index``: ``features.cls`` ``(V,T,D)``, if kept ``patches`` ``(V,T,P,W)``, the
         source frame of every view's frame ``(V,T)`` and the video decoder that decoded them."""
-        cls = _half(features.cls, self._cls.shape[1:], f"clip {index} cls")
-        if tuple(np.shape(frame_indices)) != tuple(self._frame_indices.shape[1:]):
+        cls = _half(features.cls, self._arrays["cls"].shape[1:], f"clip {index} cls")
+        if tuple(np.shape(frame_indices)) != tuple(self._arrays["frame_indices"].shape[1:]):
             raise CacheError(f"clip {index} frame indices: shape {np.shape(frame_indices)}, "
-                             f"the cache expects {tuple(self._frame_indices.shape[1:])}")
+                             f"the cache expects {tuple(self._arrays['frame_indices'].shape[1:])}")
         if self._patches is not None:
             if features.patches is None:
                 raise CacheError(f"{self.path} stores patch tokens but clip {index} came without them")
@@ -432,39 +477,64 @@ class SplitWriter:
         buffer = self._take(index)
         if self._patches is not None:
             self._patches[index] = patches
-        buffer.cls[index - buffer.start] = cls
-        buffer.frame_indices[index - buffer.start] = frame_indices
-        buffer.decoders[index - buffer.start] = decoder
-        self._arrived(buffer, index)
+        self._arrived(buffer, index, cls=cls, frame_indices=frame_indices, decoder=decoder)
 
     def fail(self, index: int, reason: str) -> None:
         """Record that clip ``index`` could not be made; its features stay NaN."""
-        buffer = self._take(index)
-        buffer.errors[index - buffer.start] = " ".join(reason.split())[:MAX_ERROR_CHARS] or "failed"
-        self._arrived(buffer, index)
+        self._arrived(self._take(index), index, error=" ".join(reason.split())[:MAX_ERROR_CHARS] or "failed")
 
-    def _arrived(self, buffer: _ChunkBuffer, index: int) -> None:
+    def _arrived(self, buffer: _ChunkBuffer, index: int, **values: Any) -> None:
+        for name, value in values.items():
+            buffer.rows[name][index - buffer.start] = value
+        buffer.arrived.add(index)
         buffer.missing.discard(index)
         if not buffer.missing:
-            self._flush(buffer)
+            self._write(buffer)
             del self._buffers[index // self.clips_per_chunk]
+        if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
 
-    def _flush(self, buffer: _ChunkBuffer) -> None:
-        stop = buffer.start + len(buffer.errors)
-        self._cls[buffer.start:stop] = buffer.cls
-        self._frame_indices[buffer.start:stop] = buffer.frame_indices
-        # always written: replaces reasons a crashed run left for clips that succeed now
-        self._error[buffer.start:stop] = np.array(buffer.errors, dtype=np.dtypes.StringDType())
-        self._decoder[buffer.start:stop] = np.array(buffer.decoders, dtype=np.dtypes.StringDType())
-        self._mark_done(buffer.start, stop)
+    def flush(self) -> None:
+        """Write every clip given so far, so that stopping now loses none of them."""
+        for buffer in self._buffers.values():
+            if buffer.arrived:
+                self._write(buffer)
+        self._flushed_at = time.monotonic()
 
-    def _mark_done(self, start: int, stop: int) -> None:
-        self._done[start:stop] = True
+    def _write(self, buffer: _ChunkBuffer) -> None:
+        """The chunk's rows of every array, then the done flags of the clips that arrived."""
+        stop = buffer.start + len(buffer.done)
+        for name, array in self._arrays.items():
+            array[buffer.start:stop] = buffer.rows[name]
+        done = buffer.done.copy()
+        done[[i - buffer.start for i in buffer.arrived]] = True
+        self._mark_done(buffer.start, done)
+        buffer.done, buffer.arrived = done, set()
 
-    @property
-    def unfinished(self) -> int:
-        """Clips given whose chunk is still incomplete: lost (and redone next run) if we stop now."""
-        return sum(len(b.errors) - len(b.missing) for b in self._buffers.values())
+    def _mark_done(self, start: int, flags: np.ndarray) -> None:
+        self._done[start:start + len(flags)] = flags
+
+
+def _lock_chunks(path: Path, split: str, clips: range, clips_per_chunk: int) -> BinaryIO | None:
+    """Lock the chunks of ``clips`` against writers in other processes, until the returned file closes.
+
+    POSIX byte-range locks on one file per split, one byte per chunk: disjoint shards do not
+    conflict, and the OS releases the locks of a process that dies.
+    """
+    if not clips:
+        return None  # a length of 0 would lock the whole file
+    first, count = clips.start // clips_per_chunk, math.ceil(len(clips) / clips_per_chunk)
+    file = open(path / f".{split}.lock", "ab")
+    try:
+        fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, count, first)
+    except OSError as e:
+        file.close()
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        raise CacheError(f"{path}: clips {clips.start}..{clips.stop - 1} of split {split!r} are being extracted by "
+                         "another process; wait for it to finish (processes share a store only as shards: "
+                         "--shard i/n or torchrun)") from None
+    return file
 
 
 def _half(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -481,21 +551,24 @@ class CachedSplit:
     """One split with ``cls`` whole in memory: batches are gathers, never per-sample Python."""
 
     def __init__(self, path: Path, name: str, device: torch.device | str | None = None):
-        if not _is_group(path / name):
-            raise CacheError(f"cache {path} has no split {name!r}")
-        g = zarr.open_group(path / name, mode="r")
         self.path = path / name
-        self.attrs: dict[str, Any] = dict(g.attrs)
+        if not _is_group(self.path):
+            raise CacheError(f"cache {path} has no split {name!r}")
+        self.attrs: dict[str, Any] = read_group_attrs(self.path, path)
+        read = lambda array: read_array(self.path, array, path)  # noqa: E731
         self.device = torch.device(device or "cpu")
-        self.cls = torch.from_numpy(g["cls"][...]).to(self.device)  # (N, V, T, D) float16
-        self.done = torch.from_numpy(g["done"][...]).to(self.device)  # (N,) bool
-        self.errors: list[str] = g["error"][...].tolist()
+        self.cls = torch.from_numpy(read("cls")).to(self.device)  # (N, V, T, D) float16
+        self.done = torch.from_numpy(read("done")).to(self.device)  # (N,) bool
+        self.errors: list[str] = read("error").tolist()
         self.failed = torch.tensor([bool(e) for e in self.errors], dtype=torch.bool, device=self.device)
-        self.targets = torch.from_numpy(g["targets"][...]).to(self.device)  # (N, C) uint8
-        self.species = torch.from_numpy(g["species"][...]).to(self.device)  # (N, A) uint8
-        self.frame_indices = torch.from_numpy(g["frame_indices"][...])  # (N, V, T) int32
-        self.clip_ids: list[str] = g["clip_ids"][...].tolist()
-        self._patches = g["patches"] if "patches" in g else None
+        self.targets = torch.from_numpy(read("targets")).to(self.device)  # (N, C) uint8
+        self.species = torch.from_numpy(read("species")).to(self.device)  # (N, A) uint8
+        self.frame_indices = torch.from_numpy(read("frame_indices"))  # (N, V, T) int32
+        self.clip_ids: list[str] = read("clip_ids").tolist()
+        self._patches = None
+        if self.attrs.get("patches"):
+            with reading(self.path / "patches", path):
+                self._patches = zarr.open_array(self.path / "patches", mode="r")
 
     @property
     def valid(self) -> torch.Tensor:
@@ -556,8 +629,12 @@ class _PatchBatch:
 
     def read(self, j: int) -> None:
         try:  # decoded straight into the batch: no extra copy
-            self.split._patches.get_basic_selection(
-                (int(self.clips[j]), int(self.picks[j])), out=NDBuffer.from_numpy_array(self.out[j]))
+            with reading(self.split.path / "patches", self.split.path.parent):
+                self.split._patches.get_basic_selection(
+                    (int(self.clips[j]), int(self.picks[j])), out=NDBuffer.from_numpy_array(self.out[j]))
+            if not np.isfinite(self.out[j]).all():
+                raise DamagedCache(self.split.path.parent, f"{self.split.path / 'patches'}: clip "
+                                   f"{self.split.clip_ids[self.clips[j]]!r} holds NaN/inf patch tokens")
             with self.lock:
                 self.remaining -= 1
                 last = self.remaining == 0
@@ -574,6 +651,17 @@ class _PatchBatch:
                              patches=torch.from_numpy(self.out).to(device))
 
 
+def group_names(path: Path) -> list[str]:
+    """The groups in the folder ``path``, by their ``zarr.json`` (no zarr listing: it may be damaged)."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(".") and _is_group(p))
+
+
+def split_names(path: Path) -> list[str]:
+    return [name for name in group_names(path) if name != TEXT_GROUP]
+
+
 class FeatureCache:
     """Read access to a cache: its attributes, splits and text embeddings."""
 
@@ -587,13 +675,11 @@ class FeatureCache:
 
     @property
     def splits(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir()
-                      if p.name != TEXT_GROUP and not p.name.startswith(".") and _is_group(p))
+        return split_names(self.path)
 
     @property
     def text_kinds(self) -> list[str]:
-        root = self.path / TEXT_GROUP
-        return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and _is_group(p))
+        return group_names(self.path / TEXT_GROUP)
 
     def split(self, name: str, device: torch.device | str | None = None) -> CachedSplit:
         return CachedSplit(self.path, name, device)

@@ -100,11 +100,13 @@ def eval_dir(file: Path, out: str | Path | None) -> RunDir:
 
 
 def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "test", weights: str = "last",
-                        out: str | Path | None = None, device: torch.device | None = None) -> dict[str, Any]:
-    """``anim-clip eval``: a trained head on a cached split; table, eval JSON and plots."""
+                        out: str | Path | None = None, device: torch.device | None = None,
+                        allow_incomplete: bool = False) -> dict[str, Any]:
+    """``anim-clip eval``: a trained head on a cached split (on its clips extracted so far only if
+    ``allow_incomplete``); table, eval JSON and plots."""
     from anim_clip.data.dataset import load_dataset
     from anim_clip.models.checkpoint import load_checkpoint, model_from_checkpoint
-    from anim_clip.train.cached import open_cached_data
+    from anim_clip.train.cached import open_cached_data, pending_note, stored_in
     from anim_clip.train.distributed import setup_distributed
 
     file = resolve_checkpoint(path, weights)
@@ -116,12 +118,13 @@ def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "te
     dist = setup_distributed(device)
     head = model_from_checkpoint(ckpt, "cached").to(dist.device)
     dataset = load_dataset(cfg.data)
-    _, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt)
+    _, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt, allow_incomplete,
+                               use=stored_in(split))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to evaluate; choose one of {', '.join(data)}")
     ctx = eval_context(dataset, cfg)
     report = evaluate_split(head, data[split], cfg, ctx, dist)
-    report.update(checkpoint=str(file), split=split)
+    report.update(checkpoint=str(file), split=split, **pending_note({split: data[split]}))
     run = eval_dir(file, out)
     if dist.is_main:
         report["plots"] = [str(p) for p in write_report(report, ctx, run, f"{cfg.data.name} {split}, {file.name}")]

@@ -92,4 +92,6 @@ def report_table(report: dict[str, Any], title: str) -> Table:
         unseen = report["unseen_species"]
         key = "mAP" if unseen["multilabel"] else "top1"
         rows.append([f"unseen species: {key} ({unseen['clips']} clips)", _pct(unseen[key])])
+    for split, count in report.get("pending_clips", {}).items():
+        rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count)])
     return table(f"{title} ({report['clips']} clips, %)", ["metric", "value"], rows)

@@ -41,7 +41,7 @@ from anim_clip.models.checkpoint import load_checkpoint, load_state_strict, save
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.predict import CrossFrameTower
-from anim_clip.train.cached import class_text, open_cached_data, pooled_text
+from anim_clip.train.cached import class_text, open_cached_data, pending_note, pooled_text
 from anim_clip.train.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
 from anim_clip.train.mixing import Batch, mix_batch
@@ -84,6 +84,7 @@ class Mode:
     data: TrainData
     evaluate: Callable[[str], dict[str, Any]]  # "val" / "test" -> evaluation report
     splits: tuple[str, ...]  # evaluation splits there are
+    notes: dict[str, Any] = field(default_factory=dict)  # what the final report must say about the data
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -91,10 +92,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def vocabulary(cfg: Config, cache, dataset: Dataset) -> dict[str, torch.Tensor]:
-    """The head's constants from a cache: pooled text embeddings of actions and species, and the graph."""
-    names = cache.text("actions").names
-    if names != list(dataset.actions):
-        raise AnimClipError(f"cache {cache.path} was built for other action names than data.labels gives")
+    """The head's constants from a cache (whose names match ``dataset``'s: ``open_cached_data`` checked):
+    pooled text embeddings of actions and species, and the graph."""
     return {
         "action_text": class_text(cache, "actions", cfg.data.descriptions is not None, cfg.model.pooling),
         "species_text": class_text(cache, "species", cfg.data.species_descriptions is not None, cfg.model.pooling),
@@ -146,11 +145,13 @@ def _set_deterministic(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalContext, dist: Distributed) -> Mode:
-    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt)
+def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalContext, dist: Distributed,
+                 allow_incomplete: bool) -> Mode:
+    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
+                                       allow_incomplete)
     head = build_head(cfg, **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
     return Mode(head, data["train"], lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
-                tuple(s for s in data if s != "train"))
+                tuple(s for s in data if s != "train"), pending_note(data))
 
 
 def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed, init_head: str | Path | None) -> Mode:
@@ -172,10 +173,11 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
 
 def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
           select_on_test: bool = False, progress: bool = True, device: torch.device | None = None,
-          init_head: str | Path | None = None) -> TrainResult:
-    """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached), or the
-    whole model on the raw videos of ``cfg.data`` (e2e, optionally warm-started from the head of a
-    cached run, ``init_head``; a resumed run takes its head from its own ``last.pt`` instead)."""
+          init_head: str | Path | None = None, allow_incomplete: bool = False) -> TrainResult:
+    """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached; on the clips
+    extracted so far only if ``allow_incomplete``), or the whole model on the raw videos of
+    ``cfg.data`` (e2e, optionally warm-started from the head of a cached run, ``init_head``; a
+    resumed run takes its head from its own ``last.pt`` instead)."""
     if cfg.train.mode == "cached" and cache is None:
         raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
     if cfg.train.mode == "e2e" and cache is not None:
@@ -191,7 +193,7 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
     dataset = load_dataset(cfg.data)
     ctx = eval_context(dataset, cfg)
     if cfg.train.mode == "cached":
-        mode = _cached_mode(cfg, cache, dataset, ctx, dist)
+        mode = _cached_mode(cfg, cache, dataset, ctx, dist, allow_incomplete)
     else:
         mode = _e2e_mode(cfg, dataset, ctx, dist, None if resume else init_head)
     freeze_dead_parameters(mode.model)
@@ -238,7 +240,7 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
         dist.barrier()
 
     report = mode.evaluate("test")
-    report.update(epochs=state.epoch, best_epoch=state.best_epoch, weights="last epoch")
+    report.update(epochs=state.epoch, best_epoch=state.best_epoch, weights="last epoch", **mode.notes)
     plots = write_report(report, ctx, run, f"{cfg.data.name} test, last epoch") if dist.is_main else []
     return TrainResult(run.path, report, state, mode.model, plots)
 

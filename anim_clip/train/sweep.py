@@ -74,15 +74,17 @@ def _finished(run: SweepRun) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _command(run: SweepRun, config: str, overrides: list[str], cache: Path) -> list[str]:
+def _command(run: SweepRun, config: str, overrides: list[str], cache: Path, allow_incomplete: bool) -> list[str]:
     sets = [a for o in [*overrides, *run.overrides()] for a in ("--set", o)]
-    resume = ["--resume"] if (run.path / "last.pt").exists() else []
-    return [sys.executable, "-m", "anim_clip", "train", config, "--cache", str(cache), "--out", str(run.path), *resume, *sets]
+    flags = ["--resume"] if (run.path / "last.pt").exists() else []
+    flags += ["--allow-incomplete"] if allow_incomplete else []
+    return [sys.executable, "-m", "anim_clip", "train", config, "--cache", str(cache), "--out", str(run.path), *flags, *sets]
 
 
 def run_sweep(config: str, overrides: list[str], grid: list[str], seeds: int, cache: Path, out: Path,
-              parallel: int = 1) -> list[dict[str, Any]]:
-    """Train every run not yet finished, then write and return the comparison rows."""
+              parallel: int = 1, allow_incomplete: bool = False) -> list[dict[str, Any]]:
+    """Train every run not yet finished (on an unfinished cache only if ``allow_incomplete``), then
+    write and return the comparison rows."""
     _, runs = plan_sweep(config, overrides, grid, seeds, out)
     todo = [r for r in runs if _finished(r) is None]
     console.print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished) -> {out}")
@@ -97,7 +99,7 @@ def run_sweep(config: str, overrides: list[str], grid: list[str], seeds: int, ca
                 run = waiting.pop(0)
                 run.path.mkdir(parents=True, exist_ok=True)
                 log = open(run.path / "train.log", "w")
-                active.append((run, subprocess.Popen(_command(run, config, overrides, cache), stdout=log,
+                active.append((run, subprocess.Popen(_command(run, config, overrides, cache, allow_incomplete), stdout=log,
                                                      stderr=subprocess.STDOUT, env=env)))
             run, proc = active.pop(0)
             if proc.wait() != 0:
