@@ -31,6 +31,7 @@ class DataConfig:
     name: str = "demo"  # free text, recorded in caches and reports
     format: Literal["ak", "mammalnet", "lote", "csv"] = "ak"  # which reader parses the lists
     root: str | None = None  # folder the split files' video paths are relative to
+    allow_outside_root: bool = False  # accept absolute paths and ../ in split files (refused by default)
     annotations: str | None = None  # folder of label/species/relation/split files; None = shipped copy
     # file names inside `annotations`; None = the format's usual name (csv: derived from the lists)
     labels: str | None = None
