@@ -184,6 +184,7 @@ def train_cmd(
     mode: Annotated[Optional[str], typer.Option("--mode", help="cached: the head on a feature cache; e2e: fine-tune the cross-frame ViT with the head on the raw videos of data.root (default: the config's train.mode).")] = None,
     init_head: Annotated[Optional[Path], typer.Option("--init-head", help="e2e only: start from the head of this cached-mode run directory (its last.pt) or checkpoint file.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
+    allow_config_change: Annotated[bool, typer.Option("--allow-config-change", help="With --resume: go on with settings that differ from the run's (refused otherwise); the change is recorded in metrics.jsonl and config.yaml says what now runs.")] = False,
     select_on_test: Annotated[bool, typer.Option("--select-on-test", help="Choose best.pt on the test split (only when you mean to; default: a validation share, train.val_fraction).")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -197,7 +198,8 @@ def train_cmd(
     if mode is not None and mode not in ("cached", "e2e"):
         raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
-    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head)
+    result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
+                   allow_config_change=allow_config_change)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
 

@@ -327,6 +327,12 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return cfg
 
 
+def config_changes(old: Config, new: Config) -> dict[str, list[Any]]:
+    """``{"section.key": [old value, new value]}`` for every value that differs."""
+    before, after = (_flatten(config_to_dict(c), Path("<config>")) for c in (old, new))
+    return {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically."""
     return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
