@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from anim_clip.analysis.commands import analyze_app
 from anim_clip.errors import AnimClipError
@@ -356,12 +357,21 @@ def demo_cmd(
 
 
 def main() -> None:
-    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    """Entry point: user errors, and a file the system will not read or write (read-only folder,
+    full disk, quota), become one red line and exit code 2, never a traceback."""
     try:
         app()
     except AnimClipError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        _error(str(e))
+    except OSError as e:
+        if e.filename is None:
+            raise
+        _error(f"{e.filename}: {e.strerror or e}")
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    sys.exit(2)

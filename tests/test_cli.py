@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
+from pathlib import Path
 
 import pytest
+from processes import run_cli, unprivileged
 from typer.main import get_command
 
 from anim_clip.cli import app
 from anim_clip.ui import RateColumn, progress_bar
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def _commands() -> list[str]:
@@ -78,3 +71,41 @@ def test_rate_columns_show_clips_and_frames_per_second():
         task.finished_speed = 2.5
         clips, frames = (c.render(task).plain for c in bar.columns if isinstance(c, RateColumn))
     assert clips.split() == ["2.5", "clips/s"] and frames.split() == ["20.0", "frames/s"]
+
+
+def _checkpoint_commands(checkpoint: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """The three commands that read a checkpoint a user hands them (train --resume: the run's last.pt)."""
+    return {
+        "predict": ["predict", str(checkpoint), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "predictions")],
+        "convert-release": ["convert-release", str(checkpoint), str(tmp_path / "converted.pt")],
+        "train --resume": ["train", "demo", "--cache", str(tmp_path / "cache.zarr"), "--out", str(checkpoint.parent),
+                           "--resume"],
+    }
+
+
+@pytest.mark.parametrize("command", ["predict", "convert-release", "train --resume"])
+@pytest.mark.parametrize("damage", ["empty", "unreadable"])
+def test_an_empty_or_unreadable_checkpoint_is_one_line(tmp_path, command, damage):
+    checkpoint = tmp_path / "run" / "last.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"" if damage == "empty" else b"PK\x03\x04 a checkpoint nobody may read")
+    if damage == "unreadable":
+        checkpoint.chmod(0)
+    proc = run_cli(*_checkpoint_commands(checkpoint, tmp_path)[command], check=False,
+                   wrap=unprivileged() if damage == "unreadable" else None)
+    if damage == "unreadable" and command != "train --resume":  # an argument: click checks it is readable
+        assert proc.returncode == 2 and f"path '{checkpoint}' is not readable" in proc.stderr, proc.stderr
+    else:
+        reason = "empty file (0 bytes)" if damage == "empty" else "Permission denied"
+        assert proc.returncode == 2 and f"error: {checkpoint}: {reason}" in proc.stdout, proc.stdout + proc.stderr
+        assert len(proc.stdout.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and os.listdir(checkpoint.parent) == ["last.pt"]
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    proc = run_cli("dataset-info", "lote", "--json", str(folder / "sub" / "lote.json"), check=False, wrap=unprivileged())
+    assert proc.returncode == 2 and f"error: {folder / 'sub' / 'lote.json'}: Permission denied" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and list(folder.iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processes import on_small_disk, run_cli, unprivileged
 from sklearn.metrics import average_precision_score
 
 from anim_clip.cache.extract import extract
@@ -115,12 +116,16 @@ def test_refuses_an_existing_run_and_a_foreign_cache(data: Path, cache: Path, ru
         train(cfg_for(data, "sampling.num_frames=5"), cache=cache, out=tmp_path, progress=False)
 
 
-def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _train_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    """``anim-clip train`` arguments for the demo config of this module, for 6 epochs."""
     sets = [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
             for a in ("--set", o)]
-    return subprocess.Popen([sys.executable, "-m", "anim_clip", "train", "demo", "--cache", str(cache), "--out", str(out),
-                             *sets, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return ["train", "demo", "--cache", str(cache), "--out", str(out), *sets, *extra]
+
+
+def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "anim_clip", *_train_args(data, cache, out, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_resume_after_kill_is_bit_exact(data: Path, cache: Path, tmp_path: Path):
@@ -191,6 +196,24 @@ def test_a_train_failing_before_its_first_epoch_leaves_no_run_directory(data: Pa
     with pytest.raises(AnimClipError, match="lower train.batch_size"):
         train(cfg_for(data, "train.batch_size=64"), cache=cache, out=tmp_path / "run", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_run_folder_is_one_line(data: Path, cache: Path, tmp_path: Path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    proc = run_cli(*_train_args(data, cache, folder / "run"), check=False, wrap=unprivileged())
+    assert proc.returncode == 2 and f"error: {folder / 'run'}: Permission denied" in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and list(folder.iterdir()) == []
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_half_file(data: Path, cache: Path, tmp_path: Path):
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    proc = run_cli(*_train_args(data, cache, folder / "run"), check=False, wrap=on_small_disk(folder, 48))
+    assert proc.returncode == 2 and f"error: {folder / 'run' / 'last.pt'}: No space left on device" in proc.stdout, (
+        proc.stdout + proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].split() == ["files", "left:", "./run", "./run/config.yaml", "./run/metrics.jsonl"]
 
 
 def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
