@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -364,12 +365,17 @@ def main() -> None:
     except AnimClipError as e:
         _error(str(e))
     except OSError as e:
-        if e.filename is None:
-            raise
-        _error(f"{e.filename}: {e.strerror or e}")
+        if e.filename is not None:
+            _error(f"{e.filename}: {e.strerror or e}")
+        if e.errno in _REFUSED_WRITES:  # from a library's own writes (zarr chunks), which name no file
+            _error(f"{e.strerror}, writing this command's output")
+        raise
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+
+
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
 
 
 def _error(message: str) -> None:

@@ -50,6 +50,13 @@ def on_small_disk(folder: Path, kib: int) -> list[str]:
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(kib), str(folder)]
 
 
+def size_limited(nbytes: int) -> list[str]:
+    """A prefix under which writes past ``nbytes`` in one file fail (EFBIG), as on a full disk."""
+    if not _runs("prlimit", "--version"):
+        pytest.skip("prlimit (util-linux) is unavailable: cannot limit the size of the files a command writes")
+    return ["prlimit", f"--fsize={nbytes}"]
+
+
 @contextmanager
 def file_size_limit(nbytes: int) -> Iterator[None]:
     """Writes past ``nbytes`` in one file fail with EFBIG in this process, as on a full disk."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from processes import on_small_disk, run_cli, unprivileged
+from processes import on_small_disk, run_cli, size_limited, unprivileged
 from sklearn.metrics import average_precision_score
 
 from anim_clip.cache.extract import extract
@@ -116,11 +116,14 @@ def test_refuses_an_existing_run_and_a_foreign_cache(data: Path, cache: Path, ru
         train(cfg_for(data, "sampling.num_frames=5"), cache=cache, out=tmp_path, progress=False)
 
 
-def _train_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
-    """``anim-clip train`` arguments for the demo config of this module, for 6 epochs."""
-    sets = [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
+def _sets(data: Path) -> list[str]:
+    """``--set`` options for the demo config of this module, for 6 epochs."""
+    return [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
             for a in ("--set", o)]
-    return ["train", "demo", "--cache", str(cache), "--out", str(out), *sets, *extra]
+
+
+def _train_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "demo", "--cache", str(cache), "--out", str(out), *_sets(data), *extra]
 
 
 def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -198,11 +201,14 @@ def test_a_train_failing_before_its_first_epoch_leaves_no_run_directory(data: Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_read_only_run_folder_is_one_line(data: Path, cache: Path, tmp_path: Path):
+@pytest.mark.parametrize("command", ["train", "extract"])
+def test_a_read_only_folder_is_one_line_naming_the_output(data: Path, cache: Path, tmp_path: Path, command: str):
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o555)
-    proc = run_cli(*_train_args(data, cache, folder / "run"), check=False, wrap=unprivileged())
-    assert proc.returncode == 2 and f"error: {folder / 'run'}: Permission denied" in proc.stdout, proc.stdout
+    out = folder / ("run" if command == "train" else "cache.zarr")
+    args = _train_args(data, cache, out) if command == "train" else ["extract", "demo", "--out", str(out), *_sets(data)]
+    proc = run_cli(*args, check=False, wrap=unprivileged())
+    assert proc.returncode == 2 and proc.stdout.splitlines()[-1] == f"error: {out}: Permission denied", proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and list(folder.iterdir()) == []
 
 
@@ -214,6 +220,14 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_half_file(data: P
         proc.stdout + proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1].split() == ["files", "left:", "./run", "./run/config.yaml", "./run/metrics.jsonl"]
+
+
+def test_a_full_disk_during_extraction_is_one_line(data: Path, tmp_path: Path):
+    """zarr's chunk writes name no file; the command line still says what happened in one line."""
+    proc = run_cli("extract", "demo", "--out", str(tmp_path / "cache.zarr"), *_sets(data), check=False,
+                   wrap=size_limited(8192))
+    assert proc.returncode == 2 and proc.stdout.splitlines()[-1] == "error: File too large, writing this command's output"
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
