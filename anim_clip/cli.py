@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from anim_clip.analysis.commands import analyze_app
 from anim_clip.errors import AnimClipError
@@ -185,6 +187,7 @@ def train_cmd(
     mode: Annotated[Optional[str], typer.Option("--mode", help="cached: the head on a feature cache; e2e: fine-tune the cross-frame ViT with the head on the raw videos of data.root (default: the config's train.mode).")] = None,
     init_head: Annotated[Optional[Path], typer.Option("--init-head", help="e2e only: start from the head of this cached-mode run directory (its last.pt) or checkpoint file.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
+    allow_config_change: Annotated[bool, typer.Option("--allow-config-change", help="With --resume: go on with settings that differ from the run's (refused otherwise); the change is recorded in metrics.jsonl and config.yaml says what now runs.")] = False,
     select_on_test: Annotated[bool, typer.Option("--select-on-test", help="Choose best.pt on the test split (only when you mean to; default: a validation share, train.val_fraction).")] = False,
     allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
@@ -200,7 +203,7 @@ def train_cmd(
         raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
     result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
-                   allow_incomplete=allow_incomplete)
+                   allow_incomplete=allow_incomplete, allow_config_change=allow_config_change)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"run saved in [bold]{result.run_dir}[/]; plots: {', '.join(str(p) for p in result.plots)}")
 
@@ -359,12 +362,26 @@ def demo_cmd(
 
 
 def main() -> None:
-    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    """Entry point: user errors, and a file the system will not read or write (read-only folder,
+    full disk, quota), become one red line and exit code 2, never a traceback."""
     try:
         app()
     except AnimClipError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        _error(str(e))
+    except OSError as e:
+        if e.filename is not None:
+            _error(f"{e.filename}: {e.strerror or e}")
+        if e.errno in _REFUSED_WRITES:  # from a library's own writes (zarr chunks), which name no file
+            _error(f"{e.strerror}, writing this command's output")
+        raise
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+
+
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    sys.exit(2)

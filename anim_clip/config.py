@@ -31,6 +31,7 @@ class DataConfig:
     name: str = "demo"  # free text, recorded in caches and reports
     format: Literal["ak", "mammalnet", "lote", "csv"] = "ak"  # which reader parses the lists
     root: str | None = None  # folder the split files' video paths are relative to
+    allow_outside_root: bool = False  # accept absolute paths and ../ in split files (refused by default)
     annotations: str | None = None  # folder of label/species/relation/split files; None = shipped copy
     # file names inside `annotations`; None = the format's usual name (csv: derived from the lists)
     labels: str | None = None
@@ -324,6 +325,12 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     for key, value in _flatten(tree, Path("<saved config>")).items():
         _apply(cfg, key, value)
     return cfg
+
+
+def config_changes(old: Config, new: Config) -> dict[str, list[Any]]:
+    """``{"section.key": [old value, new value]}`` for every value that differs."""
+    before, after = (_flatten(config_to_dict(c), Path("<config>")) for c in (old, new))
+    return {k: [before[k], after[k]] for k in after if before[k] != after[k]}
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

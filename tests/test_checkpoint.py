@@ -4,14 +4,17 @@ that needs more than plain data is refused, never unpickled unsafely."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from processes import file_size_limit
 
-from anim_clip.config import Config
+from anim_clip.config import BackboneConfig, Config
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.errors import AnimClipError
 from anim_clip.models import (
@@ -26,6 +29,7 @@ from anim_clip.models import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from anim_clip.models.backbone import create_clip
 from anim_clip.models.release import UNUSED_RELEASE_KEYS, release_head_config, release_to_ours
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # the parity bar; ``fixture`` (conftest) is the authors' forward pass
@@ -100,20 +104,50 @@ class Payload:
         return open, (str(self.marker), "w")
 
 
+class ShellPayload(Payload):
+    """The same through a shell: torch's refusal of this one advises retrying with weights_only=False."""
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _backbone_weights(path: Path) -> None:
+    create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(path)))
+
+
 # ---- refusing unsafe files ------------------------------------------------------------------
 
 
-def test_a_checkpoint_needing_code_is_refused_with_one_line(tmp_path):
+@pytest.mark.parametrize("payload, calls", [(Payload, "io.open"), (ShellPayload, "posix.system")])
+def test_a_checkpoint_needing_code_is_refused_with_one_line(tmp_path, payload, calls):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pt"
-    torch.save({"model": {"a": torch.zeros(1)}, "x": Payload(marker)}, path)
-    for read in (load_untrusted, load_checkpoint, lambda p: convert_release_checkpoint(p, tmp_path / "out.pt")):
+    torch.save({"model": {"a": torch.zeros(1)}, "x": payload(marker)}, path)
+    for read in (load_untrusted, load_checkpoint, lambda p: convert_release_checkpoint(p, tmp_path / "out.pt"),
+                 _backbone_weights):
         with pytest.raises(AnimClipError) as err:
             read(path)
         message = str(err.value)
-        assert message.startswith(str(path)) and "weights_only=True" in message and "\n" not in message
+        assert message.startswith(f"{path}: refused to load: unpickling it would call or build {calls}")
+        assert "weights_only=True" in message and "\n" not in message
+        assert "weights_only=False" not in message and "trusted" not in message  # never torch's advice
     assert not marker.exists()
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_an_empty_file_is_named_as_such(tmp_path):
+    empty = tmp_path / "last.pt"
+    empty.touch()
+    for read in (load_untrusted, load_checkpoint, _backbone_weights):
+        with pytest.raises(AnimClipError, match=r"last.pt: empty file \(0 bytes\), not a checkpoint"):
+            read(empty)
+
+
+def test_a_full_disk_while_saving_is_the_system_error_not_torchs(tmp_path, fixture):
+    path = tmp_path / "head.pt"
+    with file_size_limit(16384), pytest.raises(OSError) as err:  # EFBIG, as ENOSPC; torch: "unexpected pos"
+        save_checkpoint(path, fixture_head(fixture), Config())
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(path) and list(tmp_path.iterdir()) == []
 
 
 def test_unreadable_and_foreign_files_are_clear_errors(tmp_path, fixture):

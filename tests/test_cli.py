@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
+from processes import run_cli, unprivileged
 from rich.console import Console
 from typer.main import get_command
 
 from anim_clip.cli import app
 from anim_clip.data.demo import make_demo_data
 from anim_clip.ui import RateColumn, progress_bar
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The command line of this checkout, run from ``cwd`` (default: here)."""
-    proc = subprocess.run([sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
 
 def _commands() -> list[str]:
     group = get_command(app)
@@ -134,3 +122,41 @@ def test_every_bar_fits_80_columns(name, finished):
     for rate in [f"{kind['unit']}/{kind.get('per', 's')}", *(f"{u}/s" for u in kind.get("extra", ()))]:
         assert rate in line, line
     assert f"{done}/{total}" in line and ("took " if finished else "ETA ") in line, line
+
+
+def _checkpoint_commands(checkpoint: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """The three commands that read a checkpoint a user hands them (train --resume: the run's last.pt)."""
+    return {
+        "predict": ["predict", str(checkpoint), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "predictions")],
+        "convert-release": ["convert-release", str(checkpoint), str(tmp_path / "converted.pt")],
+        "train --resume": ["train", "demo", "--cache", str(tmp_path / "cache.zarr"), "--out", str(checkpoint.parent),
+                           "--resume"],
+    }
+
+
+@pytest.mark.parametrize("command", ["predict", "convert-release", "train --resume"])
+@pytest.mark.parametrize("damage", ["empty", "unreadable"])
+def test_an_empty_or_unreadable_checkpoint_is_one_line(tmp_path, command, damage):
+    checkpoint = tmp_path / "run" / "last.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"" if damage == "empty" else b"PK\x03\x04 a checkpoint nobody may read")
+    if damage == "unreadable":
+        checkpoint.chmod(0)
+    proc = run_cli(*_checkpoint_commands(checkpoint, tmp_path)[command], check=False,
+                   wrap=unprivileged() if damage == "unreadable" else None)
+    if damage == "unreadable" and command != "train --resume":  # an argument: click checks it is readable
+        assert proc.returncode == 2 and f"path '{checkpoint}' is not readable" in proc.stderr, proc.stderr
+    else:
+        reason = "empty file (0 bytes)" if damage == "empty" else "Permission denied"
+        assert proc.returncode == 2 and f"error: {checkpoint}: {reason}" in proc.stdout, proc.stdout + proc.stderr
+        assert len(proc.stdout.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and os.listdir(checkpoint.parent) == ["last.pt"]
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    proc = run_cli("dataset-info", "lote", "--json", str(folder / "sub" / "lote.json"), check=False, wrap=unprivileged())
+    assert proc.returncode == 2 and f"error: {folder / 'sub' / 'lote.json'}: Permission denied" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and list(folder.iterdir()) == []

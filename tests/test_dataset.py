@@ -116,3 +116,31 @@ def test_manifest_hash_changes_with_the_list():
     before = ds.manifest_sha256("test")
     ds.splits["test"] = ds.splits["test"][1:]
     assert ds.manifest_sha256("test") != before
+
+
+@pytest.mark.parametrize("clip", ["../elsewhere.mp4", "/data/other/a.mp4", "clips/../../a.mp4"])
+def test_clips_outside_the_root_are_refused_unless_allowed(tmp_path, clip):
+    cfg = _csv_dataset(tmp_path, f"path,actions\na.mp4,Run\n{clip},Rest\n", "path,actions\nc.mp4,Run\n")
+    with pytest.raises(DatasetFormatError, match="outside data.root.*data.allow_outside_root=true") as err:
+        load_dataset(cfg)
+    assert err.value.line == 3 and "train.csv" in str(err.value)
+    cfg.allow_outside_root = True
+    ds = load_dataset(cfg)
+    assert ds.video_path(ds.clips("train")[1]) == tmp_path / "videos" / clip
+
+
+@pytest.mark.parametrize(
+    "train, test, where, agree",
+    [
+        ("path,actions\na.mp4,Run\nb.mp4,Rest\n./a.mp4,Rest\n", "path,actions\nc.mp4,Run\n", "train.csv:4", "other"),
+        ("path,actions\na.mp4,Run;Rest\na.mp4,Rest;Run\n", "path,actions\nc.mp4,Run\n", "train.csv:3", "the same"),
+        ("path,actions\na.mp4,Run\n", "path,actions\nc.mp4,Run\na.mp4,Run\n", "test.csv:3", "the same"),
+    ],
+    ids=["conflicting", "identical", "train-and-test"],
+)
+def test_a_clip_listed_twice_names_both_lines(tmp_path, train, test, where, agree):
+    """Conflicting labels, identical duplicates and a test clip also in train are all refused."""
+    cfg = _csv_dataset(tmp_path, train, test)
+    with pytest.raises(DatasetFormatError, match=f"listed again, with {agree} labels") as err:
+        load_dataset(cfg)
+    assert str(err.value).startswith(f"{tmp_path / where}:") and f"first at {tmp_path / 'train.csv'}:2" in str(err.value)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,6 +33,7 @@ class FakeServer(ThreadingHTTPServer):
         self.reject: int | None = None  # a status returned for every request
         self.delay_first = 0.0  # seconds the first request waits before answering
         self.reply: str | None = None  # fixed content instead of the generated list
+        self.redirect: tuple[int, str] | None = None  # (status, Location) answered to every request
         self.per_reply = 4
         self.lock = threading.Lock()
 
@@ -62,10 +66,21 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.delay_first)
         if self.path != "/v1/chat/completions":
             status = 404
-        if status:  # echo the auth header, as a careless server might
+        if self.server.redirect:
+            self.send_response(self.server.redirect[0])
+            self.send_header("Location", self.server.redirect[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif status:  # echo the auth header, as a careless server might
             self._send(status, {"error": {"message": f"nope, you sent {self.headers.get('Authorization')}"}})
         else:
             self._send(200, {"choices": [{"message": {"role": "assistant", "content": self.server.content(number)}}]})
+
+    def do_GET(self) -> None:
+        """Only a followed redirect (POST -> GET) comes here; recorded to see whether the key came along."""
+        with self.server.lock:
+            self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": None})
+        self._send(404, {"error": {"message": "GET is not served"}})
 
     def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -79,14 +94,29 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
+@contextmanager
+def serving() -> Iterator[FakeServer]:
     srv = FakeServer()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def server():
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture
+def elsewhere():
+    """A second server on another port of the same host."""
+    with serving() as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)
@@ -199,6 +229,23 @@ def test_401_hints_at_the_variable_not_its_value(server, key):
     with pytest.raises(AnimClipError, match=r"\$ANIM_CLIP_TEST_KEY, which is set") as err:
         client(server).complete([{"role": "user", "content": "hi"}])
     assert KEY not in str(err.value) and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_to_another_port_is_not_followed_and_gets_no_key(server, elsewhere, key, status):
+    server.redirect = (status, f"{elsewhere.base_url}/chat/completions")
+    with pytest.raises(AnimClipError) as err:
+        client(server).complete([{"role": "user", "content": "hi"}])
+    assert elsewhere.requests == [] and len(server.requests) == 1  # urllib would follow a 302 with the key
+    assert re.search(rf"redirects \(HTTP {status}\) to {elsewhere.base_url}.*--base-url", str(err.value))
+    assert KEY not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://me:sk-in-url@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api_key=sk-in-url"])
+def test_credentials_written_into_the_base_url_are_refused(url):
+    with pytest.raises(AnimClipError, match="--api-key-env") as err:
+        ChatClient(url, "fake-model")
+    assert "sk-in-url" not in str(err.value) and "127.0.0.1:9/v1" in str(err.value)
 
 
 def test_key_never_reaches_written_files(server, tmp_path, key):

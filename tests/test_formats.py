@@ -110,6 +110,14 @@ def test_malformed_lines_name_file_and_line(tmp_path, reader, text, line, messag
     assert str(path) in str(err.value)
 
 
+def test_a_byte_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "label.csv"
+    path.write_bytes("\ufeffid,name\r\n0,Run\r\n1,Caf\u00e9\r\n".encode("utf-8") + b"2,Ren\xe9\r\n")
+    with pytest.raises(DatasetFormatError, match="not UTF-8 text: byte 0xe9 at byte 6 of the line") as err:
+        read_class_list(path)
+    assert err.value.line == 4 and str(err.value).startswith(f"{path}:4:")
+
+
 def test_missing_file_is_one_clear_error(tmp_path):
     with pytest.raises(DatasetFormatError, match="file not found"):
         read_class_list(tmp_path / "nope.csv")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 import torch
+from processes import file_size_limit
 from safetensors.torch import save_file
 
-from anim_clip.io import atomic_write, atomic_write_json
+from anim_clip.io import append_durably, atomic_write, atomic_write_json, atomic_write_text
 
 
 def _mode(path: Path) -> int:
@@ -38,3 +40,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, broken)
     assert path.read_text().strip().startswith("{") and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_write_the_disk_refuses_names_the_file_and_leaves_the_old_one(tmp_path: Path):
+    path = atomic_write_text(tmp_path / "a.txt", "old\n")
+    with file_size_limit(4096), pytest.raises(OSError) as err:  # EFBIG, as ENOSPC on a full disk
+        atomic_write_text(path, "x" * 10_000)
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(path)  # not the temporary's name
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_failed_append_is_cut_back_off(tmp_path: Path):
+    path = tmp_path / "log.jsonl"
+    append_durably(path, "one\n")
+    with file_size_limit(4096), pytest.raises(OSError) as err:
+        append_durably(path, "two " * 2000 + "\n")
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(path)
+    assert path.read_text() == "one\n"

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from processes import on_small_disk, run_cli, size_limited, unprivileged
 from sklearn.metrics import average_precision_score
 
 from anim_clip.cache.extract import extract
 from anim_clip.demo import demo_config
-from anim_clip.config import TrainConfig
+from anim_clip.config import TrainConfig, config_to_dict, load_config
 from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
@@ -215,12 +216,19 @@ def test_nan_features_are_refused_at_load_time(data: Path, cache: Path, run: Pat
         evaluate_checkpoint(run, damaged, out=tmp_path / "eval")
 
 
-def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
-    sets = [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
+def _sets(data: Path) -> list[str]:
+    """``--set`` options for the demo config of this module, for 6 epochs."""
+    return [a for o in [*OVERRIDES, "train.epochs=6", f"data.annotations={data}", f"data.root={data / 'videos'}"]
             for a in ("--set", o)]
-    return subprocess.Popen([sys.executable, "-m", "anim_clip", "train", "demo", "--cache", str(cache), "--out", str(out),
-                             *sets, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _train_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "demo", "--cache", str(cache), "--out", str(out), *_sets(data), *extra]
+
+
+def _train_process(data: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "anim_clip", *_train_args(data, cache, out, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.parametrize("damage", ["truncated chunk", "invalid zarr.json", "missing array"])
@@ -273,6 +281,80 @@ def test_resume_after_kill_is_bit_exact(data: Path, cache: Path, tmp_path: Path)
         assert torch.equal(a.model[key], b.model[key]), key
     lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3, 4, 5, 6]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_other_settings_is_refused_unless_allowed(data: Path, cache: Path, run: Path, tmp_path: Path):
+    resumed = shutil.copytree(run, tmp_path / "run")
+    before = {name: (resumed / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    saved, changed = cfg_for(data), cfg_for(data, "train.epochs=4", "train.head_lr=0.002", "train.seed=7")
+    with pytest.raises(AnimClipError, match=rf"saved -> now: train.epochs 3 -> 4, train.head_lr {saved.train.head_lr!r} "
+                                            rf"-> 0.002, train.seed {saved.train.seed} -> 7\).*--allow-config-change"):
+        train(changed, cache=cache, out=resumed, resume=True, progress=False)
+    assert {name: (resumed / name).read_bytes() for name in before} == before
+
+    train(changed, cache=cache, out=resumed, resume=True, progress=False, allow_config_change=True)
+    records = _records(resumed)
+    assert [r for r in records if r["kind"] == "config_change"] == [{"kind": "config_change", "epoch": 4, "changes": {
+        "train.epochs": [3, 4], "train.head_lr": [saved.train.head_lr, 0.002], "train.seed": [saved.train.seed, 7]}}]
+    assert config_to_dict(load_config(resumed / "config.yaml")) == config_to_dict(changed)
+    # and the new settings are the ones used: epoch 4 follows head_lr 0.002's schedule over 4 epochs
+    per_epoch, tc = records[[r["kind"] for r in records].index("epoch")]["step"], changed.train
+    epoch4 = [r for r in records if r["kind"] == "step" and r["epoch"] == 4]
+    assert epoch4 and all(r["lr"] == pytest.approx(learning_rate(r["step"] - 1, 0.002, tc.min_lr, 4 * per_epoch,
+                                                                 round(tc.warmup_epochs * per_epoch))) for r in epoch4)
+
+
+def test_a_rerun_over_a_run_killed_in_its_first_epoch_starts_clean(data: Path, cache: Path, tmp_path: Path):
+    killed = tmp_path / "run"
+    killed.mkdir()
+    (killed / "config.yaml").write_text("train: {epochs: 9}\n")
+    (killed / "metrics.jsonl").write_text(json.dumps({"kind": "step", "epoch": 1, "step": 1, "loss": 9.5}) + "\n")
+    (killed / "best.pt").write_bytes(b"from the killed run")
+    train(cfg_for(data, "train.epochs=1"), cache=cache, out=killed, progress=False)
+    steps = [r for r in _records(killed) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and 9.5 not in [r["loss"] for r in steps]
+    assert not (killed / "best.pt").exists() and load_config(killed / "config.yaml").train.epochs == 1
+
+
+def test_a_train_failing_before_its_first_epoch_leaves_no_run_directory(data: Path, cache: Path, tmp_path: Path):
+    with pytest.raises(CacheError, match="no feature cache here"):
+        train(cfg_for(data), cache=tmp_path / "absent.zarr", out=tmp_path / "run", progress=False)
+    with pytest.raises(AnimClipError, match="lower train.batch_size"):
+        train(cfg_for(data, "train.batch_size=64"), cache=cache, out=tmp_path / "run", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "extract"])
+def test_a_read_only_folder_is_one_line_naming_the_output(data: Path, cache: Path, tmp_path: Path, command: str):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    out = folder / ("run" if command == "train" else "cache.zarr")
+    args = _train_args(data, cache, out) if command == "train" else ["extract", "demo", "--out", str(out), *_sets(data)]
+    proc = run_cli(*args, check=False, wrap=unprivileged())
+    assert proc.returncode == 2 and proc.stdout.splitlines()[-1] == f"error: {out}: Permission denied", proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and list(folder.iterdir()) == []
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_half_file(data: Path, cache: Path, tmp_path: Path):
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    proc = run_cli(*_train_args(data, cache, folder / "run"), check=False, wrap=on_small_disk(folder, 48))
+    assert proc.returncode == 2 and f"error: {folder / 'run' / 'last.pt'}: No space left on device" in proc.stdout, (
+        proc.stdout + proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].split() == ["files", "left:", "./run", "./run/config.yaml", "./run/metrics.jsonl"]
+
+
+def test_a_full_disk_during_extraction_is_one_line(data: Path, tmp_path: Path):
+    """zarr's chunk writes name no file; the command line still says what happened in one line."""
+    proc = run_cli("extract", "demo", "--out", str(tmp_path / "cache.zarr"), *_sets(data), check=False,
+                   wrap=size_limited(8192))
+    assert proc.returncode == 2 and proc.stdout.splitlines()[-1] == "error: File too large, writing this command's output"
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):

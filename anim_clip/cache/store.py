@@ -200,16 +200,18 @@ def _publish(dest: Path, build: Callable[[Path], None]) -> None:
     The rename is atomic and fails when ``dest`` already holds something, so when several
     processes start at once exactly one group wins and the others validate it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp: Path | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         build(tmp)
         os.rename(tmp, dest)
     except OSError as e:
         if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-            raise
+            raise OSError(e.errno, e.strerror, str(dest)) from None  # the cache's name, not the temporary's
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not _is_group(dest):
         raise CacheError(f"{dest} exists and is not part of an anim-clip cache; choose another path")
 

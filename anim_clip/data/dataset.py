@@ -9,6 +9,7 @@ targets, species vectors, and the species–action graph rebuilt from the traini
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,25 @@ def _file(cfg: DataConfig, folder: Path, key: str) -> Path | None:
     return None if name is None else folder / name
 
 
+def _check_clip_paths(entries: dict[str, list[SplitEntry]], files: dict[str, Path], allow_outside_root: bool) -> None:
+    """Every clip once, under ``data.root``: a clip listed twice would count twice in training and
+    in the metrics (or leak test clips into training) whether or not its labels agree, and a path
+    leaving the root reads videos nobody meant to list."""
+    seen: dict[str, tuple[Path, SplitEntry]] = {}
+    for split, split_entries in entries.items():
+        for e in split_entries:
+            clip = posixpath.normpath(e.path)
+            if not allow_outside_root and (posixpath.isabs(clip) or clip.split("/")[0] == ".."):
+                raise DatasetFormatError(files[split], f"clip {e.path!r} lies outside data.root; move it under "
+                                                       "data.root, or set data.allow_outside_root=true", e.line)
+            if clip in seen:
+                first, earlier = seen[clip]
+                agree = "the same labels" if set(earlier.pairs) == set(e.pairs) else "other labels"
+                raise DatasetFormatError(files[split], f"clip {e.path!r} is listed again, with {agree} "
+                                                       f"(first at {first}:{earlier.line}); list each clip once", e.line)
+            seen[clip] = (files[split], e)
+
+
 def _vocab_from_entries(entries: list[list[SplitEntry]], position: int) -> list[str]:
     names = {pair[position] for split in entries for e in split for pair in e.pairs}
     return sorted(n for n in names if n is not None)
@@ -188,6 +208,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     reader = {"ak": read_ak_split, "mammalnet": read_id_split, "lote": read_id_split, "csv": read_csv_split}[cfg.format]
     split_paths = {s: _file(cfg, folder, s) for s in SPLITS}
     entries = {s: reader(p) for s, p in split_paths.items()}
+    _check_clip_paths(entries, split_paths, cfg.allow_outside_root)
 
     labels_path, species_path = _file(cfg, folder, "labels"), _file(cfg, folder, "species")
     if labels_path is not None:

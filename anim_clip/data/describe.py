@@ -7,7 +7,9 @@ distinct descriptions per class, each fitting the context, and write them as an
 
 Long runs (897 species × 50) must survive failures: every response is cached on disk by a hash of
 its request, the CSV grows one finished class at a time, and a re-run skips finished classes.
-The API key is read from the environment and never written anywhere, error messages included.
+The API key is read from the environment and never written anywhere, error messages included;
+it goes only to ``--base-url`` itself: redirects are not followed, and a URL carrying credentials
+is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Callable, Literal
 
 from anim_clip.data.descriptions import CONTEXT_LENGTH, split_sentences, token_count
 from anim_clip.errors import AnimClipError, DatasetFormatError
-from anim_clip.io import atomic_write_text
+from anim_clip.io import append_durably, atomic_write_text
 from anim_clip.ui import progress_bar
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,7 @@ class ChatClient:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
     ):
-        if not re.match(r"https?://[^/]+", base_url):
-            raise AnimClipError(f"base URL must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _checked_base_url(base_url)
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = timeout
@@ -76,8 +76,6 @@ class ChatClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._rng = random.Random(seed)
-        parts = urllib.parse.urlsplit(self.url)  # for messages and cache keys: no ``user:password@``
-        self.public_url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     @property
     def url(self) -> str:
@@ -85,7 +83,7 @@ class ChatClient:
 
     def complete(self, messages: list[Message], temperature: float = 0.8, index: int = 0) -> str:
         """The reply's text. ``index`` numbers repeated identical requests so each is cached apart."""
-        key = {"url": self.public_url, "model": self.model, "messages": messages,
+        key = {"url": self.url, "model": self.model, "messages": messages,
                "temperature": temperature, "index": index}
         cached = self._cache_path(key)
         if cached is not None and cached.exists():
@@ -112,10 +110,14 @@ class ChatClient:
             try:
                 return _reply_text(self._send(body))
             except urllib.error.HTTPError as e:
+                if 300 <= e.code < 400:
+                    raise AnimClipError(self._redact(
+                        f"{self.url} redirects (HTTP {e.code}) to {e.headers.get('Location')}; redirects are not "
+                        "followed, so the API key goes nowhere else: give the final address as --base-url")) from None
                 detail = _error_body(e)
                 last = f"HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")
                 if e.code not in _RETRY_STATUS:
-                    raise AnimClipError(self._redact(f"chat request to {self.public_url} was rejected: {last}"
+                    raise AnimClipError(self._redact(f"chat request to {self.url} was rejected: {last}"
                                                      + self._auth_hint(e.code))) from None
                 wait = _retry_after(e)
             except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as e:
@@ -123,13 +125,13 @@ class ChatClient:
                 last = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
                 wait = None
             except ValueError as e:  # a 200 whose body is not a chat completion: not worth retrying
-                raise AnimClipError(self._redact(f"unexpected reply from {self.public_url}: {e}")) from None
+                raise AnimClipError(self._redact(f"unexpected reply from {self.url}: {e}")) from None
             if attempt + 1 < tries:
                 delay = self._delay(attempt, wait)
                 log.warning("chat request to %s failed (%s); retry %d/%d in %.1f s",
-                            self.public_url, self._redact(last), attempt + 1, self.max_retries, delay)
+                            self.url, self._redact(last), attempt + 1, self.max_retries, delay)
                 self.sleep(delay)
-        raise AnimClipError(self._redact(f"chat request to {self.public_url} failed after {tries} tries; last: {last}"))
+        raise AnimClipError(self._redact(f"chat request to {self.url} failed after {tries} tries; last: {last}"))
 
     def _send(self, body: dict) -> bytes:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -138,7 +140,7 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        with _OPENER.open(request, timeout=self.timeout) as response:
             return response.read()
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -156,6 +158,29 @@ class ChatClient:
             return ""
         state = "is set" if os.environ.get(self.api_key_env) else "is not set"
         return f" (the API key comes from ${self.api_key_env}, which {state})"
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would repeat the request, Authorization header included, wherever a 3xx points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl) -> None:
+        return None  # the 3xx reaches the caller as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _checked_base_url(url: str) -> str:
+    """``url`` without a trailing slash; credentials in it (``user:pass@``, a query) are refused,
+    since they would be sent, cached and printed: the key belongs in ``--api-key-env``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AnimClipError(f"base URL must start with http:// or https:// and name a host, got {url!r}")
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        host = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise AnimClipError(f"--base-url {host}: take the user:password@, ?query or #fragment out of it; an API key "
+                            "goes in the environment variable named by --api-key-env, sent only to this server")
+    return url.rstrip("/")
 
 
 def _reply_text(raw: bytes) -> str:
@@ -282,14 +307,6 @@ def _class_rows(done: dict[int, list[str]], names: list[str], ids: list[int]) ->
     return [(i, names[i], text) for i in ids for text in done[i]]
 
 
-def _append(path: Path, text: str) -> None:
-    """Append and fsync: a finished class survives a crash right after."""
-    with open(path, "a", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 # --- generation ------------------------------------------------------------------------------
 
 
@@ -351,7 +368,7 @@ def describe_classes(
             done[i] = describe_class(names[i], kind, k, client, examples[i] if examples else None,
                                      temperature, max_requests)
             if all(j < i for j in done if j != i):
-                _append(out_csv, _csv_text(_class_rows(done, names, [i]), header=False))
+                append_durably(out_csv, _csv_text(_class_rows(done, names, [i]), header=False))
             else:  # a gap before finished classes: keep class-major order
                 atomic_write_text(out_csv, _csv_text(_class_rows(done, names, sorted(done)), header=True))
             bar.advance(task)

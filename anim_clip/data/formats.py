@@ -8,6 +8,7 @@ Every malformed line is reported with its file and line number.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -18,15 +19,19 @@ from anim_clip.errors import DatasetFormatError
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines without BOM or CR/LF; a missing file is a clear error, not a traceback."""
+    """Lines without BOM or CR/LF; a missing file or a byte that is not UTF-8 is a clear error
+    naming the line, not a traceback."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     except FileNotFoundError:
         raise DatasetFormatError(path, "file not found") from None
+    try:
+        return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise DatasetFormatError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return text.splitlines()
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise DatasetFormatError(path, f"not UTF-8 text: byte 0x{data[e.start]:02x} at byte {e.start - line_start + 1} of "
+                                       "the line; save the file as UTF-8", data.count(b"\n", 0, e.start) + 1) from None
 
 
 def read_class_list(path: str | Path) -> list[str]:

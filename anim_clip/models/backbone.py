@@ -104,15 +104,15 @@ def create_clip(cfg: BackboneConfig) -> tuple[torch.nn.Module, WeightsInfo]:
             warnings.simplefilter("ignore")  # open_clip warns about QuickGELU mismatches; we enforce it below
             torch.manual_seed(0)
             model = open_clip.create_model(cfg.model, pretrained=pretrained, force_quick_gelu=cfg.quick_gelu)
-    except RuntimeError as e:
-        if "Unexpected key" in str(e) or "Missing key" in str(e) or "size mismatch" in str(e):
+    except Exception as e:  # weights of another shape, damaged or hostile files, unknown tags, no network
+        from anim_clip.models.checkpoint import load_refusal
+
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in ("Unexpected key", "Missing key", "size mismatch")):
             raise AnimClipError(f"{pretrained}: weights do not fit {cfg.model!r} ({str(e).splitlines()[0]})") from None
-        raise AnimClipError(f"{pretrained}: cannot load weights: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # unpickling refusals, unknown tags, no network
-        if type(e).__name__ in ("UnpicklingError",):
-            raise AnimClipError(f"{pretrained}: refused: the file needs more than plain tensors to load "
-                                "(only weights_only=True checkpoints are read)") from None
-        raise AnimClipError(f"cannot load {cfg.model!r} weights {pretrained!r}: {str(e).splitlines()[0]}") from None
+        if info.sha256 is not None:  # a local file
+            raise load_refusal(pretrained, e) from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AnimClipError(f"cannot load {cfg.model!r} weights {pretrained!r}: {reason}") from None
     return model.eval(), info
 
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 from torch import Tensor, nn
@@ -48,19 +48,32 @@ def load_untrusted(path: str | Path) -> Any:
     try:
         with torch.serialization.safe_globals([(OrderedDict, "yacs.config.CfgNode")]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        detail = re.search(r"WeightsUnpickler error:\s*(.*)", str(e))
-        detail = detail.group(1).strip() if detail else str(e).splitlines()[0]
-        wanted = re.search(r"GLOBAL ([\w.]+)", detail)
-        if wanted is None and not detail.startswith(("Trying to", "Can only")):
-            raise AnimClipError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
-        what = f"it calls or builds {wanted.group(1)}" if wanted else detail.rstrip(".")
-        raise AnimClipError(
-            f"{path}: refused to load: {what}, not only tensors and plain data; checkpoints are read "
-            "with torch.load(weights_only=True) and never unpickled unsafely"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise AnimClipError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    except OSError:
+        raise  # unreadable: the command line names the file and the system's reason
+    except Exception as e:  # torch raises many types for a damaged or hostile file
+        raise load_refusal(path, e) from None
+
+
+def load_refusal(path: str | Path, error: Exception) -> AnimClipError:
+    """One line in our own words for a checkpoint ``torch.load(weights_only=True)`` would not read.
+
+    torch's own message advises retrying with ``weights_only=False``, which would run whatever
+    code the file holds; it is never passed on.
+    """
+    if Path(path).stat().st_size == 0:
+        return AnimClipError(f"{path}: empty file (0 bytes), not a checkpoint; was its copy or save cut short?")
+    text = str(error)
+    if not isinstance(error, pickle.UnpicklingError):
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+        return AnimClipError(f"{path}: not a readable PyTorch checkpoint ({reason})")
+    wanted = re.search(r"GLOBAL ([\w.]+)", text)
+    if wanted is None:
+        operand = re.search(r"Unsupported operand \d+", text)
+        reason = operand.group(0).lower() if operand else "a pickle the safe loader cannot read"
+        return AnimClipError(f"{path}: not a readable PyTorch checkpoint ({reason})")
+    return AnimClipError(f"{path}: refused to load: unpickling it would call or build {wanted.group(1)}, not only "
+                         "tensors and plain data; checkpoints are read with torch.load(weights_only=True) and "
+                         "never unpickled unsafely")
 
 
 def plain(obj: Any) -> Any:
@@ -129,7 +142,38 @@ def save_checkpoint(
         "vocab": vocab,
         **(extra or {}),
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch_save(payload, tmp))
+
+
+class _WriteErrors:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write (disk full), which
+    torch would report only as ``unexpected pos 238144 vs 238032``."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``; a failed write raises its ``OSError`` (ENOSPC, EDQUOT, ...)."""
+    with open(path, "wb") as f:
+        writer = _WriteErrors(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -14,14 +14,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import open_clip
-import torch
 from torch import Tensor
 
 from anim_clip.config import Config, ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
 from anim_clip.models.animal_clip import AnimalCLIP, clip_configs_from_state_dict, clip_from_state_dict
-from anim_clip.models.checkpoint import load_checkpoint, load_state_strict, load_untrusted, plain, save_checkpoint
+from anim_clip.models.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    load_untrusted,
+    plain,
+    save_checkpoint,
+    torch_save,
+)
 from anim_clip.models.head import AnimalCLIPHead
 
 # (release prefix, our prefix); the first match wins.
@@ -193,4 +199,4 @@ def convert_to_release(src: str | Path, dst: str | Path) -> Path:
     if bad:
         raise AnimClipError(f"{src}: the release cannot express {', '.join(bad)}")
     state = ours_to_release(ckpt.model)
-    return atomic_write(dst, lambda tmp: torch.save({"model": state}, tmp))
+    return atomic_write(dst, lambda tmp: torch_save({"model": state}, tmp))

@@ -30,14 +30,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from anim_clip.cache.extract import encode_class_texts
-from anim_clip.config import Config
+from anim_clip.config import Config, config_changes
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.cached import autocast, eval_context, evaluate_split, resolve_checkpoint, write_report
 from anim_clip.evaluate.report import EvalContext, primary_metric
 from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split, with_views
 from anim_clip.models.animal_clip import AnimalCLIP
-from anim_clip.models.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.predict import CrossFrameTower
@@ -173,11 +173,15 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
 
 def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
           select_on_test: bool = False, progress: bool = True, device: torch.device | None = None,
-          init_head: str | Path | None = None, allow_incomplete: bool = False) -> TrainResult:
+          init_head: str | Path | None = None, allow_incomplete: bool = False,
+          allow_config_change: bool = False) -> TrainResult:
     """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached; on the clips
     extracted so far only if ``allow_incomplete``), or the whole model on the raw videos of
     ``cfg.data`` (e2e, optionally warm-started from the head of a cached run, ``init_head``; a
-    resumed run takes its head from its own ``last.pt`` instead)."""
+    resumed run takes its head from its own ``last.pt`` instead).
+
+    A resumed run keeps the config its ``last.pt`` was trained with unless ``allow_config_change``;
+    nothing is written to ``out`` until everything before the first epoch has succeeded."""
     if cfg.train.mode == "cached" and cache is None:
         raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
     if cfg.train.mode == "e2e" and cache is not None:
@@ -186,9 +190,9 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
         raise AnimClipError("--init-head warm-starts end-to-end training (--mode e2e) from a cached run's head")
     dist = setup_distributed(device)
     run = RunDir(out)
-    if dist.is_main:
-        run.start(cfg, resume)
-    dist.barrier()
+    run.check(resume)
+    saved = load_checkpoint(run.last) if resume else None
+    changes = _config_changes(run, saved, cfg, allow_config_change)
     _set_deterministic(cfg)
     dataset = load_dataset(cfg.data)
     ctx = eval_context(dataset, cfg)
@@ -199,10 +203,9 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
     freeze_dead_parameters(mode.model)
     optimizer = make_optimizer(mode.model, cfg.train, whole_model_is_head=cfg.train.mode == "cached")
     state = TrainState()
-    if resume:
-        state = _restore(run, mode.model, optimizer)
+    if saved is not None:
+        state = _restore(saved, mode.model, optimizer)
         if dist.is_main:
-            run.truncate_after(state.epoch)
             console.print(f"resuming {run.path} after epoch {state.epoch} (step {state.step})")
     model: nn.Module = DistributedDataParallel(mode.model, broadcast_buffers=False) if dist.enabled else mode.model
 
@@ -219,6 +222,8 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
     if select == "test" and dist.is_main:
         console.print("[yellow]selecting best.pt on the TEST split, as asked (--select-on-test)[/]")
     vocab = {"actions": list(dataset.actions), "species": list(dataset.species)}
+    if dist.is_main:
+        run.start(cfg, state.epoch, changes)
 
     for epoch in range(state.epoch, cfg.train.epochs):
         plan = EpochPlan(epoch, steps_per_epoch * cfg.train.accumulation, global_batch, dist.rank, dist.world)
@@ -245,10 +250,27 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
     return TrainResult(run.path, report, state, mode.model, plots)
 
 
-def _restore(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    ckpt = load_checkpoint(run.last)
-    load_state_strict(model, ckpt.model, run.last)
+def _config_changes(run: RunDir, saved: Checkpoint | None, cfg: Config, allowed: bool) -> dict[str, list[Any]]:
+    """What differs from the config the resumed run trained with; refused unless ``allowed``, so
+    a run's config.yaml and checkpoints always describe how it was trained."""
+    changes = config_changes(saved.config, cfg) if saved is not None else {}
+    if changes and not allowed:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise AnimClipError(f"{run.path} was trained with other settings (saved -> now: {listed}); resume with "
+                            f"its own ({run.config}), or pass --allow-config-change to go on with these "
+                            "(recorded in metrics.jsonl)")
+    return changes
+
+
+def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Weights, optimiser moments and counters from ``ckpt``; rates, decay and betas stay this
+    config's (the saved groups would bring back the old ``base_lr``)."""
+    load_state_strict(model, ckpt.model, ckpt.path)
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt.extra["optimizer"])
+    for group, own in zip(optimizer.param_groups, settings):
+        group.pop("base_lr", None)
+        group.update(own)
     return TrainState(**ckpt.extra["train_state"])
 
 

@@ -5,12 +5,12 @@ a readable directory that ``--resume`` continues."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from anim_clip.config import Config, save_config
 from anim_clip.errors import AnimClipError
+from anim_clip.io import append_durably, atomic_write_text
 
 
 class RunDir:
@@ -24,21 +24,33 @@ class RunDir:
     evaluation = property(lambda self: self.path / "eval.json")
     plots = property(lambda self: self.path / "plots")
 
-    def start(self, cfg: Config, resume: bool) -> None:
-        """Create the directory; refuse to overwrite a run unless resuming it."""
+    def check(self, resume: bool) -> None:
+        """Before any work: refuse to overwrite a run, or to resume one that finished no epoch."""
         if self.last.exists() and not resume:
             raise AnimClipError(f"{self.path} already holds a run; pass --resume to continue it, or choose another --out")
         if resume and not self.last.exists():
             raise AnimClipError(f"{self.path}: nothing to resume (no last.pt); drop --resume to start a new run")
+
+    def start(self, cfg: Config, epoch: int, changes: dict[str, list[Any]]) -> None:
+        """Write ``config.yaml`` once the run is set up (a run that fails before leaves nothing).
+
+        A new run (``epoch`` 0) drops the log and ``best.pt`` of one killed before its first epoch
+        ended; a resumed one forgets the log of epochs it redoes and records ``changes`` (saved
+        vs now, allowed by ``--allow-config-change``) under the first epoch they apply to.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
+        if epoch == 0:
+            self.metrics.unlink(missing_ok=True)
+            self.best.unlink(missing_ok=True)
+        else:
+            self.truncate_after(epoch)
+        if changes:
+            self.log({"kind": "config_change", "epoch": epoch + 1, "changes": changes})
         save_config(cfg, self.config)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line and make it durable."""
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.metrics, json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
@@ -54,6 +66,4 @@ class RunDir:
     def truncate_after(self, epoch: int) -> None:
         """On resume, forget log lines of epochs that will be redone."""
         kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics)
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
