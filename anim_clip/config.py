@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
-    """How frames are taken from a video and turned into model input (METHOD.md §4.4, §4.5)."""
+    """How frames are taken from a video and turned into model input (docs/method.md §4.4, §4.5)."""
 
     num_frames: int = 8
     decoder: Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"] = "decord"  # torchcodec-cuda: NVDEC on the GPU
@@ -76,7 +76,7 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    """The Animal-CLIP head; defaults reproduce the release (METHOD.md Appendix C)."""
+    """The Animal-CLIP head; defaults reproduce the release (docs/method.md Appendix C)."""
 
     mit_layers: int = 1
     prompt_layers: int = 3
@@ -93,7 +93,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation; defaults are the release's recipe (METHOD.md §6)."""
+    """Optimisation; defaults are the release's recipe (docs/method.md §6)."""
 
     mode: Literal["cached", "e2e"] = "cached"
     epochs: int = 30
@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """How scores are formed and which metrics are reported (METHOD.md §5)."""
+    """How scores are formed and which metrics are reported (docs/method.md §5)."""
 
     scores: Literal["softmax", "sigmoid"] = "softmax"
     batch_size: int = 64

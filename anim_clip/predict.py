@@ -2,10 +2,10 @@
 
 Each video (any container the decoders read, any length) is one segment, or with a window a
 series of overlapping segments. A segment gets the checkpoint's test views (clips × crops,
-METHOD.md §4.4–4.5), decoded once for all of them; the views go through the image tower (the
+docs/method.md §4.4–4.5), decoded once for all of them; the views go through the image tower (the
 frozen open_clip tower of ``config.backbone`` for a head checkpoint, the model's own cross-frame
 tower for an end-to-end one) and the head, and the softmax over actions is averaged over the views
-(METHOD.md §5). A video's scores are the mean over its segments, so a windowed video is scored on
+(docs/method.md §5). A video's scores are the mean over its segments, so a windowed video is scored on
 all of its length rather than on T frames spread over it.
 """
 

@@ -21,9 +21,8 @@ import torch
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import tsn_indices
 from anim_clip.data.video import BACKENDS, GPU_BACKENDS, decoder_unavailable, open_video
-from benchmarks.common import save
+from benchmarks.common import REAL_CLIP, save
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos"
 
 
 def _time(fn, repeats: int) -> float:
@@ -78,12 +77,14 @@ def bench_video(path: Path, decoders: list[str], repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--videos", type=Path, nargs="*", default=[],
+                        help="more real clips to time (mp4/avi), beside the demo clip and the shipped rabbit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         demo = make_demo_data(Path(tmp), train_clips=2, test_clips=1, seed=0)
-        videos = [sorted(demo.video_dir.glob("*.mp4"))[0]] + sorted(SHARED.glob("*.*4")) + sorted(SHARED.glob("*.avi"))
+        videos = [sorted(demo.video_dir.glob("*.mp4"))[0], REAL_CLIP, *args.videos]
         decoders = usable_decoders()
-        rows = [row for v in videos if v.suffix in (".mp4", ".avi") for row in bench_video(v, decoders, args.repeats)]
+        rows = [row for v in videos for row in bench_video(v, decoders, args.repeats)]
     save("decode", {"rows": rows})
 
 

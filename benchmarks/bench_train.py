@@ -47,9 +47,9 @@ from anim_clip.train.mixing import Batch, mix_batch
 from anim_clip.train.optim import make_optimizer
 from anim_clip.train.videos import VideoTrainData, decode_train_clip
 from anim_clip.ui import console, table
-from benchmarks.common import save
+from benchmarks.common import REAL_CLIP, save
 
-VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-videos" / "bigbuckbunny.mp4"
+VIDEO = REAL_CLIP
 AK_CLIPS, AK_VIEWS = 30_000, 4
 MB = 2**20
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+REAL_CLIP = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "bigbuckbunny.mp4"  # CC-BY, shipped
 
 
 def machine() -> dict[str, Any]:

@@ -16,7 +16,7 @@ def test_shipped_configs_load():
 
 
 def test_release_recipe_values():
-    """METHOD.md §6 / Appendix C, item 8."""
+    """docs/method.md §6 / Appendix C, item 8."""
     cfg = load_config("ak")
     assert cfg.train.mode == "e2e" and cfg.data.graph == "release"
     assert (cfg.train.lr, cfg.train.head_lr, cfg.train.min_lr) == (8e-6, 8e-5, 8e-8)

@@ -39,7 +39,7 @@ def test_our_format_k_per_class(tmp_path):
 
 def test_names_without_descriptions():
     texts = class_texts(["Walking", "Keeping still"])
-    assert texts.strings == ["Walking", "Keeping still"]  # raw names, no template (METHOD.md §2.4)
+    assert texts.strings == ["Walking", "Keeping still"]  # raw names, no template (docs/method.md §2.4)
     np.testing.assert_array_equal(texts.owner, [0, 1])
 
 

@@ -41,7 +41,7 @@ def test_ak_traps():
     clip = next(c for c in ds.clips("train") if c.path == "BEGOPIKV.mp4")
     assert {ds.species[s] for s in clip.species} == {"Fish", "Portugese Man O'War"}
     assert {ds.actions[a] for a in clip.actions} == {"Immobilized", "Keeping still"}
-    # METHOD.md §4.1-4.2 statistics
+    # docs/method.md §4.1-4.2 statistics
     assert ds.targets("train").sum(1).mean() == pytest.approx(2.09, abs=0.01)
     assert ds.targets("test").sum(1).mean() == pytest.approx(2.05, abs=0.01)
     assert sorted(int(i) for i in (ds.targets("test").sum(0) == 0).nonzero()[0]) == [
@@ -67,7 +67,7 @@ def test_lote_paths_keep_their_folder():
 
 
 def test_graphs_release_vs_rebuilt():
-    """METHOD.md §4.2 / D6: AK's release graph uses test pairs; MammalNet's and LoTE's are train-only."""
+    """docs/method.md §4.2 / D6: AK's release graph uses test pairs; MammalNet's and LoTE's are train-only."""
     ak = load_dataset(DataConfig(format="ak"))
     assert len(ak.release_graph.pairs()) == 4860
     same_train = sum(a == b for a, b in zip(ak.release_graph.species_actions, ak.train_graph().species_actions))

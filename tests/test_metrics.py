@@ -39,7 +39,7 @@ def test_map_equals_sklearn(ties):
 
 
 def test_ak_groups_reproduce_the_release_lists():
-    """METHOD.md §5: head > 500, tail < 100 training clips give the release's hard-coded AK lists."""
+    """docs/method.md §5: head > 500, tail < 100 training clips give the release's hard-coded AK lists."""
     train = load_dataset(DataConfig(format="ak")).targets("train").sum(0)
     groups = frequency_groups(train, head_min=500, tail_max=100)
     assert groups["head"].tolist() == [1, 2, 15, 38, 40, 48, 52, 67, 68, 69, 78, 90, 100, 102, 104, 123, 128, 133]

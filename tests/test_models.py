@@ -314,7 +314,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
 
 
 def test_vit_b16_parameter_counts_match_method_2_12():
-    """METHOD.md §2.12 (random init, no forward)."""
+    """docs/method.md §2.12 (random init, no forward)."""
     model = build_model(Config(), mode="e2e", load_pretrained=False)
     rows = {r.module: r for r in parameter_summary(model)}
     millions = {name: round(r.total / 1e6, 2) for name, r in rows.items()}

@@ -1,4 +1,4 @@
-"""Temporal sampling and view planning (METHOD.md §4.4, §4.5, §9 D9)."""
+"""Temporal sampling and view planning (docs/method.md §4.4, §4.5, §9 D9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spatial transforms and colour augmentation (METHOD.md §4.5), on CPU tensors."""
+"""Spatial transforms and colour augmentation (docs/method.md §4.5), on CPU tensors."""
 
 from __future__ import annotations
 

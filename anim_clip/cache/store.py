@@ -1,6 +1,6 @@
 """The zarr feature store: layout, creation, crash-safe sharded writing, and the reader.
 
-One zarr v3 store (DESIGN.md "Cache layout")::
+One zarr v3 store (docs/design.md "Cache layout")::
 
     PATH/zarr.json                      schema, versions, the run config that made the features
     PATH/<split>/                       one group per split; attributes: views, frames, manifest sha

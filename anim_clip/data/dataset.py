@@ -30,7 +30,7 @@ from anim_clip.errors import ConfigError, DatasetFormatError
 
 RELEASE_DIR = Path(__file__).parent / "release"
 
-# Per format: the shipped annotation folder and its file names (METHOD.md §4.2).
+# Per format: the shipped annotation folder and its file names (docs/method.md §4.2).
 FORMATS: dict[str, dict[str, str | None]] = {
     "ak": dict(
         folder="AK", labels="label.csv", species="animal_label.csv",
@@ -94,7 +94,7 @@ class Dataset:
         return self.root / clip.path
 
     def train_graph(self, splits: tuple[str, ...] = ("train",)) -> SpeciesActionGraph:
-        """The species–action graph rebuilt from annotated pairs (METHOD.md D6: no test leakage)."""
+        """The species–action graph rebuilt from annotated pairs (docs/method.md D6: no test leakage)."""
         pairs = [p for split in splits for clip in self.clips(split) for p in clip.pairs]
         return SpeciesActionGraph.from_pairs(pairs, self.num_species, self.num_actions)
 

@@ -1,4 +1,4 @@
-"""K short LLM-written descriptions per action and per species (METHOD.md §2.4, §9 D3).
+"""K short LLM-written descriptions per action and per species (docs/method.md §2.4, §9 D3).
 
 The release encodes one ~250-word text per class, of which CLIP's 77-token context keeps about 55
 words. We instead ask any OpenAI-compatible chat endpoint (vLLM, ollama, …) for K short, visual,

@@ -1,4 +1,4 @@
-"""Class descriptions and the exact strings the frozen text tower encodes (METHOD.md §2.4, D3).
+"""Class descriptions and the exact strings the frozen text tower encodes (docs/method.md §2.4, D3).
 
 Two file formats are read:
 - the release's CSV (``description_ak.csv``): no header, one row ``name,long text`` per class;

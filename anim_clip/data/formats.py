@@ -1,4 +1,4 @@
-"""Parsers for the Animal-CLIP release's list files, exactly as shipped (METHOD.md §4.2).
+"""Parsers for the Animal-CLIP release's list files, exactly as shipped (docs/method.md §4.2).
 
 The traps they handle: UTF-8 byte-order marks (MammalNet), CRLF line ends (most files), AK pair
 lists that look like Python literals but are not (``('Russell's Viper', 'Keeping still')``),

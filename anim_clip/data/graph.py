@@ -1,4 +1,4 @@
-"""The bipartite species–action graph that the refinement module convolves over (METHOD.md §2.6).
+"""The bipartite species–action graph that the refinement module convolves over (docs/method.md §2.6).
 
 Node order follows the release: species nodes ``0..A-1`` (species-list order), then action nodes
 ``A..A+C-1``. The adjacency is binary, symmetric, with a self-loop on every node, and it is a

@@ -5,8 +5,8 @@ the video's frame count and size only, so extraction can decode a clip once for 
 (:func:`union_indices`) and the cache can record exactly what each view saw. The pixel work lives
 in :mod:`anim_clip.data.transforms`.
 
-Formulas follow the release (METHOD.md §4.4 temporal, §4.5 spatial); the deterministic test clips
-are METHOD.md §9 D9's evenly shifted samplings instead of the release's random draws.
+Formulas follow the release (docs/method.md §4.4 temporal, §4.5 spatial); the deterministic test clips
+are docs/method.md §9 D9's evenly shifted samplings instead of the release's random draws.
 """
 
 from __future__ import annotations

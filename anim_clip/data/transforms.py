@@ -3,7 +3,7 @@
 A clip is decoded once to one uint8 ``(U, H, W, 3)`` tensor holding the union of its views'
 frames (:func:`anim_clip.data.sampling.union_indices`), moved to the model's device, and only
 there converted to float, resized, cropped, flipped and normalised by :func:`render_views`
-(METHOD.md §4.5). Views are planned by :mod:`anim_clip.data.sampling`; nothing here draws a
+(docs/method.md §4.5). Views are planned by :mod:`anim_clip.data.sampling`; nothing here draws a
 random geometric parameter, so a cached view is reproducible from its :class:`ViewSpec`.
 """
 
@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _STATS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 NORMALIZATIONS = tuple(_STATS)
 
-# Training colour augmentation of the release (METHOD.md §4.5 steps 5-6).
+# Training colour augmentation of the release (docs/method.md §4.5 steps 5-6).
 JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 BRIGHTNESS = 0.4
@@ -39,7 +39,7 @@ Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 def normalization_stats(name: str) -> Stats:
     """``(mean, std)`` on the [0, 1] scale: "clip" for a frozen CLIP backbone, "imagenet" to
-    match the release, which normalises with ImageNet statistics (METHOD.md §9 D5)."""
+    match the release, which normalises with ImageNet statistics (docs/method.md §9 D5)."""
     if name not in _STATS:
         raise ValueError(f"unknown normalization {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
     return _STATS[name]

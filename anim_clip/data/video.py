@@ -195,7 +195,7 @@ class VideoFile(ABC):
 
 
 class DecordVideo(VideoFile):
-    """decord's ``VideoReader`` on the CPU (the release's decoder, METHOD.md §4.4)."""
+    """decord's ``VideoReader`` on the CPU (the release's decoder, docs/method.md §4.4)."""
 
     decoder = "decord"
 

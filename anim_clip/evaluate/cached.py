@@ -35,7 +35,7 @@ def eval_context(dataset: Dataset, cfg: Config) -> EvalContext:
 
 @torch.no_grad()
 def cached_scores(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, dist: Distributed) -> np.ndarray:
-    """Scores of every clip: softmax (or sigmoid) per view, averaged over views (METHOD.md §5)."""
+    """Scores of every clip: softmax (or sigmoid) per view, averaged over views (docs/method.md §5)."""
     was_training = model.training
     model.eval()
     views = data.num_views

@@ -1,4 +1,4 @@
-"""The field's metrics (METHOD.md §5), vectorised in torch, exact against sklearn.
+"""The field's metrics (docs/method.md §5), vectorised in torch, exact against sklearn.
 
 - multi-label (AK): mAP over classes with at least one positive, non-interpolated AP per class
   (equal to ``sklearn.metrics.average_precision_score``, ties included), head/middle/tail mAP;

@@ -33,7 +33,7 @@ class EvalContext:
 
 
 def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
-    """mAP for multi-label datasets (AK), top-1 accuracy for single-label ones (METHOD.md §4.1)."""
+    """mAP for multi-label datasets (AK), top-1 accuracy for single-label ones (docs/method.md §4.1)."""
     key = "mAP" if report["multilabel"] else "top1"
     return key, report[key]
 

@@ -1,5 +1,5 @@
 """Evaluation on raw videos, the release's protocol: every clip's K temporal × 1 or 3 spatial test
-views (``sampling.test_clips`` × ``sampling.test_crops``, METHOD.md §4.4–4.5) through an image
+views (``sampling.test_clips`` × ``sampling.test_crops``, docs/method.md §4.4–4.5) through an image
 tower and the head, softmax per view averaged over views (§5). Used at the end of end-to-end
 training, for its per-epoch selection (1 × 1 views, as the release), and by ``anim-clip eval --videos``.
 

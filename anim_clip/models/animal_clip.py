@@ -23,7 +23,7 @@ from anim_clip.models.text import pool_text
 
 class AnimalCLIP(nn.Module):
     """Takes ownership of ``clip``: its image tower becomes the cross-frame tower (trained), the
-    rest is the text tower (frozen, always in eval mode, METHOD.md §2.4)."""
+    rest is the text tower (frozen, always in eval mode, docs/method.md §2.4)."""
 
     def __init__(self, clip: CLIP, head: AnimalCLIPHead):
         super().__init__()

@@ -1,7 +1,7 @@
 """The frozen open_clip image tower that phase one caches, and the text tower that encodes classes.
 
 Per frame it returns the CLS embedding after ``ln_post`` and ``proj`` (what the temporal module
-consumes, METHOD.md §2.2, §2.13) and, on request, the patch tokens as the last block outputs them
+consumes, docs/method.md §2.2, §2.13) and, on request, the patch tokens as the last block outputs them
 (before ``ln_post``: the form X-CLIP's video-specific prompt consumes). Weights come from an
 open_clip tag (``openai`` needs internet), a local checkpoint file, the tiny model's weights
 shipped with the package (``demo-world``), or nowhere (random init, announced loudly).
@@ -154,7 +154,7 @@ class FrozenImageTower(torch.nn.Module):
 
 @torch.inference_mode()
 def encode_texts(clip: torch.nn.Module, strings: list[str], model_name: str, batch_size: int = 256) -> torch.Tensor:
-    """Raw (un-normalised) EOT-pooled, projected text embeddings ``(S, D)`` float32 (METHOD.md §2.4)."""
+    """Raw (un-normalised) EOT-pooled, projected text embeddings ``(S, D)`` float32 (docs/method.md §2.4)."""
     import open_clip
 
     tokenizer = open_clip.get_tokenizer(model_name)

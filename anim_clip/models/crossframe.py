@@ -1,4 +1,4 @@
-"""open_clip's ViT with X-CLIP's cross-frame message tokens in every block (METHOD.md §2.2).
+"""open_clip's ViT with X-CLIP's cross-frame message tokens in every block (docs/method.md §2.2).
 
 The CLIP parameters are adopted from an open_clip ``VisionTransformer`` (pretrained or not), so the
 state-dict names are CLIP's (``conv1``, ``transformer.resblocks.{i}.attn`` ...), and each block

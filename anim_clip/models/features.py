@@ -1,4 +1,4 @@
-"""What flows between the image tower and the head, and what the head returns (DESIGN.md).
+"""What flows between the image tower and the head, and what the head returns (docs/design.md).
 
 The head never knows where ``FrameFeatures`` came from: live from the cross-frame backbone
 (end-to-end mode, evaluation on raw videos) or read from the feature cache (phase two).
@@ -17,8 +17,8 @@ class FrameFeatures:
     """Per-frame outputs of the image tower for a batch of clips.
 
     ``cls``: ``(B, T, D)`` CLS embedding after ``ln_post`` and ``proj``, not normalised (the MIT
-    input, METHOD.md §2.3). ``patches``: ``(B, T, N, W)`` last-block patch tokens *before*
-    ``ln_post`` (X-CLIP's video-specific prompt input, METHOD.md Appendix B), or None.
+    input, docs/method.md §2.3). ``patches``: ``(B, T, N, W)`` last-block patch tokens *before*
+    ``ln_post`` (X-CLIP's video-specific prompt input, docs/method.md Appendix B), or None.
     """
 
     cls: Tensor

@@ -1,4 +1,4 @@
-"""Text feature refinement: a 2-layer GCN over the species–action graph (METHOD.md §2.6).
+"""Text feature refinement: a 2-layer GCN over the species–action graph (docs/method.md §2.6).
 
 Release form, per clip b with species vector ``s_b``::
 
@@ -9,7 +9,7 @@ Release form, per clip b with species vector ``s_b``::
 with Â binary, symmetric, self-loops, un-normalised; W ~ N(0, 1) without bias; φ = LeakyReLU(0.1)
 on a layer whose output is not wider than its input (the release's rule: layer 1 at D=512).
 
-The ``normalized`` variant (an ablation, METHOD.md D15) uses Ã = D^-1/2 Â D^-1/2 (degrees of Â,
+The ``normalized`` variant (an ablation, docs/method.md D15) uses Ã = D^-1/2 Â D^-1/2 (degrees of Â,
 self-loops included) and a residual ``T'_b = T_act + LN2(φ2(Ã H_b W2))[A:]`` whose LN2 gain starts
 at zero, so the refinement starts as the identity and CLIP's text features are kept at step 0.
 

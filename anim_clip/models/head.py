@@ -1,4 +1,4 @@
-"""The Animal-CLIP head: frame features + species vector -> logits (METHOD.md Appendix A).
+"""The Animal-CLIP head: frame features + species vector -> logits (docs/method.md Appendix A).
 
 The same class is trained from the feature cache and sits inside the end-to-end model, so a
 checkpoint moves between the two modes.
@@ -123,7 +123,7 @@ class AnimalCLIPHead(nn.Module):
         return vocab
 
     def species_vector(self, cls: Tensor, species: Tensor | None, vocab: HeadVocabulary) -> Tensor:
-        """The species vector the head conditions on, per ``species_source`` (METHOD.md D1)."""
+        """The species vector the head conditions on, per ``species_source`` (docs/method.md D1)."""
         source = self.cfg.species_source
         if source == "none":
             return cls.new_zeros(cls.shape[0], vocab.num_species)

@@ -1,4 +1,4 @@
-"""Multi-frame integration transformer: per-frame CLS embeddings -> one video embedding (METHOD.md §2.3)."""
+"""Multi-frame integration transformer: per-frame CLS embeddings -> one video embedding (docs/method.md §2.3)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Prompt generators: queries cross-attend to a context set, then a residual MLP (METHOD.md §2.7).
+"""Prompt generators: queries cross-attend to a context set, then a residual MLP (docs/method.md §2.7).
 
 One class serves three uses: the category-specific prompts on the text side (queries = the C class
 embeddings) and on the video side (query = the video embedding), both conditioned on the single
 animal token, and X-CLIP's video-specific prompt (queries = class embeddings, context = the
-time-averaged patch tokens, METHOD.md Appendix B).
+time-averaged patch tokens, docs/method.md Appendix B).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class PromptGenerator(nn.Module):
 
     ``single_token_context``: the context is always one token (the animal token). The attention
     then returns the projected value whatever the queries, so the q/k projections and ``norm1``
-    are dead (METHOD.md D16); they are kept so the release's checkpoints load, and reported by
+    are dead (docs/method.md D16); they are kept so the release's checkpoints load, and reported by
     :meth:`dead_parameters`.
     """
 

@@ -4,7 +4,7 @@ Its checkpoints are X-CLIP-style dicts ``{'model': state_dict, 'optimizer', 'lr_
 'max_accuracy', 'epoch', 'config': yacs CfgNode}``, keys possibly prefixed ``module.`` (DDP).
 Key names (fixture README) map to ours by prefix; the two generators' MLPs are renamed
 ``mlp.0/3 -> mlp.c_fc/c_proj``. ``prompts_visual_ln``/``prompts_visual_proj`` are dropped on
-purpose: the release computes them and never uses the result (METHOD.md §2.2, D16).
+purpose: the release computes them and never uses the result (docs/method.md §2.2, D16).
 """
 
 from __future__ import annotations

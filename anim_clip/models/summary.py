@@ -1,4 +1,4 @@
-"""Parameter counts per module: total, trainable, and dead (METHOD.md §2.12, D16)."""
+"""Parameter counts per module: total, trainable, and dead (docs/method.md §2.12, D16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text-side helpers: merging the K description embeddings of a class (METHOD.md §2.4)."""
+"""Text-side helpers: merging the K description embeddings of a class (docs/method.md §2.4)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
 
 
 def pooled_text(text: TextFeatures, use_descriptions: bool, pooling: str) -> torch.Tensor:
-    """``(classes, D)`` raw text embeddings: the names, or the pooled descriptions (METHOD.md §2.4)."""
+    """``(classes, D)`` raw text embeddings: the names, or the pooled descriptions (docs/method.md §2.4)."""
     if not use_descriptions:
         return text.name_embeddings
     return pool_text(text.description_embeddings, text.owner, len(text.names), pooling)

@@ -2,7 +2,7 @@
 resumable bit-exactly.
 
 ``train.mode=cached`` trains the head on a feature cache; ``train.mode=e2e`` fine-tunes the
-cross-frame ViT with the head on raw videos (METHOD.md §4.5–§4.7, §6). The modes differ only in
+cross-frame ViT with the head on raw videos (docs/method.md §4.5–§4.7, §6). The modes differ only in
 what they hand the loop (:class:`Mode`): the model to train and save, a source of batches (cached
 features, or augmented pixels) and an evaluation; the loop, the optimiser groups, the schedule,
 mixing, accumulation, DDP, checkpoints and the report are shared.
@@ -130,7 +130,7 @@ def load_initial_head(head: AnimalCLIPHead, source: str | Path, cfg: Config, dat
 
 
 def freeze_dead_parameters(model: nn.Module) -> None:
-    """Parameters that can never receive a gradient (METHOD.md D16) stay out of AdamW, and DDP then
+    """Parameters that can never receive a gradient (docs/method.md D16) stay out of AdamW, and DDP then
     need not search every step for parameters the loss did not use."""
     for module in model.modules():
         if hasattr(module, "dead_parameters"):

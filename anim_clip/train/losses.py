@@ -1,4 +1,4 @@
-"""Training losses (METHOD.md §3). The release trains with soft-target cross-entropy on
+"""Training losses (docs/method.md §3). The release trains with soft-target cross-entropy on
 un-normalised multi-hot (then mixed) targets; the others are ablations."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def normalised_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Soft-target CE with each clip's target mass scaled to 1 (METHOD.md D8 ablation)."""
+    """Soft-target CE with each clip's target mass scaled to 1 (docs/method.md D8 ablation)."""
     return soft_target_ce(logits, targets / targets.sum(-1, keepdim=True).clamp(min=1e-12))
 
 

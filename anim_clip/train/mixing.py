@@ -1,4 +1,4 @@
-"""Mixup and CutMix (METHOD.md §4.7), on pixels (end-to-end mode) or cached per-frame features.
+"""Mixup and CutMix (docs/method.md §4.7), on pixels (end-to-end mode) or cached per-frame features.
 
 The release mixes every batch: CutMix (λ ~ Beta(1, 1)) with p 0.5, else Mixup (λ ~ Beta(0.8, 0.8)),
 partner = a permutation of the batch, targets mixed with the same λ. Its CutMix (X-CLIP's) draws

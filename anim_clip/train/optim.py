@@ -1,4 +1,4 @@
-"""AdamW with the release's parameter groups (METHOD.md §6).
+"""AdamW with the release's parameter groups (docs/method.md §6).
 
 Two learning rates: the CLIP image tower at ``train.lr``; the new modules (message tokens and the
 whole head: MIT, graph refinement, prompts) at ``train.head_lr`` (10×). Weight decay applies to

@@ -1,4 +1,4 @@
-"""The release's learning-rate schedule (METHOD.md §6): linear warm-up from 0, then cosine to a floor,
+"""The release's learning-rate schedule (docs/method.md §6): linear warm-up from 0, then cosine to a floor,
 evaluated per optimiser step with the cosine position counted from step 0 (timm's
 ``CosineLRScheduler`` without warm-up prefix). Every parameter group decays to the same floor."""
 

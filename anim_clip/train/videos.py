@@ -1,7 +1,7 @@
 """End-to-end mode's data: training clips decoded from the raw videos every epoch.
 
 DataLoader workers open each video, draw its view (TSN frames, the release's multi-scale crop at
-5 fixed positions, flip; METHOD.md §4.4–4.5) and decode only those frames; the uint8 frames go to
+5 fixed positions, flip; docs/method.md §4.4–4.5) and decode only those frames; the uint8 frames go to
 the model's device, where they are resized, cropped and flipped (:func:`render_views`),
 colour-jittered frame by frame with p 0.8 and turned grey with p 0.2 (:func:`color_augment`), and
 normalised. Pixel mixup / CutMix follows in the training loop.
