@@ -24,9 +24,8 @@ import torch
 from anim_clip.data.video import FALLBACK, GPU_BACKENDS, open_video
 from anim_clip.errors import VideoDecodeError
 from benchmarks.bench_decode import usable_decoders
-from benchmarks.common import save
+from benchmarks.common import REAL_CLIP, save
 
-SOURCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "bigbuckbunny.mp4"
 
 # (name, codec, pixel format, width, height, file suffix)
 CASES = [
@@ -48,7 +47,7 @@ CASES = [
 
 def footage(count: int, width: int, height: int) -> np.ndarray:
     """``count`` frames spread over the source clip, scaled to ``width`` x ``height``, uint8 RGB."""
-    with av.open(str(SOURCE)) as container:
+    with av.open(str(REAL_CLIP)) as container:
         frames = list(container.decode(video=0))
     picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
     return np.stack([frames[i].to_ndarray(format="rgb24", width=width, height=height) for i in picks])
@@ -115,7 +114,7 @@ def main() -> None:
             cells = [f"{d}: " + (r["error"][:60] if "error" in r else f"max {r['max_diff']:3d} mean {r['mean_diff']:.3f}")
                      for d in decoders for r in [rows[-1][d]]]
             print(f"{name:40s} {kind:12s} {' | '.join(cells)}")
-    save("decoder_pixels", {"footage": SOURCE.name, "frames": args.frames, "reference": FALLBACK, "rows": rows})
+    save("decoder_pixels", {"footage": REAL_CLIP.name, "frames": args.frames, "reference": FALLBACK, "rows": rows})
 
 
 if __name__ == "__main__":

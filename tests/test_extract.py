@@ -20,9 +20,9 @@ import zarr
 from videos import decodes_alone, indexed_frames, write_garbage, write_video
 
 from anim_clip.cache import store
-from anim_clip.cache.extract import FrameEncoder, cache_signature, extract, plan_views
+from anim_clip.cache.extract import FrameEncoder, extract, plan_views
 from anim_clip.cache.inspect import cache_info, verify_cache
-from anim_clip.cache.store import FeatureCache, check_compatible
+from anim_clip.cache.store import FeatureCache
 from anim_clip.demo import demo_config
 from anim_clip.config import BackboneConfig
 from anim_clip.data.demo import make_demo_data
@@ -30,7 +30,7 @@ from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, CacheError, ConfigError, DecoderUnavailable
-from anim_clip.models.backbone import FrozenImageTower, create_clip, resolve_weights
+from anim_clip.models.backbone import FrozenImageTower, create_clip
 from anim_clip.ui import console
 
 V, T = 2, 4

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from videos import (
-    DECORD_SIZE_BUG,
     decoders,
     decodes_alone,
     frame_ids,
@@ -24,7 +23,7 @@ from videos import (
     usable_decoders,
 )
 
-from anim_clip.data.video import BACKENDS, decoder_note, open_video
+from anim_clip.data.video import decoder_note, open_video
 from anim_clip.errors import DecoderUnavailable, VideoDecodeError
 
 N = 40
