@@ -116,7 +116,7 @@ app.add_typer(analyze_app, name="analyze")
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/n"`` (1-based i, as users count) -> (i-1, n); default: one shard per torchrun rank."""
-    from anim_clip.cache.extract import default_shard
+    from anim_clip.runtime.distributed import default_shard
 
     if text is None:
         return default_shard()

@@ -25,19 +25,17 @@ import torch
 from rich.console import Group
 from rich.progress import Progress
 from rich.text import Text
-from torch import Tensor, nn
+from torch import Tensor
 
-from anim_clip.cache.extract import DecodedClip, FrameEncoder, default_device
 from anim_clip.config import Config
-from anim_clip.data.sampling import TEST_CROPS, eval_views, union_indices
-from anim_clip.data.video import BACKENDS, FallbackNotice, VideoFile, check_decoder, open_video
-from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
+from anim_clip.data.sampling import TEST_CROPS, eval_views
+from anim_clip.data.video import FallbackNotice, VideoFile, open_video
+from anim_clip.errors import AnimClipError, VideoDecodeError
+from anim_clip.evaluate.scoring import score_views
+from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder
 from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
-from anim_clip.models.animal_clip import AnimalCLIP
-from anim_clip.models.backbone import FrozenImageTower, create_clip
-from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
-from anim_clip.models.features import FrameFeatures
-from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.checkpoint import Checkpoint, head_and_tower, load_checkpoint
+from anim_clip.runtime.distributed import default_device
 from anim_clip.ui import console, progress_bar, table
 
 SPECIES_SHOWN = 3  # predicted species reported per video
@@ -74,7 +72,7 @@ class VideoPrediction:
 
     video: Path
     actions: list[str]
-    scores: np.ndarray | None = None  # (C,) probabilities summing to 1
+    scores: np.ndarray | None = None  # (C,) scores averaged over views (softmax, or sigmoid: eval.scores)
     species: list[tuple[str, float]] = field(default_factory=list)  # (name, probability) used
     windows: list[Window] = field(default_factory=list)  # with --window only
     num_frames: int = 0
@@ -168,34 +166,6 @@ def frame_range(start_s: float, end_s: float, fps: float, num_frames: int) -> tu
     return first, max(first + 1, min(round(end_s * fps), num_frames))
 
 
-class CrossFrameTower(nn.Module):
-    """The end-to-end model's cross-frame tower behind :class:`FrozenImageTower`'s interface, so
-    :class:`FrameEncoder` batches it too: views arrive flattened to ``(V·T, 3, S, S)``."""
-
-    def __init__(self, model: AnimalCLIP, num_frames: int, with_patches: bool):
-        super().__init__()
-        self.model, self.num_frames, self.with_patches = model, num_frames, with_patches
-
-    @torch.inference_mode()
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        features = self.model.encode_frames(images.unflatten(0, (-1, self.num_frames)))
-        return features.cls.flatten(0, 1), features.patches.flatten(0, 1) if self.with_patches else None
-
-
-def load_model(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
-    """The head, the image tower and where the tower's weights came from."""
-    if ckpt.kind == "e2e":
-        model = model_from_checkpoint(ckpt)
-        tower = CrossFrameTower(model, model.head.dims["num_frames"], model.head.video_specific_prompt is not None)
-        return model.head, tower, "checkpoint"
-    head = model_from_checkpoint(ckpt, "cached")
-    clip, weights = create_clip(ckpt.config.backbone)
-    if weights.random:
-        console.print(f"[bold red]WARNING: {weights.model} has RANDOM weights (backbone.pretrained is null in the "
-                      "checkpoint's config): these predictions carry no pretrained knowledge[/]")
-    return head, FrozenImageTower(clip, with_patches=head.video_specific_prompt is not None), weights.pretrained or "random"
-
-
 class Predictor:
     """A checkpoint ready to score videos: tower, head, view plan and species input, built once."""
 
@@ -205,7 +175,7 @@ class Predictor:
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.cfg = with_decoder(_with_views(self.ckpt.config, clips, crops), decoder)
         self.device = torch.device(device) if device is not None else default_device()
-        head, tower, self.weights = load_model(self.ckpt)
+        head, tower, self.weights = head_and_tower(self.ckpt)
         if head.vocab is None:
             raise AnimClipError(f"{self.ckpt.path}: the checkpoint carries no vocabulary (text embeddings of its "
                                 "actions and species), so it cannot predict on its own")
@@ -262,36 +232,23 @@ class Predictor:
         s = self.cfg.sampling
         views = eval_views(stop - first, video.height, video.width, self.num_frames, s.test_clips, s.test_crops,
                            s.image_size, s.resize)
-        unique, positions = union_indices(views)
-        return DecodedClip(index, video.get_frames(unique + first), views, positions)
+        return decode_views(video, index, views, first)
 
     def _score_segments(self, video: VideoFile, ranges: list[tuple[int, int]],
                         report: Report) -> tuple[np.ndarray, np.ndarray]:
-        """``(S, C)`` action and ``(S, A)`` species probabilities of the segments; segments are
-        decoded one at a time and encoded in batches of about ``backbone.batch_frames`` frames."""
-        encoder = FrameEncoder(self.tower, self.device, self.cfg)
-        scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-        def score(encoded: list[tuple[int, FrameFeatures]]) -> None:
-            scored.update((index, self._head_scores(features)) for index, features in encoded)
-            report(len(scored), len(ranges))
-
-        for index, (first, stop) in enumerate(ranges):
-            encoder.add(self.decode(video, first, stop, index))
-            if encoder.queued_frames >= encoder.batch_frames:
-                score(encoder.flush())
-        score(encoder.flush())
-        actions, species = zip(*(scored[i] for i in range(len(ranges))))
-        return np.stack(actions), np.stack(species)
-
-    @torch.inference_mode()
-    def _head_scores(self, features: FrameFeatures) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax over actions and the species vector the head used, each averaged over views."""
-        views = features.cls.shape[0]
-        species = None if self.species.vector is None else self.species.vector.to(self.device).expand(views, -1)
-        actions = self.head(features, species).logits.float().softmax(dim=-1).mean(0)
-        used = self.head.species_vector(features.cls.float(), species, self.head.vocab).mean(0)
-        return actions.cpu().numpy(), used.float().cpu().numpy()
+        """``(S, C)`` scores and ``(S, A)`` species vectors used, each averaged over a segment's
+        views; segments are decoded one at a time and encoded in batches of about
+        ``backbone.batch_frames`` frames."""
+        decoded = (self.decode(video, first, stop, index) for index, (first, stop) in enumerate(ranges))
+        actions, species = [], []
+        for _, features in FrameEncoder(self.tower, self.device, self.cfg).encode(decoded):
+            views = features.cls.shape[0]
+            given = None if self.species.vector is None else self.species.vector.to(self.device).expand(views, -1)
+            scored = score_views(self.head, features, given, self.cfg)
+            actions.append(scored.scores.mean(0))
+            species.append(scored.species.mean(0))
+            report(len(actions), len(ranges))
+        return torch.stack(actions).cpu().numpy(), torch.stack(species).float().cpu().numpy()
 
     def _species_report(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
         """Oracle: the species given; predicted: the most probable ones; none: nothing."""
@@ -312,24 +269,6 @@ def _with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
     s = cfg.sampling
     views = dataclasses.replace(s, test_clips=clips or s.test_clips, test_crops=crops or s.test_crops)
     return dataclasses.replace(cfg, sampling=views)
-
-
-def with_decoder(cfg: Config, decoder: str | None) -> Config:
-    """``cfg`` decoding with ``decoder``; by default the checkpoint's own, unless this machine lacks
-    it (a run trained with the GPU decoder, predicting on a laptop): then decord, said aloud."""
-    if decoder is not None:
-        if decoder not in BACKENDS:
-            raise AnimClipError(f"--decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
-        check_decoder(decoder)
-    else:
-        decoder = cfg.sampling.decoder
-        try:
-            check_decoder(decoder)
-        except DecoderUnavailable as unavailable:
-            console.print(f"[yellow]the checkpoint decodes with {decoder}, unavailable here ({unavailable.reason}): "
-                          "decoding with decord[/]", soft_wrap=True)
-            decoder = "decord"
-    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, decoder=decoder))
 
 
 def _task_report(bar: Progress, description: str) -> Report:

@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from anim_clip.cache.extract import default_device, extract
+from anim_clip.cache.extract import extract
+from anim_clip.runtime.distributed import default_device
 from anim_clip.data.demo import make_demo_data
 from anim_clip.data.video import BACKENDS
 from anim_clip.demo import demo_config

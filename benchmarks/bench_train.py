@@ -38,12 +38,13 @@ import torch
 from anim_clip.config import Config, load_config
 from anim_clip.data.dataset import Clip, Dataset, load_dataset
 from anim_clip.data.transforms import color_augment
-from anim_clip.evaluate.cached import autocast
+from anim_clip.runtime.precision import training_autocast
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.features import FrameFeatures
 from anim_clip.train.engine import batch_loss, freeze_dead_parameters
 from anim_clip.train.losses import LOSSES
-from anim_clip.train.mixing import Batch, mix_batch
+from anim_clip.models.features import Batch
+from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import make_optimizer
 from anim_clip.train.videos import VideoTrainData, decode_train_clip
 from anim_clip.ui import console, table
@@ -99,7 +100,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
                device: torch.device, g: torch.Generator) -> None:
     """One step as the engine takes it (accumulation 1)."""
     mixed = mix_batch(batch, mixup_alpha=0.8, cutmix_alpha=1.0, mix_species=False, generator=g)
-    with autocast(cfg, device):
+    with training_autocast(cfg, device):
         loss = batch_loss(model, mixed, LOSSES["ce"])
     loss.backward()
     optimizer.step()

@@ -46,8 +46,8 @@ from anim_clip.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from anim_clip.train.cached import open_cached_data
-from anim_clip.train.distributed import Distributed
+from anim_clip.cache.reader import open_cached_data
+from anim_clip.runtime.distributed import Distributed
 from anim_clip.train.engine import train
 
 CPU = torch.device("cpu")
@@ -59,6 +59,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis")
     make_demo_data(root / "data", train_clips=16, test_clips=8, num_frames=16, size=64)
     cfg = demo_config(root / "data", ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
+                                      "backbone.precision=fp32",  # compared with fp32 computations
                                       "train.epochs=2", "train.batch_size=8", "train.accumulation=1"])
     extract(cfg, root / "cache", progress=False, device=CPU)
     train(cfg, cache=root / "cache", out=root / "run", progress=False)
@@ -305,7 +306,7 @@ def test_spread(stored):
 def test_clip_query_flags_actions_the_species_cannot_perform(stored, head, trained):
     cfg = trained["cfg"]
     clip = clip_from_cache(trained["cache"], "test00002.mp4", cfg, False)
-    report = clip_report(stored, head, clip, k=7)
+    report = clip_report(stored, head, clip, trained["cfg"], k=7)
     can_perform = load_dataset(cfg.data).graph(cfg.data.graph).can_perform()
     species = np.flatnonzero(clip.species.numpy())
     assert report["species"] == [stored.space.species[s] for s in species]
@@ -409,7 +410,7 @@ def test_clip_from_a_video_scores_like_the_same_clip_from_the_cache(stored, head
     """``analyze clip --video`` decodes, renders and encodes the clip itself (the predict path):
     with the clip's annotated species it must score as the cached clip, up to the cache's fp16."""
     cached = clip_from_cache(trained["cache"], "test00001.mp4", trained["cfg"], False)
-    from_cache = clip_report(stored, head, cached, k=7)
+    from_cache = clip_report(stored, head, cached, trained["cfg"], k=7)
     species = [a for s in np.flatnonzero(cached.species.numpy()) for a in ("--species", stored.space.species[s])]
     video = trained["root"] / "data" / "videos" / "test00001.mp4"
     out = tmp_path / "clip.json"

@@ -27,7 +27,8 @@ from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.train.engine import TrainResult, e2e_model, load_initial_head, train
-from anim_clip.train.mixing import Batch, mix_batch
+from anim_clip.models.features import Batch
+from anim_clip.train.mixing import mix_batch
 from anim_clip.train.videos import VideoTrainData, decode_train_clip
 
 E2E = ["backbone.pretrained=null", "sampling.num_frames=4", "train.mode=e2e", "train.batch_size=4",

@@ -20,7 +20,7 @@ import zarr
 from videos import decodes_alone, indexed_frames, write_garbage, write_video
 
 from anim_clip.cache import store
-from anim_clip.cache.extract import FrameEncoder, extract, plan_views
+from anim_clip.cache.extract import extract
 from anim_clip.cache.inspect import cache_info, verify_cache
 from anim_clip.cache.store import FeatureCache
 from anim_clip.demo import demo_config
@@ -30,6 +30,7 @@ from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, CacheError, ConfigError, DecoderUnavailable
+from anim_clip.frames import FrameEncoder, plan_views
 from anim_clip.models.backbone import FrozenImageTower, create_clip
 from anim_clip.ui import console
 
@@ -197,15 +198,15 @@ def test_resume_after_kill_gives_the_same_store(data: Path, reference: Path, tmp
 
 
 def test_ctrl_c_saves_the_clips_extracted_so_far(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    flush, calls = FrameEncoder.flush, []
+    forward, calls = FrameEncoder._forward, []
 
-    def interrupted_flush(self: FrameEncoder) -> list:
+    def interrupted_forward(self: FrameEncoder, queued: list) -> list:
         calls.append(1)
         if len(calls) == 3:  # two batches of two clips stored, in one incomplete chunk
             raise KeyboardInterrupt
-        return flush(self)
+        return forward(self, queued)
 
-    monkeypatch.setattr(FrameEncoder, "flush", interrupted_flush)
+    monkeypatch.setattr(FrameEncoder, "_forward", interrupted_forward)
     out = tmp_path / "cache.zarr"
     reports = extract(config(data), out, progress=False)
     assert reports[-1].interrupted and reports[-1].extracted == 4

@@ -33,7 +33,8 @@ from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.train.engine import train
 from anim_clip.train.losses import LOSSES
-from anim_clip.train.mixing import Batch, mix_batch
+from anim_clip.models.features import Batch
+from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import param_groups
 from anim_clip.train.schedule import WarmupCosine, learning_rate
 from anim_clip.train.sweep import run_sweep
@@ -83,8 +84,8 @@ def test_run_directory_and_report(run: Path, data: Path, cache: Path):
     from anim_clip.data.dataset import load_dataset
     from anim_clip.evaluate.cached import cached_scores
     from anim_clip.models.checkpoint import model_from_checkpoint
-    from anim_clip.train.cached import open_cached_data
-    from anim_clip.train.distributed import setup_distributed
+    from anim_clip.cache.reader import open_cached_data
+    from anim_clip.runtime.distributed import setup_distributed
 
     ckpt = load_checkpoint(run / "last.pt")
     cfg = ckpt.config

@@ -11,19 +11,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 from scipy.stats import spearmanr
 
 from anim_clip.analysis.space import BUILD_BATCH, PromptSpace, species_matrix
 from anim_clip.analysis.store import StoredSpace
-from anim_clip.cache.store import FeatureCache
+from anim_clip.cache.store import FeatureCache, read_array
 from anim_clip.config import Config
 from anim_clip.errors import AnimClipError
+from anim_clip.data.video import open_video
 from anim_clip.evaluate.cached import cached_scores
+from anim_clip.evaluate.scoring import score_views
+from anim_clip.frames import FrameEncoder
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.train.cached import CachedSplitData, check_cache
-from anim_clip.train.distributed import Distributed
+from anim_clip.cache.reader import CachedSplitData, check_cache
+from anim_clip.runtime.distributed import Distributed
 
 if TYPE_CHECKING:
     from anim_clip.predict import Predictor
@@ -51,17 +53,18 @@ def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches:
     for name in splits:
         if name not in store.splits:
             raise AnimClipError(f"cache {store.path} has no split {name!r}; it has {', '.join(store.splits)}")
-        group = zarr.open_group(store.path / name, mode="r")
-        ids = group["clip_ids"][...].tolist()
+        group = store.path / name
+        ids = read_array(group, "clip_ids", store.path).tolist()
         if clip_id not in ids:
             continue
         row = ids.index(clip_id)
-        if not group["done"][row] or group["error"][row]:
+        read = lambda array: read_array(group, array, store.path, row)  # noqa: E731
+        if not read("done") or read("error"):
             raise AnimClipError(f"clip {clip_id!r} has no features in {store.path} "
-                                f"({group['error'][row] or 'not extracted yet'})")
-        patches = torch.from_numpy(group["patches"][row]).float() if needs_patches else None
-        return ClipInput(clip_id, f"cache {name}", FrameFeatures(torch.from_numpy(group["cls"][row]).float(), patches),
-                         torch.from_numpy(group["species"][row]).float(), group["targets"][row].astype(bool))
+                                f"({read('error') or 'not extracted yet'})")
+        patches = torch.from_numpy(read("patches")).float() if needs_patches else None
+        return ClipInput(clip_id, f"cache {name}", FrameFeatures(torch.from_numpy(read("cls")).float(), patches),
+                         torch.from_numpy(read("species")).float(), read("targets").astype(bool))
     close = difflib.get_close_matches(clip_id, ids, n=3, cutoff=0.6)
     hint = f"; close matches in {splits[-1]}: {', '.join(close)}" if close else ""
     raise AnimClipError(f"no clip {clip_id!r} in the {'/'.join(splits)} split(s) of cache {store.path}{hint}")
@@ -70,16 +73,11 @@ def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches:
 def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
     """A video through the predict path: the checkpoint's test views, its image tower, and the
     species given to (or predicted by) the :class:`anim_clip.predict.Predictor`."""
-    from anim_clip.cache.extract import FrameEncoder
-    from anim_clip.data.video import open_video
-
     s = predictor.cfg.sampling
     with open_video(video, s.decoder, s.decode_threads, predictor.device) as file:
         decoded = predictor.decode(file, 0, file.num_frames, 0)
         predictor.fallbacks(file.fallback)
-    encoder = FrameEncoder(predictor.tower, predictor.device, predictor.cfg)
-    encoder.add(decoded)
-    [(_, features)] = encoder.flush()
+    [(_, features)] = FrameEncoder(predictor.tower, predictor.device, predictor.cfg).encode([decoded])
     return ClipInput(str(video), "video", features, predictor.species.vector)
 
 
@@ -90,8 +88,7 @@ def _clip_species(used: torch.Tensor, given: torch.Tensor | None) -> list[int]:
     return [int(used.argmax())] if float(used.sum()) > 0 else []
 
 
-@torch.inference_mode()
-def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, k: int = 5) -> dict[str, Any]:
+def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg: Config, k: int = 5) -> dict[str, Any]:
     """The model's top actions by logit next to the clip's nearest prompts (within its species, and
     anywhere in the space), flagging actions no species of the clip performs."""
     space = stored.space
@@ -99,11 +96,12 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, k: i
     features = clip.features.to(device)
     views = features.cls.shape[0]
     given = None if clip.species is None else clip.species.to(device)[None].expand(views, -1)
-    out = head(features, given)
-    used = head.species_vector(features.cls, given, head.vocab).mean(0)
-    logits, probs = out.logits.float().mean(0), out.logits.float().softmax(-1).mean(0)
-    video = F.normalize(out.video.float().mean(0), dim=-1)
-    cosines = (head.class_embeddings(used[None])[0] @ video).cpu().numpy()
+    scored = score_views(head, features, given, cfg)
+    used = scored.species.mean(0)
+    logits, probs = scored.logits.mean(0), scored.scores.mean(0)
+    video = F.normalize(scored.video.mean(0), dim=-1)
+    with torch.inference_mode():
+        cosines = (head.class_embeddings(used[None])[0].float() @ video).cpu().numpy()
     logits, probs = logits.cpu().numpy(), probs.cpu().numpy()
     species = _clip_species(used, clip.species)
     performable = space.can_perform[species].any(0) if species else None

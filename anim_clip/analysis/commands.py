@@ -84,7 +84,7 @@ def build_cmd(
     from anim_clip.analysis.index import HNSW_NOTE, INDEX_KINDS
     from anim_clip.analysis.store import build_and_save, species_sets_in
     from anim_clip.analysis.tables import space_table
-    from anim_clip.evaluate.cached import resolve_checkpoint
+    from anim_clip.runtime.rundir import resolve_checkpoint
 
     if index not in INDEX_KINDS:
         raise AnimClipError(f"--index must be one of {', '.join(INDEX_KINDS)}, not {index!r}")
@@ -175,7 +175,7 @@ def clip_cmd(
         from anim_clip.predict import Predictor
 
         predictor = Predictor(stored.checkpoint, species=species, predict_species=not species, device=device)
-        head, item = predictor.head, clip_from_video(predictor, video)
+        head, cfg, item = predictor.head, predictor.cfg, clip_from_video(predictor, video)
     else:
         if cache is None:
             raise AnimClipError("--clip needs --cache: the feature cache that holds the clip")
@@ -183,7 +183,7 @@ def clip_cmd(
             raise AnimClipError("--species applies to --video; a cached clip carries its annotated species")
         head, cfg = _cached_model(stored, device)
         item = clip_from_cache(cache, clip, cfg, head.video_specific_prompt is not None, split)
-    report = clip_report(stored, head, item, _positive(k, "-k"))
+    report = clip_report(stored, head, item, cfg, _positive(k, "-k"))
     _emit(stored, "clip", report, clip_tables(report), json_out)
     if stored.index.kind == "hnsw":
         from anim_clip.analysis.index import HNSW_NOTE
@@ -209,7 +209,7 @@ def confusions_cmd(
     from anim_clip.analysis.clips import confusion_report
     from anim_clip.analysis.tables import confusions_tables
     from anim_clip.data.dataset import load_dataset
-    from anim_clip.train.cached import open_cached_data, stored_in
+    from anim_clip.cache.reader import open_cached_data, stored_in
 
     stored = _open(run, weights)
     head, cfg = _cached_model(stored, device)

@@ -25,14 +25,13 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-import zarr
 
 from anim_clip import __version__
 from anim_clip.analysis.index import IndexKind, PromptIndex, index_settings
 from anim_clip.analysis.space import PromptSpace, build_space
-from anim_clip.cache.store import FeatureCache
+from anim_clip.cache.store import FeatureCache, read_array
 from anim_clip.errors import AnimClipError
-from anim_clip.evaluate.cached import resolve_checkpoint
+from anim_clip.runtime.rundir import resolve_checkpoint
 from anim_clip.io import atomic_write, atomic_write_json
 from anim_clip.models.checkpoint import (
     Checkpoint,
@@ -109,7 +108,7 @@ def species_sets_in(cache: str | Path) -> list[tuple[int, ...]]:
     cache = FeatureCache(cache)
     sets: set[tuple[int, ...]] = set()
     for name in cache.splits:
-        species = zarr.open_group(cache.path / name, mode="r")["species"][...]
+        species = read_array(cache.path / name, "species", cache.path)
         sets.update(tuple(np.flatnonzero(row)) for row in np.unique(species[species.sum(1) > 1], axis=0))
     return sorted(sets)
 

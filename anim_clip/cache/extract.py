@@ -13,7 +13,6 @@ is an error, not an empty success.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.markup import escape
 
@@ -39,15 +37,12 @@ from anim_clip.cache.store import (
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
-from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
-from anim_clip.data.transforms import normalization_stats, render_views
-from anim_clip.data.video import FallbackNotice, VideoFile, check_decoder, decoder_note, open_video
-from anim_clip.errors import CacheError, ConfigError, VideoDecodeError
-from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, autocast_dtype, create_clip, encode_texts
-from anim_clip.models.features import FrameFeatures
+from anim_clip.data.video import FallbackNotice, check_decoder, decoder_note
+from anim_clip.errors import CacheError, ConfigError
+from anim_clip.frames import TRAIN_SPLIT, DecodedClip, FrameEncoder, decode_clip, num_views
+from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts
+from anim_clip.runtime.distributed import default_device
 from anim_clip.ui import RateColumn, console, progress_bar
-
-TRAIN_SPLIT = "train"
 
 
 def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
@@ -68,50 +63,6 @@ def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
             "decoder": s.decoder,  # decoders' pixels differ on some video (anim_clip.data.video)
         },
     }
-
-
-def plan_views(split: str, index: int, num_frames: int, height: int, width: int, cfg: Config) -> list[ViewSpec]:
-    """Training splits: V augmented views, seeded by the clip's index so every shard, resume and
-    re-run draws the same ones. Other splits: the deterministic clips × crops test views."""
-    s = cfg.sampling
-    if split == TRAIN_SPLIT:
-        rng = np.random.default_rng((index, s.train_views, s.num_frames))
-        return train_views(num_frames, height, width, s.num_frames, s.train_views, s.image_size, s.resize, rng)
-    return eval_views(num_frames, height, width, s.num_frames, s.test_clips, s.test_crops, s.image_size, s.resize)
-
-
-def num_views(split: str, cfg: Config) -> int:
-    s = cfg.sampling
-    return s.train_views if split == TRAIN_SPLIT else s.test_clips * s.test_crops
-
-
-@dataclass
-class DecodedClip:
-    index: int
-    frames: torch.Tensor | None = None  # (U, H, W, 3) uint8, the union of every view's frames
-    views: list[ViewSpec] = field(default_factory=list)
-    positions: list[np.ndarray] = field(default_factory=list)
-    error: str | None = None
-    decoder: str = ""  # the decoder whose pixels ``frames`` are
-    fallback: str | None = None  # why the configured decoder failed on the file, when PyAV decoded it
-
-    @classmethod
-    def of(cls, video: VideoFile, index: int, frames: torch.Tensor, views: list[ViewSpec],
-           positions: list[np.ndarray]) -> DecodedClip:
-        """``frames`` decoded from ``video``, with the decoder that decoded them (known only after)."""
-        return cls(index, frames, views, positions, decoder=video.decoder, fallback=video.fallback)
-
-
-def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.device | None = None) -> DecodedClip:
-    """Open, plan the views and decode every needed frame once (on ``device`` with a GPU decoder).
-    Never raises for a bad video."""
-    try:
-        with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads, device) as video:
-            views = plan_views(split, index, video.num_frames, video.height, video.width, cfg)
-            unique, positions = union_indices(views)
-            return DecodedClip.of(video, index, video.get_frames(unique), views, positions)
-    except VideoDecodeError as e:
-        return DecodedClip(index, error=e.reason)
 
 
 def encode_class_texts(clip: torch.nn.Module, cfg: Config, dataset: Dataset) -> dict[str, TextFeatures]:
@@ -173,56 +124,6 @@ def check_videos(dataset: Dataset, splits: tuple[str, ...]) -> None:
 
 def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-class FrameEncoder:
-    """Batches rendered views of several clips into one forward pass of about ``batch_frames`` frames."""
-
-    def __init__(self, tower: FrozenImageTower, device: torch.device, cfg: Config):
-        self.tower, self.device = tower, device
-        self.batch_frames = cfg.backbone.batch_frames
-        self.dtype = autocast_dtype(cfg.backbone, device)
-        mean, std = normalization_stats(cfg.sampling.normalization)
-        self.mean, self.std, self.image_size = mean, std, cfg.sampling.image_size
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (clip index, views (V,T,3,S,S))
-
-    @property
-    def queued_frames(self) -> int:
-        return sum(v.shape[0] * v.shape[1] for _, v in self.pending)
-
-    def add(self, clip: DecodedClip) -> None:
-        frames = clip.frames.to(self.device, non_blocking=True)
-        views = render_views(frames, clip.views, clip.positions, self.image_size, self.mean, self.std)
-        self.pending.append((clip.index, views))
-
-    def flush(self) -> list[tuple[int, FrameFeatures]]:
-        """Encode everything queued; returns each clip's ``(V,T,D)`` features (and patches)."""
-        if not self.pending:
-            return []
-        images = torch.cat([v.flatten(0, 1) for _, v in self.pending])
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            cls, patches = self.tower(images)
-        out, start = [], 0
-        for index, views in self.pending:
-            V, T = views.shape[:2]
-            stop = start + V * T
-            clip_cls = cls[start:stop].float().view(V, T, -1)
-            clip_patches = None if patches is None else patches[start:stop].float().view(V, T, *patches.shape[1:])
-            out.append((index, FrameFeatures(clip_cls, clip_patches)))
-            start = stop
-        self.pending = []
-        return out
-
-
-def default_shard() -> tuple[int, int]:
-    """One shard per torchrun rank; a single process extracts everything."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "test"), *, shard: int = 0,
@@ -298,8 +199,6 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
     encoder = FrameEncoder(tower, device, cfg)
-    frame_indices: dict[int, np.ndarray] = {}
-    decoders: dict[int, str] = {}
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
     bytes_before = _disk_bytes(out / split)
     start = time.perf_counter()
@@ -307,30 +206,19 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
         task = bar.add_task(label, total=len(jobs),
                             frames_per_clip=num_views(split, cfg) * cfg.sampling.num_frames)
-
-        def store(results: list[tuple[int, FrameFeatures]]) -> None:
-            for index, features in results:
-                decoder = decoders.pop(index)
-                writer.write(index, features, frame_indices.pop(index), decoder)
-                report.extracted += 1
-                report.decoders[decoder] += 1
-                report.frames += features.cls.shape[0] * features.cls.shape[1]
-                bar.advance(task)
-
         try:
-            for clip in _decoded(pool, jobs, split, cfg, device, depth=2 * workers):
-                if clip.error is not None:
+            for clip, features in encoder.encode(_decoded(pool, jobs, split, cfg, device, depth=2 * workers)):
+                if features is None:
                     writer.fail(clip.index, clip.error)
                     report.failed[clip.error] += 1
                     bar.update(task, total=len(jobs) - sum(report.failed.values()))  # the rates count extracted clips only
                     continue
                 notice(clip.fallback)
-                frame_indices[clip.index] = np.stack([v.frame_indices for v in clip.views])
-                decoders[clip.index] = clip.decoder
-                encoder.add(clip)
-                if encoder.queued_frames >= cfg.backbone.batch_frames:
-                    store(encoder.flush())
-            store(encoder.flush())
+                writer.write(clip.index, features, clip.frame_indices, clip.decoder)
+                report.extracted += 1
+                report.decoders[clip.decoder] += 1
+                report.frames += features.cls.shape[0] * features.cls.shape[1]
+                bar.advance(task)
         except KeyboardInterrupt:
             report.interrupted = True
             writer.flush()

@@ -166,10 +166,11 @@ def reading(path: Path, cache: Path) -> Iterator[None]:
         raise DamagedCache(cache, unreadable(path, e)) from e
 
 
-def read_array(group: Path, name: str, cache: Path) -> np.ndarray:
-    """Array ``name`` of the group at ``group``, whole; a missing or damaged one is one CacheError."""
+def read_array(group: Path, name: str, cache: Path, rows: int | slice = slice(None)) -> np.ndarray:
+    """``rows`` (default: all) of array ``name`` of the group at ``group``; a missing or damaged
+    array is one CacheError."""
     with reading(group / name, cache):
-        return zarr.open_array(group / name, mode="r")[...]
+        return zarr.open_array(group / name, mode="r")[rows]
 
 
 def read_group_attrs(group: Path, cache: Path) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from anim_clip.config import DataConfig
 from anim_clip.data.formats import (
@@ -254,3 +256,13 @@ def _hold_out_unseen(dataset: Dataset, names: list[str]) -> None:
         raise ConfigError(f"data.unseen_species: {unknown[0]!r} is not in the species list")
     held = {index[n] for n in names}
     dataset.splits["train"] = [c for c in dataset.splits["train"] if not held & set(c.species)]
+
+
+def hold_out(rows: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor | None]:
+    """``(train_rows, val_rows)``: a seeded share of ``rows`` held out for per-epoch selection
+    (None when ``fraction`` is 0), both sorted, so every mode and every rank holds out the same clips."""
+    if fraction <= 0:
+        return rows, None
+    perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).to(rows.device)]
+    n_val = max(1, round(fraction * len(rows)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values

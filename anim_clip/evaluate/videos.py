@@ -13,6 +13,7 @@ line and left out of the metrics (``skipped_videos`` in the report).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,19 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import Tensor, nn
 
-from anim_clip.cache.extract import DecodedClip, FrameEncoder, decode_clip
 from anim_clip.config import Config
-from anim_clip.data.dataset import Dataset
+from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.data.video import FallbackNotice, check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.report import EvalContext, evaluation_report
-from anim_clip.models.features import FrameFeatures
+from anim_clip.evaluate.scoring import clip_scores
+from anim_clip.frames import DecodedClip, FrameEncoder, decode_clip, decoded_batches, with_decoder
+from anim_clip.models.checkpoint import head_and_tower
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.train.distributed import Distributed
-from anim_clip.train.plan import hold_out
-from anim_clip.train.videos import decoded_batches
+from anim_clip.runtime.distributed import Distributed
 from anim_clip.ui import console
 
 SPLITS = ("test", "train", "val")
@@ -78,53 +79,40 @@ def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedCli
     return decode_clip(paths[index], "test", index, cfg)  # any split but train plans the test views
 
 
-@torch.no_grad()
 def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config,
                  dist: Distributed) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, C)`` scores (softmax or sigmoid per view, averaged over views) and ``(N,)`` whether
+    """``(N, C)`` scores (:func:`~anim_clip.evaluate.scoring.clip_scores`) and ``(N,)`` whether
     each video decoded (rows of failed ones are zero)."""
     check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
     modes = head.training, tower.training
     head.eval(), tower.eval()
-    encoder = FrameEncoder(tower, dist.device, cfg)
-    species = torch.from_numpy(videos.species).float()
-    rows: list[Tensor] = []
+    species = torch.from_numpy(videos.species).float().to(dist.device)
+    rows: list[int] = []
     scores: list[Tensor] = []
     fallbacks = FallbackNotice()
 
-    def score(encoded: list[tuple[int, FrameFeatures]]) -> None:
-        if not encoded:
-            return
-        index = [i for i, _ in encoded]
-        views = encoded[0][1].cls.shape[0]
-        patches = [f.patches for _, f in encoded]
-        features = FrameFeatures(torch.cat([f.cls for _, f in encoded]), None if patches[0] is None else torch.cat(patches))
-        logits = head(features, species[index].to(dist.device).repeat_interleave(views, 0)).logits.float()
-        probs = logits.softmax(-1) if cfg.eval.scores == "softmax" else logits.sigmoid()
-        rows.append(torch.tensor(index, device=dist.device))
-        scores.append(probs.view(len(index), views, -1).mean(1))
+    def decoded() -> Iterator[DecodedClip]:
+        mine = [[i] for i in range(dist.rank, len(videos.paths), dist.world)]
+        for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
+            yield from clips
 
-    mine = [[i] for i in range(dist.rank, len(videos.paths), dist.world)]
-    for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
-        for clip in clips:
-            fallbacks(clip.fallback)
-            if clip.error is not None:
-                console.print(f"[bold red]error:[/] {VideoDecodeError(videos.paths[clip.index], clip.error)}; "
-                              "left out of the evaluation", soft_wrap=True, highlight=False)
-                continue
-            encoder.add(clip)
-            if encoder.queued_frames >= encoder.batch_frames:
-                score(encoder.flush())
-    score(encoder.flush())
+    for clip, features in FrameEncoder(tower, dist.device, cfg).encode(decoded()):
+        fallbacks(clip.fallback)
+        if features is None:
+            console.print(f"[bold red]error:[/] {escape(str(VideoDecodeError(videos.paths[clip.index], clip.error)))}; "
+                          "left out of the evaluation", soft_wrap=True, highlight=False)
+            continue
+        rows.append(clip.index)
+        scores.append(clip_scores(head, features.to(dist.device)[None], species[clip.index][None], cfg)[0])
     head.train(modes[0]), tower.train(modes[1])
     num_classes = videos.targets.shape[1]
-    rows_t = dist.all_gather_rows(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dist.device))
-    scores_t = dist.all_gather_rows(torch.cat(scores) if scores else torch.zeros(0, num_classes, device=dist.device))
+    rows_t = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device))
+    scores_t = dist.all_gather_rows(torch.stack(scores) if scores else torch.zeros(0, num_classes, device=dist.device))
     out = np.zeros((len(videos.paths), num_classes), dtype=np.float32)
-    decoded = np.zeros(len(videos.paths), dtype=bool)
-    out[rows_t.cpu().numpy()] = scores_t.cpu().numpy()
-    decoded[rows_t.cpu().numpy()] = True
-    return out, decoded
+    decoded_ok = np.zeros(len(videos.paths), dtype=bool)
+    out[rows_t.cpu().numpy()] = scores_t.float().cpu().numpy()
+    decoded_ok[rows_t.cpu().numpy()] = True
+    return out, decoded_ok
 
 
 def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, ctx: EvalContext,
@@ -145,10 +133,10 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     end-to-end checkpoint runs its own cross-frame tower; a head runs on the frozen backbone its
     config names. Table, eval JSON and plots, as for a cache."""
     from anim_clip.data.dataset import load_dataset
-    from anim_clip.evaluate.cached import eval_context, eval_dir, resolve_checkpoint, write_report
+    from anim_clip.evaluate.cached import eval_context, eval_dir, write_report
+    from anim_clip.runtime.rundir import resolve_checkpoint
     from anim_clip.models.checkpoint import load_checkpoint
-    from anim_clip.predict import load_model, with_decoder
-    from anim_clip.train.distributed import setup_distributed
+    from anim_clip.runtime.distributed import setup_distributed
 
     file = resolve_checkpoint(path, weights)
     ckpt = load_checkpoint(file)
@@ -156,7 +144,7 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     dist = setup_distributed(device)
     dataset = load_dataset(cfg.data)
     videos = video_split(dataset, split, cfg)
-    head, tower, _ = load_model(ckpt)
+    head, tower, _ = head_and_tower(ckpt)
     ctx = eval_context(dataset, cfg)
     report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist)
     report.update(checkpoint=str(file), split=split)

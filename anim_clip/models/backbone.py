@@ -116,13 +116,6 @@ def create_clip(cfg: BackboneConfig) -> tuple[torch.nn.Module, WeightsInfo]:
     return model.eval(), info
 
 
-def autocast_dtype(cfg: BackboneConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU (``auto``), none (fp32) on CPU."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 class FrozenImageTower(torch.nn.Module):
     """open_clip's image tower without gradients: frames in, per-frame CLS (+ patch tokens) out."""
 

@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from anim_clip.config import Config, config_from_dict, config_to_dict
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
-from anim_clip.models.animal_clip import AnimalCLIP, clip_from_state_dict
+from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower, clip_from_state_dict
+from anim_clip.models.backbone import FrozenImageTower, create_clip
 from anim_clip.models.factory import end_to_end
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.ui import console
 
 FORMAT = "anim-clip/1"
 _RESERVED = ("format", "kind", "config", "head", "model", "vocab")
@@ -223,3 +225,19 @@ def model_from_checkpoint(
     model = AnimalCLIP(clip_from_state_dict(ckpt.model, quick_gelu=ckpt.config.backbone.quick_gelu), head)
     load_state_strict(model, ckpt.model, ckpt.path)
     return model
+
+
+def head_and_tower(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
+    """The checkpoint's head, the image tower that feeds it (the model's own cross-frame tower end
+    to end; the frozen open_clip tower of ``config.backbone`` for a head) and where the tower's
+    weights came from."""
+    if ckpt.kind == "e2e":
+        model = model_from_checkpoint(ckpt)
+        tower = CrossFrameTower(model, model.head.dims["num_frames"], model.head.video_specific_prompt is not None)
+        return model.head, tower, "checkpoint"
+    head = model_from_checkpoint(ckpt, "cached")
+    clip, weights = create_clip(ckpt.config.backbone)
+    if weights.random:
+        console.print(f"[bold red]WARNING: {weights.model} has RANDOM weights (backbone.pretrained is null in the "
+                      "checkpoint's config): these predictions carry no pretrained knowledge[/]")
+    return head, FrozenImageTower(clip, with_patches=head.video_specific_prompt is not None), weights.pretrained or "random"

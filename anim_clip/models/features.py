@@ -6,7 +6,7 @@ The head never knows where ``FrameFeatures`` came from: live from the cross-fram
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -41,3 +41,20 @@ class HeadOutput:
     logits: Tensor
     video: Tensor
     text: Tensor
+
+
+Inputs = FrameFeatures | Tensor  # cached features, or normalised pixels (B, T, 3, S, S) end to end
+
+
+@dataclass
+class Batch:
+    """One batch of a rank. ``features``: the model's input, cached :class:`FrameFeatures` or, end
+    to end, normalised pixels ``(B, T, 3, S, S)``. ``valid`` (None = all) marks clips that count in
+    the loss: a clip whose video could not be decoded keeps its slot, filled with a copy of a good
+    clip, so shapes stay fixed and every DDP rank still runs its step; ``skipped`` says why."""
+
+    features: Inputs
+    targets: Tensor  # (B, C)
+    species: Tensor  # (B, A)
+    valid: Tensor | None = None  # (B,) bool
+    skipped: list[str] = field(default_factory=list)

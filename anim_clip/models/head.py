@@ -122,27 +122,35 @@ class AnimalCLIPHead(nn.Module):
             raise AnimClipError("the head has no vocabulary: call set_vocabulary(action_text, species_text, adjacency)")
         return vocab
 
-    def species_vector(self, cls: Tensor, species: Tensor | None, vocab: HeadVocabulary) -> Tensor:
-        """The species vector the head conditions on, per ``species_source`` (docs/method.md D1)."""
-        source = self.cfg.species_source
-        if source == "none":
-            return cls.new_zeros(cls.shape[0], vocab.num_species)
-        if source == "predicted":
-            # Zero-shot CLIP on the frame-mean CLS embedding; a fixed predictor, never trained.
-            with torch.no_grad():
-                video = F.normalize(cls.mean(dim=1), dim=-1)
-                logits = self.cfg.logit_scale * video @ F.normalize(vocab.species_text, dim=-1).T
-                return logits.softmax(dim=-1)
-        if species is None or tuple(species.shape) != (cls.shape[0], vocab.num_species):
-            got = None if species is None else tuple(species.shape)
-            raise AnimClipError(
-                f"species vector must be (B={cls.shape[0]}, A={vocab.num_species}), got {got}"
-            )
-        return species.to(cls.dtype)
+    def species_vector(self, cls: Tensor, species: Tensor | None, vocab: HeadVocabulary | None = None) -> Tensor:
+        """The species vector the head conditions on, per ``species_source`` (docs/method.md D1):
+        for ``predicted`` a zero-shot prediction from the frames ``cls (B, T, D)``, else
+        :meth:`given_species`."""
+        if self.cfg.species_source != "predicted":
+            return self.given_species(species, cls.shape[0], vocab).to(cls.dtype)
+        vocab = self._vocab(vocab)
+        # Zero-shot CLIP on the frame-mean CLS embedding; a fixed predictor, never trained.
+        with torch.no_grad():
+            video = F.normalize(cls.mean(dim=1), dim=-1)
+            logits = self.cfg.logit_scale * video @ F.normalize(vocab.species_text, dim=-1).T
+            return logits.softmax(dim=-1)
 
-    def conditioned_text(self, species: Tensor, vocab: HeadVocabulary) -> Tensor:
-        """``(B, C, D)`` un-normalised class embeddings for species vectors ``(B, A)``: graph
-        refinement, then the category-specific text prompt on the animal token ``s @ T_ani``."""
+    def given_species(self, species: Tensor | None, count: int, vocab: HeadVocabulary | None = None) -> Tensor:
+        """``(count, A)``: the annotated (or user-given) species vectors (``oracle``), or zeros (``none``)."""
+        vocab = self._vocab(vocab)
+        if self.cfg.species_source == "none":
+            return vocab.species_text.new_zeros(count, vocab.num_species)
+        if species is None or tuple(species.shape) != (count, vocab.num_species):
+            got = None if species is None else tuple(species.shape)
+            raise AnimClipError(f"species vector must be (B={count}, A={vocab.num_species}), got {got}")
+        return species
+
+    def conditioned_text(self, species: Tensor, vocab: HeadVocabulary | None = None) -> Tensor:
+        """The text half: ``(S, C, D)`` un-normalised class embeddings for species vectors ``(S, A)``,
+        graph refinement then the category-specific text prompt on the animal token ``s @ T_ani``.
+        It depends on the species vector alone, so callers compute it once per distinct vector."""
+        vocab = self._vocab(vocab)
+        species = species.to(vocab.species_text.dtype)
         if self.refine is not None:
             text = self.refine(vocab.action_text, vocab.species_text, species, vocab.graph)
         else:
@@ -152,28 +160,42 @@ class AnimalCLIPHead(nn.Module):
         return text
 
     def class_embeddings(self, species: Tensor, vocab: HeadVocabulary | None = None) -> Tensor:
-        """``(B, C, D)`` L2-normalised class embeddings of species vectors ``(B, A)`` (the
+        """``(S, C, D)`` L2-normalised class embeddings of species vectors ``(S, A)`` (the
         "prompt space"; the video-specific prompt, which needs a video, is not applied)."""
-        vocab = self._vocab(vocab)
-        return F.normalize(self.conditioned_text(species.to(vocab.species_text.dtype), vocab), dim=-1)
+        return F.normalize(self.conditioned_text(species, vocab), dim=-1)
 
-    def forward(
-        self, features: FrameFeatures, species: Tensor | None, vocab: HeadVocabulary | None = None
-    ) -> HeadOutput:
+    def video_embedding(self, features: FrameFeatures, species: Tensor, vocab: HeadVocabulary | None = None) -> Tensor:
+        """The video half: ``(B, D)`` L2-normalised embedding of each view, MIT then the
+        category-specific video prompt; ``species (B, A)`` as :meth:`species_vector` resolved it."""
         vocab = self._vocab(vocab)
-        cls = features.cls.to(vocab.action_text.dtype)
-        species = self.species_vector(cls, species, vocab)
-        video = self.mit(cls)
-        text = self.conditioned_text(species, vocab)
+        video = self.mit(features.cls.to(vocab.action_text.dtype))
+        if self.video_prompt is not None:
+            video = self.video_prompt(video[:, None], (species.to(video.dtype) @ vocab.species_text)[:, None])[:, 0]
+        return F.normalize(video, dim=-1)
+
+    def score(self, features: FrameFeatures, species: Tensor, text: Tensor, index: Tensor,
+              vocab: HeadVocabulary | None = None) -> HeadOutput:
+        """Logits of views ``features`` whose class embeddings are ``text[index]``: ``text (U, C, D)``
+        from :meth:`conditioned_text` of distinct species vectors, ``index (B,)`` each view's row.
+        X-CLIP's video-specific prompt, which reads the view's patch tokens, applies here."""
+        video = self.video_embedding(features, species, vocab)
+        text = text[index]
         if self.video_specific_prompt is not None:
             if features.patches is None:
                 raise AnimClipError(
                     "video_specific_prompt needs patch tokens: extract the cache with patches, or run end to end"
                 )
             text = self.video_specific_prompt(text, features.patches)
-        if self.video_prompt is not None:
-            video = self.video_prompt(video[:, None], (species @ vocab.species_text)[:, None])[:, 0]
-        video = F.normalize(video, dim=-1)
         text = F.normalize(text, dim=-1)
-        logits = self.cfg.logit_scale * torch.einsum("bd,bcd->bc", video, text)
+        logits = self.cfg.logit_scale * torch.einsum("bd,bcd->bc", video, text.to(video.dtype))
         return HeadOutput(logits=logits, video=video, text=text)
+
+    def forward(
+        self, features: FrameFeatures, species: Tensor | None, vocab: HeadVocabulary | None = None
+    ) -> HeadOutput:
+        """Logits of a batch: the text half once per distinct species vector of the batch (exact:
+        clips sharing species share the computation, and its gradient is theirs summed)."""
+        vocab = self._vocab(vocab)
+        species = self.species_vector(features.cls.to(vocab.action_text.dtype), species, vocab)
+        distinct, index = torch.unique(species, dim=0, return_inverse=True)
+        return self.score(features, species, self.conditioned_text(distinct, vocab), index, vocab)

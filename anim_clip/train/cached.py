@@ -1,210 +1,24 @@
-"""Phase two's data: batches are index gathers into the cached ``cls`` array held in memory (on
-the GPU when there is one); patch tokens come from the prefetching reader only when the model needs
-them.
-
-A cache is used only if it holds what the run asks for: features of the same backbone and
-sampling, the same vocabularies, every clip of the run with the same labels, finite values, and
-(unless the user allows otherwise) every clip extracted. Anything else is refused before training,
-naming the first difference."""
+"""Phase two's training batches: every epoch a random order of the cached training clips and one
+random cached view of each (the bank of views stands in for on-the-fly augmentation)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from anim_clip.cache.extract import cache_signature
-from anim_clip.cache.store import CachedSplit, FeatureCache, TextFeatures, check_compatible
-from anim_clip.config import Config
-from anim_clip.data.dataset import Dataset
-from anim_clip.errors import AnimClipError, CacheError, DamagedCache
-from anim_clip.models.backbone import resolve_weights
-from anim_clip.models.features import FrameFeatures
-from anim_clip.models.text import pool_text
-from anim_clip.train.mixing import Batch
-from anim_clip.train.plan import EpochPlan, hold_out
-from anim_clip.ui import console
-
-SPLITS = ("train", "test")
-SHOWN_CLIPS = 3
-FINITE_CHECK_ROWS = 1024  # clips checked for NaN/inf at once: bounds the check's memory
-# Fields that change what the features mean; views and patches may differ between runs.
-MATCHING = ("dataset", "backbone.model", "backbone.weights", "backbone.quick_gelu", "sampling.num_frames",
-            "sampling.image_size", "sampling.resize", "sampling.normalization")
+from anim_clip.cache.reader import CachedSplitData
+from anim_clip.models.features import Batch
+from anim_clip.train.plan import EpochPlan
 
 
-def _pick(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-    return tree
-
-
-def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
-    """Refuse a cache built for another backbone, sampling or dataset, naming the field."""
-    expected = cache_signature(cfg, resolve_weights(cfg.backbone)[1])
-    check_compatible({k: _pick(cache.config, k) for k in MATCHING}, {k: _pick(expected, k) for k in MATCHING}, cache.path)
-    if needs_patches and cache.config["backbone"]["patches"] == "none":
-        raise AnimClipError(f"cache {cache.path} holds no patch tokens, which model.video_specific_prompt needs: "
-                            "extract with --set backbone.patches=fp16")
-
-
-def pooled_text(text: TextFeatures, use_descriptions: bool, pooling: str) -> torch.Tensor:
-    """``(classes, D)`` raw text embeddings: the names, or the pooled descriptions (docs/method.md §2.4)."""
-    if not use_descriptions:
-        return text.name_embeddings
-    return pool_text(text.description_embeddings, text.owner, len(text.names), pooling)
-
-
-def class_text(cache: FeatureCache, kind: str, use_descriptions: bool, pooling: str) -> torch.Tensor:
-    """:func:`pooled_text` of the cache's ``kind`` texts, refusing a cache extracted without descriptions."""
-    text = cache.text(kind)
-    if use_descriptions and not text.descriptions:
-        raise AnimClipError(f"cache {cache.path} holds no {kind} descriptions: extract with data.descriptions set")
-    return pooled_text(text, use_descriptions, pooling)
-
-
-class CachedSplitData:
-    """One cached split restricted to usable clips (decoded, and allowed by the dataset config)."""
-
-    def __init__(self, split: CachedSplit, indices: torch.Tensor, needs_patches: bool, pending: int = 0):
-        self.split = split
-        self.indices = indices  # (N,) cache rows
-        self.needs_patches = needs_patches
-        self.pending = pending  # the run's clips of this split not extracted yet (left out)
-
-    @property
-    def num_views(self) -> int:
-        return self.split.cls.shape[1]
-
-    def targets(self) -> torch.Tensor:
-        return self.split.targets[self.indices].float()
-
-    def species(self) -> torch.Tensor:
-        return self.split.species[self.indices].float()
+class CachedTrainData:
+    def __init__(self, data: CachedSplitData):
+        self.data = data
+        self.indices = data.indices  # (N,) the cache rows an epoch draws from
 
     def epoch_batches(self, plan: EpochPlan, generator: torch.Generator) -> Iterator[Batch]:
         """This rank's batches of an epoch: a random clip order, and one random cached view per clip."""
         order = self.indices[torch.randperm(len(self.indices), generator=generator).to(self.indices.device)]
-        views = torch.randint(self.num_views, (len(order),), generator=generator).to(order.device)
-        return self.batches(list(zip(plan.slices(order), plan.slices(views))))
-
-    def batches(self, plan: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Batch]:
-        """Batches for ``(rows, views)`` pairs, in order; patches read ahead when needed."""
-        features: Iterator[FrameFeatures] = (
-            self.split.patch_loader(plan) if self.needs_patches else (self.split.features(r, v) for r, v in plan)
-        )
-        for (rows, _), feats in zip(plan, features):
-            yield Batch(FrameFeatures(feats.cls.float(), None if feats.patches is None else feats.patches.float()),
-                        self.split.targets[rows].float(), self.split.species[rows].float())
-
-
-def _first_name_difference(cached: list[str], run: list[str]) -> str:
-    i = next((i for i, (a, b) in enumerate(zip(cached, run)) if a != b), min(len(cached), len(run)))
-    show = lambda names: repr(names[i]) if i < len(names) else "nothing"  # noqa: E731
-    return f"at {i} the cache has {show(cached)}, this run {show(run)} ({len(cached)} vs {len(run)} names)"
-
-
-def check_vocabulary(cache: FeatureCache, dataset: Dataset) -> None:
-    """Refuse a cache extracted for other action or species names, naming the first difference."""
-    for kind, names in (("actions", list(dataset.actions)), ("species", list(dataset.species))):
-        cached = cache.text(kind).names
-        if cached != names:
-            raise CacheError(f"cache {cache.path} was extracted for other {kind}: "
-                             f"{_first_name_difference(cached, names)}; extract this config into another --out")
-
-
-def _names(row: np.ndarray, vocabulary: list[str]) -> list[str]:
-    return [vocabulary[i] for i in np.flatnonzero(row)]
-
-
-def run_rows(split: CachedSplit, name: str, dataset: Dataset) -> torch.Tensor:
-    """The cache rows of the run's clips of split ``name``, refusing a clip the cache lacks or holds
-    with other labels (naming the first). The cache may hold more clips: those the dataset's
-    ``unseen_species`` leaves out of training."""
-    row_of = {clip_id: row for row, clip_id in enumerate(split.clip_ids)}
-    clips = dataset.clips(name)
-    missing = next((c.path for c in clips if c.path not in row_of), None)
-    if missing is not None:
-        raise CacheError(f"cache {split.path} has no clip {missing!r} of this run's {name} split: it was extracted "
-                         "from other annotations; extract this config into another --out")
-    rows = np.array([row_of[c.path] for c in clips], dtype=np.int64)
-    for kind, cached, wanted, vocabulary in (
-            ("actions", split.targets, dataset.targets(name), dataset.actions),
-            ("species", split.species, dataset.species_vectors(name), dataset.species)):
-        cached = cached.cpu().numpy()[rows]
-        differs = np.flatnonzero((cached != wanted.astype(np.uint8)).any(1))
-        if len(differs):
-            i = differs[0]
-            raise CacheError(f"cache {split.path}: clip {clips[i].path!r} (row {rows[i]}) has {kind} "
-                             f"{_names(cached[i], vocabulary)} there, this run's labels give "
-                             f"{_names(wanted[i], vocabulary)}: it was extracted from other annotations; extract "
-                             "this config into another --out")
-    return torch.from_numpy(np.sort(rows)).to(split.cls.device)
-
-
-def check_complete(cache: FeatureCache, pending: dict[str, tuple[int, int]], allow_incomplete: bool) -> None:
-    """Refuse to train or evaluate on part of a split (``pending``: split -> (not extracted, clips)),
-    unless allowed, then say so."""
-    left = {name: counts for name, counts in pending.items() if counts[0]}
-    if not left:
-        return
-    counts = " and ".join(f"{n} of the {total} {name!r} clips" for name, (n, total) in left.items())
-    if not allow_incomplete:
-        raise CacheError(f"cache {cache.path} is unfinished: {counts} are not extracted yet; finish them with "
-                         f"`anim-clip extract CONFIG --out {cache.path}` (the config it was made with), or pass "
-                         "--allow-incomplete (train, eval, sweep) to use only the clips extracted so far")
-    console.print(f"[yellow]--allow-incomplete: {counts} are not extracted yet and left out "
-                  "(recorded in eval.json as pending_clips)[/]", soft_wrap=True, highlight=False)
-
-
-def check_finite(split: CachedSplit, rows: torch.Tensor) -> None:
-    """Refuse NaN or inf in the features of the clips used: a damaged cache, not a training problem."""
-    bad = torch.cat([r[~torch.isfinite(split.cls[r]).flatten(1).all(1)] for r in rows.split(FINITE_CHECK_ROWS)]
-                    or [rows[:0]])
-    if len(bad):
-        names = ", ".join(repr(split.clip_ids[i]) for i in bad[:SHOWN_CLIPS].tolist())
-        more = f" and {len(bad) - SHOWN_CLIPS} more" if len(bad) > SHOWN_CLIPS else ""
-        raise DamagedCache(split.path.parent, f"{split.path / 'cls'}: {len(bad)} clips hold NaN/inf features "
-                                              f"({names}{more})")
-
-
-def stored_in(split: str) -> tuple[str, ...]:
-    """The cached split that holds ``split``'s clips (validation clips are a share of train's)."""
-    return ("test",) if split == "test" else ("train",)
-
-
-def pending_note(data: dict[str, CachedSplitData]) -> dict[str, dict[str, int]]:
-    """``{"pending_clips": {split: count}}`` for a report when clips were left out, else nothing."""
-    pending = {name: d.pending for name, d in data.items() if d.pending}
-    return {"pending_clips": pending} if pending else {}
-
-
-def open_cached_data(cfg: Config, cache_path: str | Path, dataset: Dataset, device: torch.device,
-                     needs_patches: bool, allow_incomplete: bool = False, use: tuple[str, ...] = SPLITS
-                     ) -> tuple[FeatureCache, dict[str, CachedSplitData]]:
-    """Train (and validation, when ``train.val_fraction`` > 0) and test data from the cache. The
-    splits the caller will ``use`` must be finite and, unless ``allow_incomplete``, fully extracted."""
-    cache = FeatureCache(cache_path)
-    check_cache(cfg, cache, needs_patches)
-    check_vocabulary(cache, dataset)
-    for name in SPLITS:
-        if name not in cache.splits:
-            raise AnimClipError(f"cache {cache.path} has no {name!r} split: run anim-clip extract for it")
-    splits = {name: cache.split(name, device) for name in SPLITS}
-    rows = {name: run_rows(split, name, dataset) for name, split in splits.items()}
-    pending = {name: (int((~splits[name].done[r]).sum()), len(r)) for name, r in rows.items()}
-    check_complete(cache, {name: pending[name] for name in use}, allow_incomplete)
-    usable = {name: r[splits[name].valid[r]] for name, r in rows.items()}
-    for name in use:
-        check_finite(splits[name], usable[name])
-    out = {}
-    train_rows, val_rows = hold_out(usable["train"], cfg.train.val_fraction, cfg.train.seed)
-    if val_rows is not None:
-        out["val"] = CachedSplitData(splits["train"], val_rows, needs_patches)
-    out["train"] = CachedSplitData(splits["train"], train_rows, needs_patches, pending["train"][0])
-    out["test"] = CachedSplitData(splits["test"], usable["test"], needs_patches, pending["test"][0])
-    if len(out["train"].indices) == 0:
-        raise AnimClipError(f"cache {cache.path}: no usable training clips (all failed, or not extracted yet)")
-    return cache, out
+        views = torch.randint(self.data.num_views, (len(order),), generator=generator).to(order.device)
+        return self.data.batches(list(zip(plan.slices(order), plan.slices(views))))

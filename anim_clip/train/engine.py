@@ -33,21 +33,23 @@ from anim_clip.cache.extract import encode_class_texts
 from anim_clip.config import Config, config_changes
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.errors import AnimClipError
-from anim_clip.evaluate.cached import autocast, eval_context, evaluate_split, resolve_checkpoint, write_report
+from anim_clip.evaluate.cached import eval_context, evaluate_split, write_report
 from anim_clip.evaluate.report import EvalContext, primary_metric
 from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split, with_views
-from anim_clip.models.animal_clip import AnimalCLIP
+from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.predict import CrossFrameTower
-from anim_clip.train.cached import class_text, open_cached_data, pending_note, pooled_text
-from anim_clip.train.distributed import Distributed, setup_distributed
+from anim_clip.cache.reader import class_text, open_cached_data, pending_note, pooled_text
+from anim_clip.train.cached import CachedTrainData
+from anim_clip.runtime.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
-from anim_clip.train.mixing import Batch, mix_batch
+from anim_clip.models.features import Batch
+from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import make_optimizer
 from anim_clip.train.plan import EpochPlan
-from anim_clip.train.rundir import RunDir
+from anim_clip.runtime.precision import training_autocast
+from anim_clip.runtime.rundir import RunDir, resolve_checkpoint
 from anim_clip.train.schedule import WarmupCosine
 from anim_clip.train.videos import VideoTrainData
 from anim_clip.ui import console, progress_bar
@@ -150,7 +152,7 @@ def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalCont
     cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
                                        allow_incomplete)
     head = build_head(cfg, **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
-    return Mode(head, data["train"], lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
+    return Mode(head, CachedTrainData(data["train"]), lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
                 tuple(s for s in data if s != "train"), pending_note(data))
 
 
@@ -314,7 +316,7 @@ def _train_epoch(model: nn.Module, mode: Mode, optimizer: torch.optim.Optimizer,
                               mix_species=tc.mix_species, generator=generator)
             last_micro = (b + 1) % tc.accumulation == 0
             sync = model.no_sync() if dist.enabled and not last_micro else nullcontext()
-            with sync, autocast(cfg, dist.device):
+            with sync, training_autocast(cfg, dist.device):
                 loss = batch_loss(model, batch, loss_fn)
                 (loss / tc.accumulation).backward()
             losses.append(loss.item())

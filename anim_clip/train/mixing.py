@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from anim_clip.models.features import FrameFeatures
-
-Inputs = FrameFeatures | Tensor
-
-
-@dataclass
-class Batch:
-    """One batch of a rank. ``features``: the model's input, cached :class:`FrameFeatures` or, end
-    to end, normalised pixels ``(B, T, 3, S, S)``. ``valid`` (None = all) marks clips that count in
-    the loss: a clip whose video could not be decoded keeps its slot, filled with a copy of a good
-    clip, so shapes stay fixed and every DDP rank still runs its step; ``skipped`` says why."""
-
-    features: Inputs
-    targets: Tensor  # (B, C)
-    species: Tensor  # (B, A)
-    valid: Tensor | None = None  # (B,) bool
-    skipped: list[str] = field(default_factory=list)
+from anim_clip.models.features import Batch, FrameFeatures, Inputs
 
 
 def _beta(alpha: float, generator: torch.Generator) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 
@@ -25,13 +24,3 @@ class EpochPlan:
         """This rank's share of each global batch of ``per_clip`` (clips in epoch order)."""
         g = self.global_batch
         return [per_clip[b * g:(b + 1) * g][self.rank :: self.world] for b in range(self.batches)]
-
-
-def hold_out(rows: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor | None]:
-    """``(train_rows, val_rows)``: a seeded share of ``rows`` held out for per-epoch selection
-    (None when ``fraction`` is 0), both sorted, so every mode and every rank holds out the same clips."""
-    if fraction <= 0:
-        return rows, None
-    perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).to(rows.device)]
-    n_val = max(1, round(fraction * len(rows)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values

@@ -19,7 +19,7 @@ batch shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from itertools import accumulate
 from pathlib import Path
@@ -27,37 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from anim_clip.cache.extract import DecodedClip
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.data.sampling import train_views
 from anim_clip.data.transforms import color_augment, normalization_stats, render_views
 from anim_clip.data.video import FallbackNotice, check_decoder, open_video
 from anim_clip.errors import VideoDecodeError
-from anim_clip.train.mixing import Batch
+from anim_clip.frames import DecodedClip, decode_views, decoded_batches
+from anim_clip.models.features import Batch
 from anim_clip.train.plan import EpochPlan
 from anim_clip.ui import console
-
-Decode = Callable[[int], DecodedClip]
-
-
-class _Decoding(torch.utils.data.Dataset):
-    """Map-style view of a decode function, so DataLoader workers run it."""
-
-    def __init__(self, decode: Decode):
-        self.decode = decode
-
-    def __getitem__(self, index: int) -> DecodedClip:
-        return self.decode(index)
-
-
-def decoded_batches(decode: Decode, batches: Sequence[Sequence[int]], workers: int) -> Iterable[list[DecodedClip]]:
-    """``decode`` every index of every batch, in ``workers`` processes (0: in this one), in order."""
-    return DataLoader(_Decoding(decode), batch_sampler=[list(map(int, b)) for b in batches], num_workers=workers,
-                      collate_fn=list, prefetch_factor=2 if workers else None)
-
 
 def clip_random(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
     """Independent streams of one clip in one epoch: geometry (numpy) and colour (torch)."""
@@ -73,7 +53,7 @@ def decode_train_clip(paths: Sequence[Path], cfg: Config, epoch: int, index: int
         with open_video(paths[index], s.decoder, s.decode_threads) as video:
             view = train_views(video.num_frames, video.height, video.width, s.num_frames, 1, s.image_size,
                                s.resize, rng)[0]
-            return DecodedClip.of(video, index, video.get_frames(view.frame_indices), [view], [np.arange(s.num_frames)])
+            return decode_views(video, index, [view])
     except VideoDecodeError as e:
         return DecodedClip(index, error=str(e))
 

@@ -41,13 +41,22 @@ class Distributed:
         return torch.cat([p[: int(n)] for p, n in zip(parts, sizes)])
 
 
+def default_device() -> torch.device:
+    """This process's GPU (its torchrun local rank's), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def default_shard() -> tuple[int, int]:
+    """``(shard, shards)``: one shard per torchrun rank; a single process does everything."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def setup_distributed(device: torch.device | None = None) -> Distributed:
     """Join the process group when launched by torchrun; otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if device is None:
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    rank, world = default_shard()
+    device = device or default_device()
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

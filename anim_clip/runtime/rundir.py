@@ -67,3 +67,16 @@ class RunDir:
         """On resume, forget log lines of epochs that will be redone."""
         kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def resolve_checkpoint(path: str | Path, weights: str) -> Path:
+    """A run directory (its ``last.pt`` or ``best.pt``) or a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        chosen = RunDir(path).best if weights == "best" else RunDir(path).last
+        if not chosen.exists():
+            raise AnimClipError(f"{path}: no {chosen.name} (a finished run has last.pt; best.pt needs train.val_fraction > 0)")
+        return chosen
+    if not path.exists():
+        raise AnimClipError(f"{path}: no such run directory or checkpoint file")
+    return path

@@ -1,0 +1,1 @@
+"""Where and how a command runs: devices and torchrun ranks, numeric precision, run directories."""
