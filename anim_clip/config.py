@@ -68,7 +68,7 @@ class BackboneConfig:
     model: str = "ViT-B-16"
     pretrained: str | None = "openai"  # open_clip tag, a local checkpoint file, or None (random)
     quick_gelu: bool = True  # the OpenAI weights need QuickGELU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, and for the head on CPUs with bf16 units
     patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
     batch_frames: int = 256  # frames per forward pass during extraction
     compile: bool = False

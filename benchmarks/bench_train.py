@@ -55,8 +55,9 @@ AK_CLIPS, AK_VIEWS = 30_000, 4
 MB = 2**20
 
 
-def ak_config(model: str, frames: int) -> Config:
-    return load_config("ak", ["backbone.pretrained=null", f"backbone.model={model}", f"sampling.num_frames={frames}"])
+def ak_config(model: str, frames: int, precision: str = "auto") -> Config:
+    return load_config("ak", ["backbone.pretrained=null", f"backbone.model={model}", f"sampling.num_frames={frames}",
+                              f"backbone.precision={precision}"])
 
 
 def ak_model(cfg: Config, mode: str, checkpointing: bool) -> torch.nn.Module:
@@ -114,7 +115,7 @@ def sync(device: torch.device) -> None:
 
 def step_case(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
-    cfg = ak_config(spec["model"], spec["frames"])
+    cfg = ak_config(spec["model"], spec["frames"], spec["precision"])
     model = ak_model(cfg, spec["mode"], spec["checkpointing"]).to(device)
     freeze_dead_parameters(model)
     optimizer = make_optimizer(model, cfg.train, whole_model_is_head=spec["mode"] == "cached")
@@ -148,7 +149,7 @@ def step_case(spec: dict[str, Any]) -> dict[str, Any]:
 def ak_epoch_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Phase two on an in-memory AK-sized cache: timed steps, extrapolated to the epoch."""
     device = torch.device(spec["device"])
-    cfg = ak_config("ViT-B-16", 8)
+    cfg = ak_config("ViT-B-16", 8, spec["precision"])
     g = torch.Generator().manual_seed(0)
     memory = Memory(device)
     before = memory.peak_mb()
@@ -220,16 +221,19 @@ def plan(device: str, threads: int, quick: bool) -> list[tuple[str, dict[str, An
     steps, warmup = (10, 3) if gpu else ((1, 1) if quick else (2, 1))
     cases = []
     for model, batch, frames in (("ViT-B-16", vit_batch, 8), ("anim-clip-tiny", 16, 8)):
+        # one precision for both modes, so their ratio is the caching's alone (auto on a CPU would
+        # give the head bf16 and the end-to-end model fp32)
         base = {"device": device, "threads": threads, "model": model, "batch": batch, "frames": frames, "steps": steps,
-                "warmup": warmup}
+                "warmup": warmup, "precision": "auto" if gpu else "fp32"}
         cases.append(("step", {**base, "mode": "cached", "checkpointing": False}))
         cases += [("step", {**base, "mode": "e2e", "checkpointing": c}) for c in (False, True)]
     if not gpu:  # the head at the release's batch, which the e2e model cannot take on two CPU cores
-        cases.append(("step", {"device": device, "threads": threads, "model": "ViT-B-16", "batch": 16, "frames": 8,
-                               "steps": 5, "warmup": 1, "mode": "cached", "checkpointing": False}))
+        cases += [("step", {"device": device, "threads": threads, "model": "ViT-B-16", "batch": 16, "frames": 8,
+                            "steps": 5, "warmup": 1, "mode": "cached", "checkpointing": False, "precision": p})
+                  for p in ("fp32", "auto")]
     # a whole epoch where it takes minutes (GPU); timed steps extrapolated to the epoch on two CPU cores
-    cases.append(("ak_epoch", {"device": device, "threads": threads, "batch": 16,
-                               "steps": AK_CLIPS // 16 if gpu else (5 if quick else 30)}))
+    cases += [("ak_epoch", {"device": device, "threads": threads, "batch": 16, "precision": p,
+                            "steps": AK_CLIPS // 16 if gpu else (5 if quick else 30)}) for p in ("fp32", "auto")]
     if VIDEO.is_file():
         cases.append(("pipeline", {"device": "cpu", "threads": threads, "batch": 4, "batches": 2 if quick else 4}))
     return cases

@@ -36,11 +36,14 @@ class FrameFeatures:
 
 @dataclass
 class HeadOutput:
-    """``logits (B, C)`` = scale × cosine; ``video (B, D)`` and ``text (B, C, D)`` L2-normalised."""
+    """``logits (B, C)`` = scale × cosine; ``video (B, D)`` L2-normalised; ``text (U, C, D)`` the
+    L2-normalised class embeddings of the batch, ``index (B,)`` each clip's row of them (rows are
+    shared by clips with the same species vector)."""
 
     logits: Tensor
     video: Tensor
     text: Tensor
+    index: Tensor
 
 
 Inputs = FrameFeatures | Tensor  # cached features, or normalised pixels (B, T, 3, S, S) end to end

@@ -179,16 +179,19 @@ class AnimalCLIPHead(nn.Module):
         from :meth:`conditioned_text` of distinct species vectors, ``index (B,)`` each view's row.
         X-CLIP's video-specific prompt, which reads the view's patch tokens, applies here."""
         video = self.video_embedding(features, species, vocab)
-        text = text[index]
+        rows = torch.arange(len(index), device=index.device)
         if self.video_specific_prompt is not None:
             if features.patches is None:
                 raise AnimClipError(
                     "video_specific_prompt needs patch tokens: extract the cache with patches, or run end to end"
                 )
-            text = self.video_specific_prompt(text, features.patches)
-        text = F.normalize(text, dim=-1)
-        logits = self.cfg.logit_scale * torch.einsum("bd,bcd->bc", video, text.to(video.dtype))
-        return HeadOutput(logits=logits, video=video, text=text)
+            text, index = self.video_specific_prompt(text[index], features.patches), rows
+        else:  # the rows a batch uses are few and adjacent: score against them, not a per-view copy
+            first = int(index.min())
+            text, index = text[first:int(index.max()) + 1], index - first
+        text = F.normalize(text, dim=-1).to(video.dtype)
+        logits = self.cfg.logit_scale * torch.einsum("bd,ucd->buc", video, text)[rows, index]
+        return HeadOutput(logits=logits, video=video, text=text, index=index)
 
     def forward(
         self, features: FrameFeatures, species: Tensor | None, vocab: HeadVocabulary | None = None
