@@ -43,7 +43,6 @@ from anim_clip.models.head import AnimalCLIPHead
 from benchmarks.common import RESULTS, save
 
 D, T, VIEWS = 512, 8, 12
-PER_VIEW_BATCH = 64 // VIEWS  # clips per call before: eval.batch_size 64 // views
 
 
 def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, np.ndarray]:
@@ -73,14 +72,15 @@ def cached_split(root: Path, species: np.ndarray, device: torch.device, seed: in
 
 
 def per_view_logits(head: AnimalCLIPHead, data: CachedSplitData, rows: torch.Tensor) -> torch.Tensor:
-    """``(N·V, C)``: evaluation before the path, every view with its own text half."""
-    out = []
+    """``(N·V, C)``: evaluation before the path, every view with its own text half, as many clips
+    per call as fit ``eval.batch_size`` (64) views."""
+    out, v = [], data.num_views
     with torch.no_grad():
-        for part in rows.split(PER_VIEW_BATCH):
-            views = torch.arange(VIEWS, device=part.device).repeat(len(part))
-            features = data.split.features(part.repeat_interleave(VIEWS), views)
+        for part in rows.split(max(1, 64 // v)):
+            views = torch.arange(v, device=part.device).repeat(len(part))
+            features = data.split.features(part.repeat_interleave(v), views)
             features = FrameFeatures(features.cls.float())
-            species = head.species_vector(features.cls, data.split.species[part].float().repeat_interleave(VIEWS, 0))
+            species = head.species_vector(features.cls, data.split.species[part].float().repeat_interleave(v, 0))
             text = head.conditioned_text(species)
             out.append(head.score(features, species, text, torch.arange(len(species))).logits)
     return torch.cat(out)

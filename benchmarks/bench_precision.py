@@ -4,6 +4,8 @@
 The demo dataset (seed 0) is generated and extracted once; its head is then trained with the demo
 recipe for three training seeds in fp32 and in bf16, and each run's test mAP and training time are
 recorded. bf16 is fit for ``auto`` when its mean mAP lies within the seed-to-seed spread of fp32's.
+Also timed: the end-of-training evaluation of the test split, by the scoring path and by the
+per-view path it replaced (:func:`benchmarks.bench_eval.per_view_logits`).
 
     python -m benchmarks.bench_precision [--seeds 3]   (results/precision.json)
 """
@@ -16,12 +18,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from anim_clip.cache.extract import extract
+from anim_clip.cache.reader import open_cached_data
+from anim_clip.config import Config
+from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
+from anim_clip.evaluate.scoring import split_scores
+from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.runtime.precision import cpu_has_native_bf16
 from anim_clip.train.engine import train
+from benchmarks.bench_eval import per_view_logits
 from benchmarks.common import save
+
+
+def eval_seconds(head: AnimalCLIPHead, cfg: Config, root: Path) -> dict[str, float]:
+    """The test split scored by the path and by the per-view path, seconds each."""
+    _, data = open_cached_data(cfg, root / "cache", load_dataset(cfg.data), torch.device("cpu"), False)
+    test = data["test"]
+    head.eval()
+    start = time.perf_counter()
+    split_scores(head, test, test.indices, cfg)
+    middle = time.perf_counter()
+    per_view_logits(head, test, test.indices)
+    return {"eval_path_s": middle - start, "eval_per_view_s": time.perf_counter() - middle}
 
 
 def main() -> None:
@@ -39,7 +61,7 @@ def main() -> None:
                 start = time.perf_counter()
                 result = train(cfg, cache=root / "cache", out=root / f"{precision}-{seed}", progress=False)
                 runs.append({"precision": precision, "seed": seed, "test_mAP": result.report["mAP"],
-                             "train_seconds": time.perf_counter() - start})
+                             "train_seconds": time.perf_counter() - start, **eval_seconds(result.model, cfg, root)})
                 print(runs[-1], flush=True)
     summary = {}
     for precision in ("fp32", "bf16"):

@@ -330,3 +330,23 @@ def test_vit_b16_parameter_counts_match_method_2_12():
     assert millions["text"] == 63.43 and rows["text"].trainable == 0
     head_total = sum(rows[g].total for g in rows if g.startswith("head."))
     assert round(head_total / 1e6, 1) == 22.3
+
+
+def test_training_gradients_are_the_same_bits_every_run_on_several_threads():
+    """Soft species vectors (mixup) make the refinement gather rows many times; on a multi-core
+    CPU indexing's backward adds them in parallel, in an order that changed between runs, so two
+    identical trainings ended differently. The gathers are ``index_select`` now."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        features, _ = make_batch(64)
+        species = torch.rand(64, A, generator=torch.Generator().manual_seed(2))  # soft, every entry present
+        grads = []
+        for _ in range(8):
+            head = make_head()
+            head(features, species).logits.logsumexp(-1).sum().backward()
+            grads.append({n: p.grad for n, p in head.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(other[n], grads[0][n]) for n in grads[0])

@@ -131,8 +131,8 @@ class GraphRefinement(nn.Module):
 
         # Corrections where s_b[i] != 0: species row i of layer 1 ...
         clip, sp = species.nonzero(as_tuple=True)
-        shift = species[clip, sp][:, None] * p_species[sp]
-        d_species = first.post(pre_species[sp] + graph.species_self[sp, None] * shift) - h_species[sp]
+        shift = species[clip, sp][:, None] * take(p_species, sp)
+        d_species = first.post(take(pre_species, sp) + graph.species_self[sp, None] * shift) - take(h_species, sp)
         # ... and the action rows its edges reach: layer-1 input (shift) and layer-2 input (d_species).
         entry, edge = graph.species_edges(sp)
         rows, slot = torch.unique(clip[entry] * num_actions + graph.edge_action[edge], return_inverse=True)
@@ -144,13 +144,20 @@ class GraphRefinement(nn.Module):
         with torch.autocast(message.device.type, enabled=False):  # autocast has no sparse bf16 backward
             acc = torch.sparse.mm(scatter, message)
         action = rows % num_actions
-        d_action = first.post(pre_action[action] + acc[:, :hidden]) - h_action[action]
+        d_action = first.post(take(pre_action, action) + acc[:, :hidden]) - take(h_action, action)
         delta = (acc[:, hidden:] + graph.action_self[action, None] * d_action) @ second.weight
 
         out = second.post(pre_out).repeat(num_clips, 1)
-        out.index_copy_(0, rows, second.post(pre_out[action] + delta).to(out.dtype))
+        out.index_copy_(0, rows, second.post(take(pre_out, action) + delta).to(out.dtype))
         out = out.view(num_clips, num_actions, dim)
         return action_text + out if self.residual else out
+
+
+def take(rows: Tensor, index: Tensor) -> Tensor:
+    """``rows[index]`` along the first axis, as ``index_select``: its backward sums repeated rows
+    in a fixed order, where indexing's backward adds them in parallel, in an order that varies
+    from run to run on a multi-core CPU (and made two identical training runs differ)."""
+    return rows.index_select(0, index)
 
 
 def adjacency_from_edges(edges: Tensor, num_nodes: int) -> Tensor:

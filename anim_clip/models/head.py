@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from anim_clip.config import ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.models.features import FrameFeatures, HeadOutput
-from anim_clip.models.graph_refine import GCN_HIDDEN, BipartiteGraph, GraphRefinement
+from anim_clip.models.graph_refine import GCN_HIDDEN, BipartiteGraph, GraphRefinement, take
 from anim_clip.models.mit import MultiFrameIntegration
 from anim_clip.models.prompts import PromptGenerator, VideoSpecificPrompt
 
@@ -185,7 +185,7 @@ class AnimalCLIPHead(nn.Module):
                 raise AnimClipError(
                     "video_specific_prompt needs patch tokens: extract the cache with patches, or run end to end"
                 )
-            text, index = self.video_specific_prompt(text[index], features.patches), rows
+            text, index = self.video_specific_prompt(take(text, index), features.patches), rows
         else:  # the rows a batch uses are few and adjacent: score against them, not a per-view copy
             first = int(index.min())
             text, index = text[first:int(index.max()) + 1], index - first
