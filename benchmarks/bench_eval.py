@@ -36,7 +36,7 @@ import torch
 from anim_clip.cache.reader import CachedSplitData
 from anim_clip.cache.store import FeatureCache, SplitSpec, SplitWriter, create_split, create_store
 from anim_clip.config import Config, DataConfig
-from anim_clip.data.dataset import load_dataset
+from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.evaluate.scoring import probabilities, score_views, split_scores
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
@@ -45,8 +45,8 @@ from benchmarks.common import RESULTS, save
 D, T, VIEWS = 512, 8, 12
 
 
-def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, np.ndarray]:
-    """A ViT-B/16-sized head on AK's vocabulary and release graph; the test split's species vectors."""
+def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, Dataset]:
+    """A ViT-B/16-sized head at random weights on AK's vocabulary and release graph, and the dataset."""
     dataset = load_dataset(DataConfig(format="ak"))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -54,7 +54,7 @@ def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, np.ndarray]:
                           adjacency=torch.from_numpy(dataset.graph("release").adjacency()),
                           action_text=torch.randn(dataset.num_actions, D, generator=gen),
                           species_text=torch.randn(dataset.num_species, D, generator=gen))
-    return head.eval(), dataset.species_vectors("test")
+    return head.eval(), dataset
 
 
 def cached_split(root: Path, species: np.ndarray, device: torch.device, seed: int = 0) -> CachedSplitData:
@@ -151,7 +151,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a subset; writes only the quick entry")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    head, species = ak_head()
+    head, dataset = ak_head()
+    species = dataset.species_vectors("test")
     with tempfile.TemporaryDirectory() as tmp:
         device = torch.device(args.device)
         data = cached_split(Path(tmp) / "cache.zarr", species, device)

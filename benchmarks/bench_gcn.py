@@ -7,7 +7,6 @@ Usage: python -m benchmarks.bench_gcn [--device cuda] [--batch 16 64 256]
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from anim_clip.data.formats import read_relation
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.models.graph_refine import BipartiteGraph, GraphRefinement
-from benchmarks.common import save
+from benchmarks.common import save, seconds_per_call
 
 RELATION = Path(__file__).resolve().parents[1] / "anim_clip/data/release/AK/animal-action-relation.txt"
 
@@ -36,19 +35,6 @@ def species_batch(kind, b, a, gen):
     extra = torch.rand(b, generator=gen) < 0.15
     s[extra.nonzero()[:, 0], torch.randint(0, a, (int(extra.sum()),), generator=gen)] = 1
     return s
-
-
-def timed(fn, device, repeat):
-    for _ in range(2):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeat * 1000
 
 
 def main():
@@ -75,8 +61,8 @@ def main():
             for name, fn in (("dense", lambda: dense_refine(ref, action_text, species_text, s, adjacency)),
                              ("sparse", lambda: ref(action_text, species_text, s, sparse_graph))):
                 with torch.no_grad():
-                    row[f"{name}_fwd_ms"] = timed(fn, device, args.repeat)
-                row[f"{name}_fwd_bwd_ms"] = timed(lambda: fn().mul(1.0).sum().backward(), device, args.repeat)
+                    row[f"{name}_fwd_ms"] = 1000 * seconds_per_call(fn, device, args.repeat)
+                row[f"{name}_fwd_bwd_ms"] = 1000 * seconds_per_call(lambda: fn().mul(1.0).sum().backward(), device, args.repeat)
             results.append(row)
             print(json.dumps(row))
     save("gcn", {"device": str(device), "results": results})

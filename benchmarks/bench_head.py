@@ -20,27 +20,12 @@ from typing import Any
 
 import torch
 
-from anim_clip.config import Config, DataConfig
-from anim_clip.data.dataset import load_dataset
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.runtime.precision import autocast
 from anim_clip.train.losses import LOSSES
-from benchmarks.common import save
-
-D, T = 512, 8
-
-
-def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, torch.Tensor, torch.Tensor]:
-    """The head, and the AK training list's species vectors and targets."""
-    dataset = load_dataset(DataConfig(format="ak"))
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = AnimalCLIPHead(Config().model, embed_dim=D, num_frames=T,
-                          adjacency=torch.from_numpy(dataset.graph("release").adjacency()),
-                          action_text=torch.randn(dataset.num_actions, D, generator=gen),
-                          species_text=torch.randn(dataset.num_species, D, generator=gen))
-    return head, torch.from_numpy(dataset.species_vectors("train")), torch.from_numpy(dataset.targets("train"))
+from benchmarks.bench_eval import D, T, ak_head
+from benchmarks.common import save, seconds_per_call
 
 
 def per_clip_logits(head: AnimalCLIPHead, features: FrameFeatures, species: torch.Tensor) -> torch.Tensor:
@@ -69,15 +54,7 @@ def step_seconds(forward, optimizer, inputs, precision: str, device: torch.devic
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm up (and, compiled, compile)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    return seconds_per_call(step, device, repeats, warmup=1)  # the warm-up step compiles, when compiled
 
 
 def main() -> None:
@@ -91,7 +68,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches, repeats = ([16], 1) if args.quick else (args.batches, args.repeats)
-    head, species, targets = ak_head()
+    head, dataset = ak_head()
+    species, targets = torch.from_numpy(dataset.species_vectors("train")), torch.from_numpy(dataset.targets("train"))
     head = head.to(device).train()
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-5)
     gen = torch.Generator().manual_seed(0)

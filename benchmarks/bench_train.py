@@ -55,9 +55,10 @@ AK_CLIPS, AK_VIEWS = 30_000, 4
 MB = 2**20
 
 
-def ak_config(model: str, frames: int, precision: str = "auto") -> Config:
+def ak_config(model: str, frames: int, mode: str, precision: str) -> Config:
+    """The release recipe (``ak``) for ``mode``: the engine reads the mode for the step's precision."""
     return load_config("ak", ["backbone.pretrained=null", f"backbone.model={model}", f"sampling.num_frames={frames}",
-                              f"backbone.precision={precision}"])
+                              f"train.mode={mode}", f"backbone.precision={precision}"])
 
 
 def ak_model(cfg: Config, mode: str, checkpointing: bool) -> torch.nn.Module:
@@ -115,7 +116,7 @@ def sync(device: torch.device) -> None:
 
 def step_case(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
-    cfg = ak_config(spec["model"], spec["frames"], spec["precision"])
+    cfg = ak_config(spec["model"], spec["frames"], spec["mode"], spec["precision"])
     model = ak_model(cfg, spec["mode"], spec["checkpointing"]).to(device)
     freeze_dead_parameters(model)
     optimizer = make_optimizer(model, cfg.train, whole_model_is_head=spec["mode"] == "cached")
@@ -149,7 +150,7 @@ def step_case(spec: dict[str, Any]) -> dict[str, Any]:
 def ak_epoch_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Phase two on an in-memory AK-sized cache: timed steps, extrapolated to the epoch."""
     device = torch.device(spec["device"])
-    cfg = ak_config("ViT-B-16", 8, spec["precision"])
+    cfg = ak_config("ViT-B-16", 8, "cached", spec["precision"])
     g = torch.Generator().manual_seed(0)
     memory = Memory(device)
     before = memory.peak_mb()
@@ -180,7 +181,7 @@ def ak_epoch_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 def pipeline_case(spec: dict[str, Any]) -> dict[str, Any]:
     """The e2e input of ``batch`` clips of a real video at the release's 224 px, one process."""
-    cfg = ak_config("ViT-B-16", 8)
+    cfg = ak_config("ViT-B-16", 8, "e2e", "fp32")
     n = spec["batch"] * spec["batches"]
     clips = [Clip(VIDEO.name, (0,), (0,), ())] * n
     dataset = Dataset("bench", ["a"], ["s"], {"train": clips}, None, VIDEO.parent)

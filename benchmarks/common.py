@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,17 @@ class GpuUtilisation:
     @property
     def mean(self) -> float | None:
         return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 2) -> float:
+    """Mean wall seconds of ``fn()`` over ``repeat`` calls after ``warmup`` ones, the GPU synchronised."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
