@@ -307,14 +307,14 @@ def model_summary_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
 ) -> None:
     """Parameter counts per module of the end-to-end model (total, trainable, dead: never given a gradient),
-    built with random weights; nothing is downloaded."""
+    built with random weights (for a model name nothing is downloaded)."""
     import dataclasses
 
-    from anim_clip.models.factory import build_model
+    from anim_clip.models.factory import end_to_end
     from anim_clip.models.summary import parameter_summary
     from anim_clip.ui import table
 
-    model = build_model(_load(config, set_), mode="e2e", load_pretrained=False)
+    model = end_to_end(_load(config, set_), load_pretrained=False)
     rows = parameter_summary(model)
     console.print(table("parameters (millions)", ["module", "total", "trainable", "dead"],
                         [[r.module, f"{r.total / 1e6:.2f}", f"{r.trainable / 1e6:.2f}", f"{r.dead / 1e6:.2f}"] for r in rows]))

@@ -22,6 +22,7 @@ from anim_clip.errors import ConfigError
 from anim_clip.io import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+Triple = tuple[float, float, float]
 
 
 @dataclass
@@ -42,7 +43,7 @@ class DataConfig:
     graph: Literal["release", "train"] = "train"  # release file, or rebuilt from the train split (D6)
     descriptions: str | None = None  # action descriptions (release CSV or our id,name,description CSV)
     species_descriptions: str | None = None
-    split_sentences: bool = False  # split long descriptions into <= 77-token sentence pieces
+    split_sentences: bool = False  # split long descriptions into sentence pieces that fit the text context
     unseen_species: list[str] = field(default_factory=list)  # held out of training, reported alone
 
 
@@ -55,7 +56,9 @@ class SamplingConfig:
     decode_threads: int = 1
     image_size: int = 224
     resize: int = 256  # short side before cropping (train, 1-crop test)
-    normalization: Literal["clip", "imagenet"] = "clip"  # imagenet = release-compatible (D5)
+    # model = the backbone's own statistics; clip, imagenet (the release's, D5) or [[mean x3], [std x3]] override them
+    normalization: Literal["model", "clip", "imagenet"] | tuple[Triple, Triple] = "model"
+    interpolation: Literal["model", "bilinear", "bicubic"] = "model"  # resizing; model = the backbone's own
     train_views: int = 4  # augmented views cached per training clip
     test_clips: int = 1  # temporal views per test clip
     test_crops: Literal[1, 3] = 1  # spatial views per test clip
@@ -65,9 +68,9 @@ class SamplingConfig:
 class BackboneConfig:
     """The open_clip model whose image tower encodes frames."""
 
-    model: str = "ViT-B-16"
-    pretrained: str | None = "openai"  # open_clip tag, a local checkpoint file, or None (random)
-    quick_gelu: bool = True  # the OpenAI weights need QuickGELU
+    model: str = "ViT-B-16"  # an open_clip model name, hf-hub:org/repo or local-dir:/path (these bring their weights)
+    pretrained: str | None = "openai"  # for a name: open_clip tag, a local checkpoint file, or None (random)
+    quick_gelu: bool = True  # force QuickGELU (the OpenAI weights need it); false = the model config's activation
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, and for the head on CPUs with bf16 units
     patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
     batch_frames: int = 256  # frames per forward pass during extraction
@@ -309,14 +312,13 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
     return cfg
 
 
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Plain nested dict (tuples as lists) for YAML/JSON."""
-    out = dataclasses.asdict(cfg)
-    for section in out.values():
-        for k, v in section.items():
-            if isinstance(v, tuple):
-                section[k] = list(v)
-    return out
+    """Plain nested dict (tuples as lists, nested ones too) for YAML/JSON."""
+    return {name: {k: _lists(v) for k, v in section.items()} for name, section in dataclasses.asdict(cfg).items()}
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

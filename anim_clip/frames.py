@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from anim_clip.config import Config
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
-from anim_clip.data.transforms import normalization_stats, render_views
+from anim_clip.data.transforms import render_views, rendered_pixels
 from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
 from anim_clip.models.features import FrameFeatures
@@ -126,16 +126,16 @@ def decoded_batches(decode: Decode, batches: Sequence[Sequence[int]], workers: i
 
 
 class FrameEncoder:
-    """Renders decoded clips' views on ``device`` and encodes them with ``tower`` (an image tower
-    returning per-frame CLS and optional patch tokens), about ``backbone.batch_frames`` frames per
-    forward pass, in ``backbone.precision`` (:mod:`anim_clip.runtime.precision`)."""
+    """Renders decoded clips' views on ``device`` as ``tower`` takes them (its ``pixels``, with the
+    config's overrides) and encodes them with it (an image tower returning per-frame embeddings and
+    optional patch tokens), about ``backbone.batch_frames`` frames per forward pass, in
+    ``backbone.precision`` (:mod:`anim_clip.runtime.precision`)."""
 
     def __init__(self, tower: nn.Module, device: torch.device, cfg: Config):
         self.tower, self.device = tower, device
         self.batch_frames = cfg.backbone.batch_frames
         self.precision = cfg.backbone.precision
-        mean, std = normalization_stats(cfg.sampling.normalization)
-        self.mean, self.std, self.image_size = mean, std, cfg.sampling.image_size
+        self.pixels = rendered_pixels(cfg.sampling, tower.pixels)
 
     def encode(self, clips: Iterable[DecodedClip]) -> Iterator[tuple[DecodedClip, FrameFeatures | None]]:
         """Each clip with its ``(V, T, D)`` features (and patches), in the order given; a clip that
@@ -146,7 +146,8 @@ class FrameEncoder:
                 yield clip, None
                 continue
             frames, clip.frames = clip.frames.to(self.device, non_blocking=True), None
-            queued.append((clip, render_views(frames, clip.views, clip.positions, self.image_size, self.mean, self.std)))
+            p = self.pixels
+            queued.append((clip, render_views(frames, clip.views, clip.positions, p.size, p.mean, p.std, p.interpolation)))
             if sum(v.shape[0] * v.shape[1] for _, v in queued) >= self.batch_frames:
                 yield from self._forward(queued)
                 queued = []

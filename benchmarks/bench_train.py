@@ -39,7 +39,7 @@ from anim_clip.config import Config, load_config
 from anim_clip.data.dataset import Clip, Dataset, load_dataset
 from anim_clip.data.transforms import color_augment
 from anim_clip.runtime.precision import training_autocast
-from anim_clip.models.factory import build_head, end_to_end
+from anim_clip.models.factory import end_to_end
 from anim_clip.models.features import FrameFeatures
 from anim_clip.train.engine import batch_loss, freeze_dead_parameters
 from anim_clip.train.losses import LOSSES
@@ -64,14 +64,13 @@ def ak_config(model: str, frames: int, mode: str, precision: str) -> Config:
 def ak_model(cfg: Config, mode: str, checkpointing: bool) -> torch.nn.Module:
     """The AK-sized model (140 actions, 897 species, the release graph) with random text embeddings."""
     dataset = load_dataset(cfg.data)
-    head = build_head(cfg)
-    dim = head.dims["embed_dim"]
+    model = end_to_end(cfg)  # the head shaped by the tower
+    head, dim = model.head, model.head.dims["embed_dim"]
     g = torch.Generator().manual_seed(0)
     head.set_vocabulary(torch.randn(dataset.num_actions, dim, generator=g), torch.randn(dataset.num_species, dim, generator=g),
                         torch.from_numpy(dataset.graph("release").adjacency()))
     if mode == "cached":
         return head
-    model = end_to_end(head, cfg.backbone)
     model.set_grad_checkpointing(checkpointing)
     return model
 

@@ -24,8 +24,10 @@ def test_release_recipe_values():
     assert cfg.train.betas == (0.9, 0.98) and cfg.train.weight_decay == 1e-3 and cfg.train.loss == "ce"
     assert (cfg.model.mit_layers, cfg.model.prompt_layers, cfg.model.prompts_alpha) == (1, 3, 0.1)
     assert (cfg.sampling.test_clips, cfg.sampling.test_crops, cfg.sampling.normalization) == (4, 3, "imagenet")
+    assert cfg.sampling.interpolation == "bilinear"  # the release's resize (§4.5)
     cached = load_config("ak-cached")  # extends ak, changes only what the cache needs
-    assert cached.train.mode == "cached" and cached.sampling.normalization == "clip"
+    assert cached.train.mode == "cached"
+    assert (cached.sampling.normalization, cached.sampling.interpolation) == ("model", "model")  # the backbone's own
     assert cached.train.lr == cfg.train.lr and cached.data.format == "ak"
     assert load_config("lote").data.format == "lote" and load_config("mammalnet-cached").data.format == "mammalnet"
 
@@ -36,6 +38,14 @@ def test_overrides_are_typed():
     assert cfg.train.lr == 1e-4 and cfg.model.refine is False and cfg.train.betas == (0.8, 0.9)
     assert cfg.data.unseen_species == ["Frog", "Fox"] and cfg.sampling.test_crops == 1
     assert cfg.backbone.pretrained is None
+
+
+def test_explicit_normalization_is_two_triples():
+    cfg = load_config("ak", ["sampling.normalization=[[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]"])
+    assert cfg.sampling.normalization == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert config_to_dict(cfg)["sampling"]["normalization"] == [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]  # YAML-safe
+    with pytest.raises(ConfigError, match="'sampling.normalization'"):
+        load_config("ak", ["sampling.normalization=[[0.5, 0.5], [0.5, 0.5]]"])
 
 
 @pytest.mark.parametrize(

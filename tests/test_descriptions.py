@@ -7,7 +7,7 @@ import pytest
 
 from anim_clip.config import DataConfig
 from anim_clip.data.dataset import load_dataset
-from anim_clip.data.descriptions import CONTEXT_LENGTH, class_texts, load_descriptions, split_sentences, token_count
+from anim_clip.data.descriptions import CLIP_TEXT, CONTEXT_LENGTH, class_texts, load_descriptions, split_sentences, token_count
 from anim_clip.errors import DatasetFormatError
 
 
@@ -19,7 +19,7 @@ def test_release_description_csv(release_dir):
     assert len(desc) == 140 and all(len(d) == 1 for d in desc)
     assert desc[0][0].startswith("Abseiling, also known as rappelling")
     assert token_count(desc[0][0]) > CONTEXT_LENGTH  # why sentence splitting exists
-    texts = class_texts(actions, desc, split=True)
+    texts = class_texts(actions, desc, split=CLIP_TEXT)
     assert all(token_count(s) <= CONTEXT_LENGTH for s in texts.strings)
     assert set(texts.owner.tolist()) == set(range(140)) and len(texts.strings) > 140
     # splitting loses no words

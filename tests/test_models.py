@@ -11,7 +11,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from anim_clip.config import Config, ModelConfig
 from anim_clip.errors import AnimClipError
-from anim_clip.models import AnimalCLIP, AnimalCLIPHead, FrameFeatures, build_model, parameter_summary, pool_text
+from anim_clip.models import AnimalCLIP, AnimalCLIPHead, FrameFeatures, end_to_end, parameter_summary, pool_text
 from anim_clip.models.graph_refine import BipartiteGraph, GraphRefinement, adjacency_from_edges
 from anim_clip.models.mit import MultiFrameIntegration
 from anim_clip.models.prompts import PromptGenerator
@@ -317,7 +317,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
 
 def test_vit_b16_parameter_counts_match_method_2_12():
     """docs/method.md §2.12 (random init, no forward)."""
-    model = build_model(Config(), mode="e2e", load_pretrained=False)
+    model = end_to_end(Config(), load_pretrained=False)
     rows = {r.module: r for r in parameter_summary(model)}
     millions = {name: round(r.total / 1e6, 2) for name, r in rows.items()}
     assert millions["visual"] == 86.19

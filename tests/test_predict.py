@@ -23,7 +23,7 @@ from anim_clip.data.sampling import eval_views, union_indices
 from anim_clip.data.transforms import normalization_stats, render_views
 from anim_clip.data.video import decoder_unavailable, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable
-from anim_clip.models import build_head, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from anim_clip.models import build_head, end_to_end, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, VideoPrediction, prediction_table, predict_videos, run_predict, window_bounds
@@ -73,7 +73,7 @@ def vocabulary(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tenso
 def head_ckpt(cfg: Config, tmp_path_factory) -> Path:
     names, tensors = vocabulary(cfg)
     torch.manual_seed(0)
-    head = build_head(cfg, **tensors)
+    head = build_head(cfg, embed_dim=tensors["action_text"].shape[1], **tensors)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "head.pt", head, cfg, vocab=names)
 
 
@@ -191,7 +191,7 @@ def test_species_line_shows_every_predicted_probability_even_a_certain_one():
 def test_a_demo_world_checkpoint_says_it_knows_only_the_demo(cfg: Config, videos: list[Path], tmp_path: Path, capsys):
     demo_cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, pretrained="demo-world"))
     names, tensors = vocabulary(demo_cfg)
-    path = save_checkpoint(tmp_path / "demo-world.pt", build_head(demo_cfg, **tensors), demo_cfg, vocab=names)
+    path = save_checkpoint(tmp_path / "demo-world.pt", build_head(demo_cfg, embed_dim=tensors["action_text"].shape[1], **tensors), demo_cfg, vocab=names)
     assert run_predict(path, videos[:1], out=tmp_path / "out", species=["Fox"], device="cpu") == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "demo world" in line]
     assert notes == ["this checkpoint is built on the demo world (backbone.pretrained=demo-world): it knows only "
@@ -281,7 +281,7 @@ def test_missing_and_broken_videos_are_reported_and_the_others_predicted(head_ck
 def test_end_to_end_checkpoint_runs_its_own_tower(cfg: Config, videos: list[Path], tmp_path: Path):
     names, tensors = vocabulary(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg, mode="e2e", load_pretrained=False, **tensors)
+    model = end_to_end(cfg, load_pretrained=False, **tensors)
     path = save_checkpoint(tmp_path / "e2e.pt", model, cfg, vocab=names)
     prediction = predict_videos(path, videos[:1], species=["Frog"], device="cpu")[0]
     assert prediction.error is None

@@ -400,9 +400,9 @@ def test_schedule_warmup_cosine_and_floor():
 
 def test_release_parameter_groups():
     from anim_clip.config import load_config
-    from anim_clip.models.factory import build_model
+    from anim_clip.models.factory import end_to_end
 
-    model = build_model(load_config("demo", ["backbone.pretrained=null"]), mode="e2e", load_pretrained=False)
+    model = end_to_end(load_config("demo", ["backbone.pretrained=null"]), load_pretrained=False)
     groups = {g["name"]: g for g in param_groups(model, TrainConfig(), whole_model_is_head=False)}
     names = {id(p): n for n, p in model.named_parameters()}
     members = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}

@@ -13,6 +13,7 @@ is an error, not an empty success.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -37,16 +38,17 @@ from anim_clip.cache.store import (
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
+from anim_clip.data.transforms import rendered_pixels
 from anim_clip.data.video import FallbackNotice, check_decoder, decoder_note
 from anim_clip.errors import CacheError, ConfigError
 from anim_clip.frames import TRAIN_SPLIT, DecodedClip, FrameEncoder, decode_clip, num_views
-from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts
+from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts, text_fit
 from anim_clip.runtime.distributed import default_device
 from anim_clip.ui import RateColumn, console, progress_bar
 
 
-def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
-    """What makes two caches' features interchangeable; stored in the cache, compared on reuse."""
+def config_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
+    """The config's part of the cache signature: what the run asked for, before any model is built."""
     s = cfg.sampling
     return {
         "dataset": cfg.data.name,
@@ -58,19 +60,30 @@ def cache_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
         },
         "sampling": {
             "num_frames": s.num_frames, "image_size": s.image_size, "resize": s.resize,
-            "normalization": s.normalization, "train_views": s.train_views,
+            "normalization": s.normalization, "interpolation": s.interpolation, "train_views": s.train_views,
             "test_clips": s.test_clips, "test_crops": s.test_crops,
             "decoder": s.decoder,  # decoders' pixels differ on some video (anim_clip.data.video)
         },
     }
 
 
+def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower) -> dict[str, Any]:
+    """What makes two caches' features interchangeable; stored in the cache, compared on reuse: the
+    config's part, and what the built tower is: its embedding width, patch grid and the pixels it
+    was fed (the backbone's own preprocessing with the config's overrides)."""
+    signature = config_signature(cfg, weights)
+    signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape)
+    signature["pixels"] = dataclasses.asdict(rendered_pixels(cfg.sampling, tower.pixels))
+    return signature
+
+
 def encode_class_texts(clip: torch.nn.Module, cfg: Config, dataset: Dataset) -> dict[str, TextFeatures]:
     """Raw text embeddings of every class name and description string, for actions and species."""
     sources = {"actions": (dataset.actions, cfg.data.descriptions), "species": (dataset.species, cfg.data.species_descriptions)}
+    fit = text_fit(cfg.backbone.model) if cfg.data.split_sentences else None
     out = {}
     for kind, (names, desc_path) in sources.items():
-        descriptions = class_texts(names, load_descriptions(desc_path, names), cfg.data.split_sentences) if desc_path else None
+        descriptions = class_texts(names, load_descriptions(desc_path, names), fit) if desc_path else None
         strings = descriptions.strings if descriptions else []
         owner = torch.from_numpy(descriptions.owner) if descriptions else torch.zeros(0, dtype=torch.int64)
         out[kind] = TextFeatures(
@@ -140,10 +153,10 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
         console.print(f"[bold red]WARNING: {cfg.backbone.model} has RANDOM weights (backbone.pretrained is null): "
                       "these features carry no pretrained knowledge; use them for shape tests only[/]")
     tower = FrozenImageTower(clip, with_patches=cfg.backbone.patches != "none").to(device)
+    signature = cache_signature(cfg, weights, tower)
+    signature["random_weights"] = weights.random
     if cfg.backbone.compile:
         tower = torch.compile(tower)
-    signature = cache_signature(cfg, weights)
-    signature["random_weights"] = weights.random
     create_store(out, signature)
     if shard == 0:
         for kind, text in encode_class_texts(clip.to(device), cfg, dataset).items():
@@ -160,9 +173,9 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             species=dataset.species_vectors(split),
             views=num_views(split, cfg),
             frames=cfg.sampling.num_frames,
-            dim=tower.embed_dim,
+            dim=signature["backbone"]["embed_dim"],
             view_kind="augmented" if split == TRAIN_SPLIT else f"{cfg.sampling.test_clips} clips x {cfg.sampling.test_crops} crops",
-            patch_shape=tower.patch_shape if cfg.backbone.patches != "none" else None,
+            patch_shape=signature["backbone"]["patch_shape"] if cfg.backbone.patches != "none" else None,
         )
         create_split(out, split, spec)
         with SplitWriter(out, split, shard, num_shards) as writer:

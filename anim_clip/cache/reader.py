@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anim_clip.cache.extract import cache_signature
+from anim_clip.cache.extract import config_signature
 from anim_clip.cache.store import CachedSplit, FeatureCache, TextFeatures, check_compatible
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
-from anim_clip.models.backbone import resolve_weights
+from anim_clip.models.backbone import check_backbone, resolve_weights
 from anim_clip.models.features import Batch, FrameFeatures
 from anim_clip.models.text import pool_text
 from anim_clip.ui import console
@@ -28,9 +28,10 @@ from anim_clip.ui import console
 SPLITS = ("train", "test")
 SHOWN_CLIPS = 3
 FINITE_CHECK_ROWS = 1024  # clips checked for NaN/inf at once: bounds the check's memory
-# Fields that change what the features mean; views and patches may differ between runs.
+# Fields that change what the features mean; views and patches may differ between runs. The backbone's
+# own preprocessing (normalization or interpolation `model`) is fixed by its model and weights.
 MATCHING = ("dataset", "backbone.model", "backbone.weights", "backbone.quick_gelu", "sampling.num_frames",
-            "sampling.image_size", "sampling.resize", "sampling.normalization")
+            "sampling.image_size", "sampling.resize", "sampling.normalization", "sampling.interpolation")
 
 
 def _pick(tree: dict, dotted: str):
@@ -41,11 +42,19 @@ def _pick(tree: dict, dotted: str):
 
 def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
     """Refuse a cache built for another backbone, sampling or dataset, naming the field."""
-    expected = cache_signature(cfg, resolve_weights(cfg.backbone)[1])
+    check_backbone(cfg.backbone)
+    expected = config_signature(cfg, resolve_weights(cfg.backbone)[1])
     check_compatible({k: _pick(cache.config, k) for k in MATCHING}, {k: _pick(expected, k) for k in MATCHING}, cache.path)
     if needs_patches and cache.config["backbone"]["patches"] == "none":
         raise AnimClipError(f"cache {cache.path} holds no patch tokens, which model.video_specific_prompt needs: "
                             "extract with --set backbone.patches=fp16")
+
+
+def head_dims(cache: FeatureCache) -> dict[str, int | None]:
+    """The head's input widths, as the backbone that extracted ``cache`` gave them: its embedding
+    width, and its patch tokens' width (None for a tower without tokens)."""
+    backbone = cache.config["backbone"]
+    return {"embed_dim": backbone["embed_dim"], "patch_width": backbone["patch_shape"][1] if backbone["patch_shape"] else None}
 
 
 def pooled_text(text: TextFeatures, use_descriptions: bool, pooling: str) -> torch.Tensor:

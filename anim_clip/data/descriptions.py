@@ -6,7 +6,8 @@ Two file formats are read:
 
 The release encodes raw strings (no template) truncated at CLIP's 77-token context, so only the
 first ~55 words of its long texts survive. ``split_sentences`` instead packs whole sentences into
-pieces that fit the context, turning one long text into several descriptions at no cost.
+pieces that fit the text tower's context (:class:`TextFit`: CLIP's 77 tokens, or the backbone's
+own), turning one long text into several descriptions at no cost.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +26,15 @@ from anim_clip.data.formats import read_lines
 from anim_clip.errors import DatasetFormatError
 
 CONTEXT_LENGTH = 77  # CLIP's text context, start and end tokens included
+
+
+@dataclass(frozen=True)
+class TextFit:
+    """A text tower's context: how many tokens it reads, and how many a string takes (start and end
+    tokens included). The backbone's own comes from ``anim_clip.models.backbone.text_fit``."""
+
+    context_length: int
+    count: Callable[[str], int]
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,10 @@ def token_count(text: str) -> int:
     return len(_tokenizer().encode(text)) + 2
 
 
-def split_sentences(text: str, context_length: int = CONTEXT_LENGTH) -> list[str]:
+CLIP_TEXT = TextFit(CONTEXT_LENGTH, token_count)
+
+
+def split_sentences(text: str, fit: TextFit = CLIP_TEXT) -> list[str]:
     """Pack whole sentences greedily into pieces that each fit the text context.
 
     A single sentence longer than the context is cut at word boundaries.
@@ -93,9 +107,9 @@ def split_sentences(text: str, context_length: int = CONTEXT_LENGTH) -> list[str
     pieces: list[str] = []
     current = ""
     for sentence in sentences:
-        for part in _fit_words(sentence, context_length):
+        for part in _fit_words(sentence, fit):
             candidate = f"{current} {part}".strip()
-            if current and token_count(candidate) > context_length:
+            if current and fit.count(candidate) > fit.context_length:
                 pieces.append(current)
                 candidate = part
             current = candidate
@@ -104,24 +118,25 @@ def split_sentences(text: str, context_length: int = CONTEXT_LENGTH) -> list[str
     return pieces
 
 
-def _fit_words(sentence: str, context_length: int) -> list[str]:
-    if token_count(sentence) <= context_length:
+def _fit_words(sentence: str, fit: TextFit) -> list[str]:
+    if fit.count(sentence) <= fit.context_length:
         return [sentence]
     parts, current = [], ""
     for word in sentence.split():
         candidate = f"{current} {word}".strip()
-        if current and token_count(candidate) > context_length:
+        if current and fit.count(candidate) > fit.context_length:
             parts.append(current)
             candidate = word
         current = candidate
     return parts + ([current] if current else [])
 
 
-def class_texts(names: list[str], descriptions: list[list[str]] | None = None, split: bool = False) -> TextSet:
+def class_texts(names: list[str], descriptions: list[list[str]] | None = None, split: TextFit | None = None) -> TextSet:
     """The strings the text tower encodes for a vocabulary.
 
     Without descriptions: the raw class names (the release uses no prompt template). With them:
-    every description (sentence-split when ``split``), and the names are not encoded (§2.4).
+    every description (sentence-split to fit ``split``, the text tower's context, when given), and
+    the names are not encoded (§2.4).
     """
     if descriptions is None:
         return TextSet(list(names), np.arange(len(names), dtype=np.int64))
@@ -129,7 +144,7 @@ def class_texts(names: list[str], descriptions: list[list[str]] | None = None, s
     owner: list[int] = []
     for index, texts in enumerate(descriptions):
         for text in texts:
-            pieces = split_sentences(text) if split else [text]
+            pieces = split_sentences(text, split) if split else [text]
             strings.extend(pieces)
             owner.extend([index] * len(pieces))
     return TextSet(strings, np.asarray(owner, dtype=np.int64))

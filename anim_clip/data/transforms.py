@@ -10,13 +10,16 @@ random geometric parameter, so a cached view is reproducible from its :class:`Vi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as tvf
 
+from anim_clip.config import SamplingConfig
 from anim_clip.data.sampling import ViewSpec, resized_size
+from anim_clip.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,6 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STATS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 NORMALIZATIONS = tuple(_STATS)
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 # Training colour augmentation of the release (docs/method.md §4.5 steps 5-6).
 JITTER_P = 0.8
@@ -37,19 +41,50 @@ HUE = 0.1
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
-def normalization_stats(name: str) -> Stats:
+@dataclass(frozen=True)
+class Pixels:
+    """The frames an image tower takes: ``size``-px squares resized with ``interpolation`` and
+    normalised with ``mean``/``std`` on the [0, 1] scale. ``resize_mode`` is open_clip's framing of
+    a whole image, recorded only: anim-clip's views keep the release's geometry (short side, crop)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    resize_mode: str
+
+
+def normalization_stats(name: str | Stats) -> Stats:
     """``(mean, std)`` on the [0, 1] scale: "clip" for a frozen CLIP backbone, "imagenet" to
-    match the release, which normalises with ImageNet statistics (docs/method.md §9 D5)."""
+    match the release, which normalises with ImageNet statistics (docs/method.md §9 D5), or
+    explicit ``(mean, std)`` triples."""
+    if not isinstance(name, str):
+        mean, std = (tuple(float(v) for v in triple) for triple in name)
+        if min(std) <= 0:
+            raise ConfigError(f"sampling.normalization: std must be positive, got {list(std)}")
+        return mean, std
     if name not in _STATS:
         raise ValueError(f"unknown normalization {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
     return _STATS[name]
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of float ``(N, 3, H, W)``; a no-op at the same size."""
+def rendered_pixels(sampling: SamplingConfig, model: Pixels) -> Pixels:
+    """The pixels views are rendered as: the backbone's own (``model``), its statistics replaced
+    when ``sampling.normalization`` names others and its interpolation when
+    ``sampling.interpolation`` does. The backbone's input size must be ``sampling.image_size``."""
+    if sampling.image_size != model.size:
+        raise ConfigError(f"sampling.image_size is {sampling.image_size}, but the backbone takes {model.size}-px "
+                          f"images: set sampling.image_size={model.size} (and sampling.resize to at least that)")
+    mean, std = (model.mean, model.std) if sampling.normalization == "model" else normalization_stats(sampling.normalization)
+    interpolation = model.interpolation if sampling.interpolation == "model" else sampling.interpolation
+    return replace(model, mean=mean, std=std, interpolation=interpolation)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Antialiased bilinear or bicubic resize of float ``(N, 3, H, W)``; a no-op at the same size."""
     if tuple(x.shape[-2:]) == size:
         return x
-    return nnf.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return nnf.interpolate(x, size=size, mode=interpolation, antialias=True, align_corners=False)
 
 
 def render_views(
@@ -59,6 +94,7 @@ def render_views(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Render every view of one clip: float ``(V, T, 3, S, S)`` on ``frames.device``.
 
@@ -66,7 +102,8 @@ def render_views(
     :func:`~anim_clip.data.sampling.union_indices` returns). Per view, as the release (§4.5):
     short side resized to ``view.short_side`` (done once per distinct short side, for all U
     frames), crop ``view.crop``, crop resized to ``S x S`` ignoring aspect ratio, horizontal
-    flip if asked, then scaled to [0, 1] and normalised with ``mean``/``std``.
+    flip if asked, then scaled to [0, 1] and normalised with ``mean``/``std``. Both resizes use
+    ``interpolation`` (the backbone's, :func:`rendered_pixels`), antialiased.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 (U, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
@@ -78,7 +115,7 @@ def render_views(
     out = []
     for view, pos in zip(views, positions):
         if view.short_side not in resized:
-            resized[view.short_side] = _resize(x, resized_size(height, width, view.short_side))
+            resized[view.short_side] = _resize(x, resized_size(height, width, view.short_side), interpolation)
         frame_size = resized[view.short_side].shape[-2:]
         x0, y0, w, h = view.crop
         if x0 < 0 or y0 < 0 or x0 + w > frame_size[1] or y0 + h > frame_size[0]:
@@ -88,7 +125,7 @@ def render_views(
             )
         index = torch.as_tensor(pos, dtype=torch.long, device=frames.device)
         crop = resized[view.short_side][index, :, y0 : y0 + h, x0 : x0 + w]
-        crop = _resize(crop, (image_size, image_size))
+        crop = _resize(crop, (image_size, image_size), interpolation)
         out.append(crop.flip(-1) if view.flip else crop)
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
@@ -101,9 +138,10 @@ def render_view(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """One view from its own uint8 ``(T, H, W, 3)`` frames: float ``(T, 3, S, S)``."""
-    return render_views(frames, [view], [np.arange(len(frames))], image_size, mean, std)[0]
+    return render_views(frames, [view], [np.arange(len(frames))], image_size, mean, std, interpolation)[0]
 
 
 def _jitter_frame(frame: torch.Tensor, order: list[int], factors: list[float]) -> torch.Tensor:

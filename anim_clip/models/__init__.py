@@ -1,6 +1,6 @@
 """Animal-CLIP models: the head trained from the feature cache, and the end-to-end model.
 
-Entry points: :class:`AnimalCLIPHead`, :class:`AnimalCLIP`, :func:`build_model`,
+Entry points: :class:`AnimalCLIPHead`, :class:`AnimalCLIP`, :func:`build_head`, :func:`end_to_end`,
 :func:`load_release_model`, :func:`save_checkpoint` / :func:`load_checkpoint`,
 :func:`parameter_summary`. Names are imported on first use, so ``anim_clip.models.features``
 (which every cache reader and writer needs) does not pull in open_clip.
@@ -19,7 +19,7 @@ _EXPORTS = {
     "model_from_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "build_head": "factory",
-    "build_model": "factory",
+    "end_to_end": "factory",
     "FrameFeatures": "features",
     "HeadOutput": "features",
     "AnimalCLIPHead": "head",

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 
+from anim_clip.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anim_clip.errors import AnimClipError
+from anim_clip.models.backbone import model_pixels
 from anim_clip.models.crossframe import CrossFrameVisionTransformer
 from anim_clip.models.features import FrameFeatures, HeadOutput
 from anim_clip.models.graph_refine import adjacency_from_edges
@@ -21,12 +24,19 @@ from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.models.text import pool_text
 
 
+# backbone.model of a converted release checkpoint whose towers match no open_clip config: the
+# architecture is then read from the checkpoint's own state dict (clip_from_state_dict).
+CUSTOM = "custom"
+
+
 class AnimalCLIP(nn.Module):
     """Takes ownership of ``clip``: its image tower becomes the cross-frame tower (trained), the
-    rest is the text tower (frozen, always in eval mode, docs/method.md §2.4)."""
+    rest is the text tower (frozen, always in eval mode, docs/method.md §2.4). ``pixels``: the
+    frames the tower takes, as the open_clip model's preprocess config says."""
 
     def __init__(self, clip: CLIP, head: AnimalCLIPHead):
         super().__init__()
+        self.pixels = model_pixels(clip)
         self.visual = CrossFrameVisionTransformer(clip.visual)
         clip.visual = None  # what remains of the open_clip model is its text tower (encode_text)
         self.text = clip.requires_grad_(False).eval()
@@ -84,6 +94,7 @@ class CrossFrameTower(nn.Module):
     def __init__(self, model: AnimalCLIP, num_frames: int, with_patches: bool):
         super().__init__()
         self.model, self.num_frames, self.with_patches = model, num_frames, with_patches
+        self.pixels = model.pixels
 
     @torch.inference_mode()
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -124,5 +135,11 @@ def clip_configs_from_state_dict(state: Mapping[str, Tensor]) -> tuple[int, CLIP
 
 
 def clip_from_state_dict(state: Mapping[str, Tensor], *, quick_gelu: bool = True) -> CLIP:
-    """An open_clip CLIP (random init) shaped like the towers of an AnimalCLIP state dict."""
-    return CLIP(*clip_configs_from_state_dict(state), quick_gelu=quick_gelu)
+    """An open_clip CLIP (random init) shaped like the towers of an AnimalCLIP state dict: the
+    architecture of a release checkpoint, fed as the release feeds it (ImageNet statistics,
+    bilinear resizing, docs/method.md §4.5)."""
+    embed_dim, vision, text = clip_configs_from_state_dict(state)
+    clip = CLIP(embed_dim, vision, text, quick_gelu=quick_gelu)
+    open_clip.set_model_preprocess_cfg(clip, {"size": vision.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                              "interpolation": "bilinear", "resize_mode": "shortest"})
+    return clip

@@ -1,10 +1,20 @@
-"""The frozen open_clip image tower that phase one caches, and the text tower that encodes classes.
+"""The open_clip model behind the frozen image tower that phase one caches, and the text tower that
+encodes classes, for any open_clip backbone.
 
-Per frame it returns the CLS embedding after ``ln_post`` and ``proj`` (what the temporal module
-consumes, docs/method.md §2.2, §2.13) and, on request, the patch tokens as the last block outputs them
-(before ``ln_post``: the form X-CLIP's video-specific prompt consumes). Weights come from an
-open_clip tag (``openai`` needs internet), a local checkpoint file, the tiny model's weights
-shipped with the package (``demo-world``), or nowhere (random init, announced loudly).
+``backbone.model`` is what open_clip takes: a model name (``ViT-B-16``, ``ViT-B-16-SigLIP``, the
+shipped ``anim-clip-tiny``), ``hf-hub:org/repo`` or ``local-dir:/path`` (a downloaded folder with
+``open_clip_config.json`` and the weights). A name's weights come from ``backbone.pretrained``: an
+open_clip tag (``openai`` needs internet), a local checkpoint file, the tiny model's weights shipped
+with the package (``demo-world``), or nowhere (random init, announced loudly); ``hf-hub:`` and
+``local-dir:`` models bring their own weights, activation and preprocessing.
+
+What the rest of the package needs to know of the model is read from the built model: the
+embedding width and patch grid of its image tower (:class:`FrozenImageTower`), the pixels it takes
+(:func:`model_pixels`: size, mean, std, interpolation), its tokenizer and text context
+(:func:`encode_texts`, :func:`text_fit`). Per frame the tower returns the embedding ``encode_image``
+gives (un-normalised; for open_clip's ViT the CLS token after ``ln_post`` and ``proj``, docs/method.md
+§2.2, §2.13) and, on request and where the tower has them, the patch tokens as its last block
+outputs them (before the final norm: the form X-CLIP's video-specific prompt consumes).
 """
 
 from __future__ import annotations
@@ -14,18 +24,24 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
 
 from anim_clip.config import BackboneConfig
-from anim_clip.errors import AnimClipError
+from anim_clip.data.descriptions import TextFit
+from anim_clip.data.transforms import CLIP_MEAN, CLIP_STD, INTERPOLATIONS, Pixels
+from anim_clip.errors import AnimClipError, ConfigError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TINY_MODEL = "anim-clip-tiny"
 SHIPPED_TAG = "demo-world"  # the tiny CLIP pretrained on rendered demo frames, shipped in the package
+# The tiny model's own preprocessing: how `anim-clip pretrain-tiny` renders its frames.
+TINY_PREPROCESS = {"mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bilinear"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
+LOCAL_CONFIG = "open_clip_config.json"
 
 
 @lru_cache(maxsize=1)
@@ -45,8 +61,8 @@ class WeightsInfo:
     """What the features were computed with; recorded in every cache and checkpoint."""
 
     model: str
-    pretrained: str | None  # tag or file path, None = random
-    sha256: str | None  # of the checkpoint file, when the weights came from one
+    pretrained: str | None  # tag, file path or hf-hub: model; None = random
+    sha256: str | None  # of the checkpoint file (and a local-dir:'s config), when the weights came from one
 
     @property
     def random(self) -> bool:
@@ -61,8 +77,77 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def brings_weights(model: str) -> bool:
+    """``hf-hub:`` and ``local-dir:`` models come with their weights, activation and preprocessing."""
+    return model.startswith((HF_HUB, LOCAL_DIR))
+
+
+def local_dir(model: str) -> Path:
+    """The folder of a ``local-dir:`` model, refused in one line unless it holds an open_clip config."""
+    folder = Path(model.removeprefix(LOCAL_DIR)).expanduser()
+    config = folder / LOCAL_CONFIG
+    if not config.is_file():
+        found = "is not a folder" if not folder.is_dir() else f"has no {LOCAL_CONFIG}"
+        raise ConfigError(f"backbone.model: {folder} {found}; point local-dir: at a downloaded open_clip model "
+                          f"(`hf download ORG/REPO --local-dir {folder}`)")
+    return folder
+
+
+def _model_config(model: str) -> dict:
+    """The architecture open_clip builds for ``model`` (``model_cfg``), refused in one line if unreadable."""
+    import open_clip
+
+    try:
+        found = open_clip.get_model_config(model)
+    except Exception as e:  # an unreadable local config; no hub access or no such repository
+        raise ConfigError(f"backbone.model: cannot read the open_clip config of {model!r} "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(found, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(found):
+        raise ConfigError(f"backbone.model: {model!r} has no open_clip model config (embed_dim, vision_cfg, text_cfg)")
+    return found
+
+
+def check_backbone(cfg: BackboneConfig) -> None:
+    """Refuse, in one line, a model open_clip does not know, or a ``pretrained`` or ``quick_gelu``
+    that contradicts a model bringing its own weights and activation."""
+    import open_clip
+
+    register_tiny_model()
+    if not brings_weights(cfg.model):
+        if cfg.model not in open_clip.list_models():
+            raise ConfigError(f"backbone.model: unknown open_clip model {cfg.model!r}; give a name (e.g. ViT-B-16, "
+                              f"{TINY_MODEL}), hf-hub:org/repo or local-dir:/path")
+        return
+    if cfg.model.startswith(LOCAL_DIR):
+        local_dir(cfg.model)
+    if cfg.pretrained is not None:
+        raise ConfigError(f"backbone.pretrained={cfg.pretrained!r} contradicts backbone.model={cfg.model!r}, which "
+                          "brings its own weights: set backbone.pretrained=null")
+    if cfg.quick_gelu and not _model_config(cfg.model).get("quick_gelu", False):
+        raise ConfigError(f"backbone.quick_gelu=true would turn the GELU of {cfg.model!r} (its config sets no "
+                          "quick_gelu) into QuickGELU: set backbone.quick_gelu=false")
+
+
+def _local_weights(model: str) -> tuple[str | None, WeightsInfo]:
+    """The weights file open_clip loads from a ``local-dir:`` folder, hashed with the folder's config
+    (which fixes the architecture and preprocessing); none found = random init."""
+    from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself picks
+
+    folder = local_dir(model)
+    found = _find_checkpoint_in_dir(folder)
+    if found is None:
+        return None, WeightsInfo(model, None, None)
+    digest = hashlib.sha256(f"{file_sha256(folder / LOCAL_CONFIG)} {file_sha256(found)}".encode()).hexdigest()
+    return None, WeightsInfo(model, found, digest)
+
+
 def resolve_weights(cfg: BackboneConfig) -> tuple[str | None, WeightsInfo]:
-    """Map ``cfg.pretrained`` to what open_clip takes (a tag or a file) plus provenance."""
+    """Map ``cfg.pretrained`` to what open_clip takes (a tag or a file) plus provenance; a model that
+    brings its weights takes none (a ``local-dir:``'s are hashed, an ``hf-hub:``'s named by the repository)."""
+    if cfg.model.startswith(LOCAL_DIR):
+        return _local_weights(cfg.model)
+    if cfg.model.startswith(HF_HUB):
+        return None, WeightsInfo(cfg.model, cfg.model, None)
     pretrained = cfg.pretrained
     if pretrained is None:
         return None, WeightsInfo(cfg.model, None, None)
@@ -90,70 +175,148 @@ def _quiet_logging():
         logging.disable(logging.NOTSET)
 
 
-def create_clip(cfg: BackboneConfig) -> tuple[torch.nn.Module, WeightsInfo]:
-    """An open_clip CLIP model in eval mode, as ``cfg`` asks, and where its weights came from."""
+def _preprocess_override(cfg: BackboneConfig, load_weights: bool) -> dict | None:
+    """What open_clip would not know of the preprocessing: the tiny model's own, and, when a tag's
+    weights are not loaded, the tag's (so the same tower without weights takes the same pixels)."""
     import open_clip
 
-    register_tiny_model()
-    if cfg.model not in open_clip.list_models():
-        raise AnimClipError(f"unknown open_clip model {cfg.model!r} (backbone.model); e.g. ViT-B-16, {TINY_MODEL}")
-    pretrained, info = resolve_weights(cfg)
+    if cfg.model == TINY_MODEL:
+        return TINY_PREPROCESS
+    if load_weights or brings_weights(cfg.model) or cfg.pretrained is None:
+        return None
+    tag = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+    return {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag} or None
+
+
+def create_clip(cfg: BackboneConfig, *, load_weights: bool = True) -> tuple[torch.nn.Module, WeightsInfo]:
+    """The open_clip model ``cfg`` names, in eval mode, and where its weights came from. Without
+    ``load_weights``: the same architecture and preprocessing, randomly initialised (a checkpoint's
+    weights follow). Any backbone spec: the species predictor builds its own model with it too."""
+    import open_clip
+
+    check_backbone(cfg)
+    pretrained, info = resolve_weights(cfg) if load_weights else (None, WeightsInfo(cfg.model, None, None))
     try:
         # random weights are seeded: a resumed or sharded extraction must see the same model
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_logging():
             warnings.simplefilter("ignore")  # open_clip warns about QuickGELU mismatches; we enforce it below
             torch.manual_seed(0)
-            model = open_clip.create_model(cfg.model, pretrained=pretrained, force_quick_gelu=cfg.quick_gelu)
+            model = open_clip.create_model(cfg.model, pretrained=pretrained, load_weights=load_weights,
+                                           force_quick_gelu=cfg.quick_gelu,
+                                           force_preprocess_cfg=_preprocess_override(cfg, load_weights))
     except Exception as e:  # weights of another shape, damaged or hostile files, unknown tags, no network
         from anim_clip.models.checkpoint import load_refusal
 
+        source = info.pretrained or cfg.model
         if isinstance(e, RuntimeError) and any(s in str(e) for s in ("Unexpected key", "Missing key", "size mismatch")):
-            raise AnimClipError(f"{pretrained}: weights do not fit {cfg.model!r} ({str(e).splitlines()[0]})") from None
+            raise AnimClipError(f"{source}: weights do not fit {cfg.model!r} ({str(e).splitlines()[0]})") from None
         if info.sha256 is not None:  # a local file
-            raise load_refusal(pretrained, e) from None
+            raise load_refusal(source, e) from None
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AnimClipError(f"cannot load {cfg.model!r} weights {pretrained!r}: {reason}") from None
+        raise AnimClipError(f"cannot load {cfg.model!r} weights {source!r}: {reason}") from None
     return model.eval(), info
 
 
+def model_pixels(clip: torch.nn.Module) -> Pixels:
+    """The pixels an open_clip model takes, from its preprocess config (open_clip's defaults where
+    its config names none: CLIP's statistics, bicubic)."""
+    import open_clip
+
+    pre = open_clip.get_model_preprocess_cfg(clip)
+    size = pre["size"] if isinstance(pre["size"], int) else tuple(pre["size"])
+    if not isinstance(size, int) and size[0] != size[1]:
+        raise AnimClipError(f"the backbone takes {size[0]}x{size[1]} images; anim-clip renders square views only")
+    interpolation = pre.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        raise AnimClipError(f"the backbone resizes with {interpolation!r}, which anim-clip does not render: set "
+                            f"sampling.interpolation to {' or '.join(INTERPOLATIONS)}")
+    return Pixels(size if isinstance(size, int) else size[0], tuple(map(float, pre.get("mean", CLIP_MEAN))),
+                  tuple(map(float, pre.get("std", CLIP_STD))), interpolation, pre.get("resize_mode", "shortest"))
+
+
+def has_patch_tokens(visual: torch.nn.Module) -> bool:
+    """open_clip's ViT, or a timm tower with a patch embedding (ViT, EVA, SigLIP's ViT), outputs
+    tokens; convolutional towers (ConvNeXt, ResNet) have none."""
+    from open_clip.transformer import VisionTransformer
+
+    return isinstance(visual, VisionTransformer) or hasattr(getattr(visual, "trunk", None), "patch_embed")
+
+
+def tower_name(visual: torch.nn.Module) -> str:
+    """``VisionTransformer``, or ``TimmModel (convnext_tiny)``: what a refusal names."""
+    timm_name = (getattr(getattr(visual, "trunk", None), "pretrained_cfg", None) or {}).get("architecture")
+    return f"{type(visual).__name__} ({timm_name})" if timm_name else type(visual).__name__
+
+
 class FrozenImageTower(torch.nn.Module):
-    """open_clip's image tower without gradients: frames in, per-frame CLS (+ patch tokens) out."""
+    """open_clip's image tower without gradients: frames in, per-frame embedding (+ patch tokens) out."""
 
     def __init__(self, clip: torch.nn.Module, with_patches: bool = False):
         super().__init__()
         self.visual = clip.visual
+        self.pixels = model_pixels(clip)
+        if with_patches and not has_patch_tokens(self.visual):
+            raise AnimClipError(f"the image tower {tower_name(self.visual)} has no patch tokens, which "
+                                "backbone.patches=fp16 and model.video_specific_prompt need: use a ViT backbone, or "
+                                "backbone.patches=none and model.video_specific_prompt=false")
         self.with_patches = with_patches
         self.requires_grad_(False)
         self.eval()
 
-    @property
-    def embed_dim(self) -> int:
-        return self.visual.output_dim
+    @cached_property
+    def _shapes(self) -> tuple[int, tuple[int, int] | None]:
+        """Embedding width and ``(patches, width)`` (None without patch tokens), from one blank frame."""
+        param = next(self.visual.parameters())
+        blank = torch.zeros(1, 3, self.pixels.size, self.pixels.size, device=param.device, dtype=param.dtype)
+        with torch.inference_mode():
+            if not has_patch_tokens(self.visual):
+                return self.visual(blank).shape[-1], None
+            out = self.visual.forward_intermediates(blank, indices=1, output_fmt="NLC")
+        return out["image_features"].shape[-1], tuple(out["image_intermediates"][-1].shape[1:])
 
     @property
-    def patch_shape(self) -> tuple[int, int]:
-        """(patches per frame, width) of the last block's tokens."""
-        grid = self.visual.grid_size
-        return grid[0] * grid[1], self.visual.transformer.width
+    def embed_dim(self) -> int:
+        return self._shapes[0]
+
+    @property
+    def patch_shape(self) -> tuple[int, int] | None:
+        """(patches per frame, width) of the last block's tokens; None for a tower without tokens."""
+        return self._shapes[1]
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(N,3,S,S)`` normalised -> CLS ``(N,D)`` and patches ``(N,P,W)`` or None."""
+        """``(N,3,S,S)`` normalised -> embeddings ``(N,D)`` and patches ``(N,P,W)`` or None."""
         if not self.with_patches:
             return self.visual(images), None
         out = self.visual.forward_intermediates(images, indices=1, output_fmt="NLC")
         return out["image_features"], out["image_intermediates"][-1]
 
 
-@torch.inference_mode()
-def encode_texts(clip: torch.nn.Module, strings: list[str], model_name: str, batch_size: int = 256) -> torch.Tensor:
-    """Raw (un-normalised) EOT-pooled, projected text embeddings ``(S, D)`` float32 (docs/method.md §2.4)."""
+@lru_cache(maxsize=8)
+def tokenizer(model: str):
+    """open_clip's tokenizer for ``model`` (any backbone spec), with the model's own context length."""
     import open_clip
 
-    tokenizer = open_clip.get_tokenizer(model_name)
+    register_tiny_model()
+    return open_clip.get_tokenizer(model)
+
+
+def text_fit(model: str) -> TextFit:
+    """How ``model``'s text tower counts tokens and how many it reads: what sentence splitting fills."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = tokenizer(model)
+    if isinstance(tok, SimpleTokenizer):
+        return TextFit(tok.context_length, lambda text: len(tok.encode(text)) + 2)  # + start and end tokens
+    return TextFit(tok.context_length, lambda text: len(tok.tokenizer(text)["input_ids"]))  # HF: special tokens included
+
+
+@torch.inference_mode()
+def encode_texts(clip: torch.nn.Module, strings: list[str], model: str, batch_size: int = 256) -> torch.Tensor:
+    """Raw (un-normalised) pooled, projected text embeddings ``(S, D)`` float32 with ``model``'s own
+    tokenizer (docs/method.md §2.4); ``model`` is any backbone spec."""
+    tokenize = tokenizer(model)
     device = next(clip.parameters()).device
-    chunks = [
-        clip.encode_text(tokenizer(strings[i : i + batch_size]).to(device), normalize=False).float().cpu()
-        for i in range(0, len(strings), batch_size)
-    ]
-    return torch.cat(chunks) if chunks else torch.zeros(0, clip.text_projection.shape[1])
+    batches = [strings[i : i + batch_size] for i in range(0, len(strings), batch_size)] or [[""]]
+    out = torch.cat([clip.encode_text(tokenize(b).to(device), normalize=False).float().cpu() for b in batches])
+    return out[: len(strings)]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from anim_clip.config import Config, config_from_dict, config_to_dict
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
-from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower, clip_from_state_dict
+from anim_clip.models.animal_clip import CUSTOM, AnimalCLIP, CrossFrameTower, clip_from_state_dict
 from anim_clip.models.backbone import FrozenImageTower, create_clip
 from anim_clip.models.factory import end_to_end
 from anim_clip.models.head import AnimalCLIPHead
@@ -221,10 +221,20 @@ def model_from_checkpoint(
         load_state_strict(head, head_state, ckpt.path)
         if mode == "cached":
             return head
-        return end_to_end(head, ckpt.config.backbone, load_pretrained=load_pretrained)
-    model = AnimalCLIP(clip_from_state_dict(ckpt.model, quick_gelu=ckpt.config.backbone.quick_gelu), head)
+        return end_to_end(ckpt.config, head, load_pretrained=load_pretrained)
+    model = AnimalCLIP(checkpoint_clip(ckpt), head)
     load_state_strict(model, ckpt.model, ckpt.path)
     return model
+
+
+def checkpoint_clip(ckpt: Checkpoint) -> nn.Module:
+    """The open_clip model an end-to-end checkpoint's weights load into: its backbone as recorded,
+    rebuilt without weights (the same architecture, activation and preprocessing), or for a
+    converted release checkpoint of no open_clip architecture, read from the state dict's shapes."""
+    backbone = ckpt.config.backbone
+    if backbone.model == CUSTOM:
+        return clip_from_state_dict(ckpt.model, quick_gelu=backbone.quick_gelu)
+    return create_clip(backbone, load_weights=False)[0]
 
 
 def head_and_tower(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
@@ -238,6 +248,10 @@ def head_and_tower(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
     head = model_from_checkpoint(ckpt, "cached")
     clip, weights = create_clip(ckpt.config.backbone)
     if weights.random:
-        console.print(f"[bold red]WARNING: {weights.model} has RANDOM weights (backbone.pretrained is null in the "
-                      "checkpoint's config): these predictions carry no pretrained knowledge[/]")
-    return head, FrozenImageTower(clip, with_patches=head.video_specific_prompt is not None), weights.pretrained or "random"
+        console.print(f"[bold red]WARNING: {weights.model} has RANDOM weights (no weights in the checkpoint's "
+                      "backbone config): these predictions carry no pretrained knowledge[/]")
+    tower = FrozenImageTower(clip, with_patches=head.video_specific_prompt is not None)
+    if tower.embed_dim != head.dims["embed_dim"]:
+        raise AnimClipError(f"{ckpt.path}: the head takes {head.dims['embed_dim']}-d features, "
+                            f"{weights.model} gives {tower.embed_dim}-d")
+    return head, tower, weights.pretrained or "random"

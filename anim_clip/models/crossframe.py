@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from anim_clip.errors import AnimClipError
+from anim_clip.models.backbone import tower_name
 from anim_clip.models.features import FrameFeatures
 
 
@@ -67,7 +68,7 @@ class CrossFrameVisionTransformer(nn.Module):
 
     def __init__(self, vit: VisionTransformer):
         super().__init__()
-        _check_supported(vit)
+        cross_frame_dims(vit)
         self.conv1 = vit.conv1
         self.class_embedding = vit.class_embedding
         self.positional_embedding = vit.positional_embedding
@@ -92,11 +93,26 @@ class CrossFrameVisionTransformer(nn.Module):
         return FrameFeatures(cls=cls.view(b, t, -1), patches=x[:, 1:].unflatten(0, (b, t)))
 
 
-def _check_supported(vit: VisionTransformer) -> None:
-    """Message tokens are defined for plain CLIP ViTs: class-token pooling, standard blocks."""
-    if not isinstance(vit, VisionTransformer):
-        raise AnimClipError(f"cross-frame message tokens need an open_clip ViT image tower, got {type(vit).__name__}")
-    if vit.attn_pool is not None or vit.pool_type != "tok" or vit.proj is None:
-        raise AnimClipError("cross-frame message tokens need a ViT pooled at its class token with a projection")
-    if not all(isinstance(b, ResidualAttentionBlock) and b.attn.batch_first for b in vit.transformer.resblocks):
-        raise AnimClipError("cross-frame message tokens need open_clip's standard attention blocks")
+FAMILY = "open_clip's native VisionTransformer family (ViT-B-16, ViT-L-14, BioCLIP, ...)"
+
+
+def cross_frame_dims(visual: nn.Module, model: str = "the backbone") -> tuple[int, int]:
+    """``(embedding width, token width)`` of an image tower that can carry message tokens; any
+    other is refused in one line naming ``model`` and the family end-to-end mode needs."""
+    why = _unsupported(visual)
+    if why is not None:
+        raise AnimClipError(f"end-to-end mode (cross-frame message tokens) needs {FAMILY}; {model}'s image tower "
+                            f"is {tower_name(visual)}{why}: train it in cached mode (train.mode=cached)")
+    return visual.proj.shape[1], visual.class_embedding.shape[0]
+
+
+def _unsupported(visual: nn.Module) -> str | None:
+    """Why message tokens do not fit ``visual`` (None when they do; "" for another kind of tower):
+    they are defined for plain CLIP ViTs, with class-token pooling, a projection and standard blocks."""
+    if not isinstance(visual, VisionTransformer):
+        return ""
+    if visual.attn_pool is not None or visual.pool_type != "tok" or visual.proj is None:
+        return ", pooled otherwise than at its class token with a projection"
+    if not all(isinstance(b, ResidualAttentionBlock) and b.attn.batch_first for b in visual.transformer.resblocks):
+        return ", with non-standard attention blocks"
+    return None

@@ -19,7 +19,7 @@ from torch import Tensor
 from anim_clip.config import Config, ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
-from anim_clip.models.animal_clip import AnimalCLIP, clip_configs_from_state_dict, clip_from_state_dict
+from anim_clip.models.animal_clip import CUSTOM, AnimalCLIP, clip_configs_from_state_dict, clip_from_state_dict
 from anim_clip.models.checkpoint import (
     load_checkpoint,
     load_state_strict,
@@ -158,14 +158,14 @@ def open_clip_name(state: Mapping[str, Tensor]) -> str:
         )
         if same_towers and reference["embed_dim"] == embed_dim:
             return name
-    return "custom"
+    return CUSTOM
 
 
 def convert_release_checkpoint(
     src: str | Path, dst: str | Path, *, actions: list[str] | None = None, species: list[str] | None = None
 ) -> Path:
     """An authors' checkpoint -> an ``anim-clip/1`` end-to-end checkpoint with a release-
-    compatible config (ImageNet normalisation, D5; the release graph, D6). Class names, when
+    compatible config (ImageNet normalisation, D5, and bilinear resizing, §4.5; the release graph, D6). Class names, when
     given, are recorded; the text embeddings and graph come from the dataset at evaluation."""
     state, rest = read_release_checkpoint(src)
     model = load_release_model(state, source=src)
@@ -174,6 +174,7 @@ def convert_release_checkpoint(
     cfg.data.graph = "release"
     cfg.sampling.num_frames = model.head.dims["num_frames"]
     cfg.sampling.normalization = "imagenet"
+    cfg.sampling.interpolation = "bilinear"
     cfg.backbone.model = open_clip_name(model.state_dict())
     cfg.backbone.pretrained = None
     cfg.backbone.quick_gelu = True

@@ -40,7 +40,7 @@ from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.cache.reader import class_text, open_cached_data, pending_note, pooled_text
+from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text
 from anim_clip.train.cached import CachedTrainData
 from anim_clip.runtime.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
@@ -106,7 +106,7 @@ def vocabulary(cfg: Config, cache, dataset: Dataset) -> dict[str, torch.Tensor]:
 def e2e_model(cfg: Config, dataset: Dataset, device: torch.device = torch.device("cpu")) -> AnimalCLIP:
     """The end-to-end model on ``cfg.backbone`` (fresh message tokens) on ``device``, its vocabulary
     encoded there by its own frozen text tower."""
-    model = end_to_end(build_head(cfg), cfg.backbone).to(device)
+    model = end_to_end(cfg).to(device)
     texts = encode_class_texts(model.text, cfg, dataset)  # inference tensors: cloned to enter autograd
     model.head.set_vocabulary(
         pooled_text(texts["actions"], cfg.data.descriptions is not None, cfg.model.pooling).clone(),
@@ -151,7 +151,7 @@ def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalCont
                  allow_incomplete: bool) -> Mode:
     cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
                                        allow_incomplete)
-    head = build_head(cfg, **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
+    head = build_head(cfg, **head_dims(cache_obj), **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
     return Mode(head, CachedTrainData(data["train"]), lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
                 tuple(s for s in data if s != "train"), pending_note(data))
 
@@ -169,7 +169,7 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
     def evaluate(split: str) -> dict[str, Any]:
         return evaluate_videos(model.head, tower, video_split(dataset, split, cfg), split_cfg[split], ctx, dist)
 
-    data = VideoTrainData(dataset, "train", split_rows(dataset, "train", cfg)[1], cfg, dist.device)
+    data = VideoTrainData(dataset, "train", split_rows(dataset, "train", cfg)[1], cfg, dist.device, model.pixels)
     return Mode(model, data, evaluate, ("val", "test") if cfg.train.val_fraction > 0 else ("test",))
 
 

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from anim_clip.config import BackboneConfig
 from anim_clip.data.demo_world import SPECIES, render_captioned_frames
-from anim_clip.data.transforms import normalization_stats
 from anim_clip.io import atomic_write
-from anim_clip.models.backbone import TINY_MODEL, create_clip, shipped_weights
+from anim_clip.models.backbone import TINY_MODEL, TINY_PREPROCESS, create_clip, shipped_weights
 from anim_clip.ui import progress_bar
 
 RENDER_SIZE = 73  # the demo pipeline resizes the short side to 73 and crops 64 (= 64 * 8/7)
@@ -43,7 +42,8 @@ def _augment(images: torch.Tensor, size: int, generator: torch.Generator) -> tor
     side = int(torch.randint(52, h + 1, (1,), generator=generator))
     x0, y0 = (int(v) for v in torch.randint(0, h - side + 1, (2,), generator=generator))
     crop = images[:, :, y0 : y0 + side, x0 : x0 + side]
-    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(crop, size=(size, size), mode=TINY_PREPROCESS["interpolation"], antialias=True,
+                         align_corners=False)
 
 
 def _center(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _center(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization_stats("clip"))
+    mean, std = (torch.tensor(TINY_PREPROCESS[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     return (images - mean) / std
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.data.sampling import train_views
-from anim_clip.data.transforms import color_augment, normalization_stats, render_views
+from anim_clip.data.transforms import Pixels, color_augment, render_views, rendered_pixels
 from anim_clip.data.video import FallbackNotice, check_decoder, open_video
 from anim_clip.errors import VideoDecodeError
 from anim_clip.frames import DecodedClip, decode_views, decoded_batches
@@ -59,9 +59,11 @@ def decode_train_clip(paths: Sequence[Path], cfg: Config, epoch: int, index: int
 
 
 class VideoTrainData:
-    """The training clips ``indices`` of a dataset split, as augmented pixel batches on ``device``."""
+    """The training clips ``indices`` of a dataset split, as augmented pixel batches on ``device``,
+    rendered as the tower (its ``pixels``, with the config's overrides) takes them."""
 
-    def __init__(self, dataset: Dataset, split: str, indices: Tensor, cfg: Config, device: torch.device):
+    def __init__(self, dataset: Dataset, split: str, indices: Tensor, cfg: Config, device: torch.device,
+                 pixels: Pixels):
         check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
         self.paths = [dataset.video_path(c) for c in dataset.clips(split)]
         self.all_targets = torch.from_numpy(dataset.targets(split))
@@ -69,9 +71,9 @@ class VideoTrainData:
         self.indices, self.cfg, self.device = indices, cfg, device
         self.reported: set[int] = set()  # clips whose decoding error was printed (once per run, not per epoch)
         self.fallbacks = FallbackNotice()
-        mean, std = normalization_stats(cfg.sampling.normalization)
-        self.mean = torch.tensor(mean, device=device).view(3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(3, 1, 1)
+        self.pixels = rendered_pixels(cfg.sampling, pixels)
+        self.mean = torch.tensor(self.pixels.mean, device=device).view(3, 1, 1)
+        self.std = torch.tensor(self.pixels.std, device=device).view(3, 1, 1)
 
     def epoch_batches(self, plan: EpochPlan, generator: torch.Generator) -> Iterator[Batch]:
         """This rank's batches of an epoch, in a random clip order drawn from ``generator``."""
@@ -83,7 +85,8 @@ class VideoTrainData:
     def render(self, clip: DecodedClip, epoch: int) -> Tensor:
         """One clip's augmented frames ``(T, 3, S, S)`` in [0, 1], rendered on the device."""
         frames = clip.frames.to(self.device, non_blocking=True)
-        pixels = render_views(frames, clip.views, clip.positions, self.cfg.sampling.image_size, (0.0,) * 3, (1.0,) * 3)
+        pixels = render_views(frames, clip.views, clip.positions, self.pixels.size, (0.0,) * 3, (1.0,) * 3,
+                              self.pixels.interpolation)
         return color_augment(pixels, clip_random(self.cfg.train.seed, epoch, clip.index)[1])[0]
 
     def batch(self, clips: list[DecodedClip], epoch: int) -> Batch:
