@@ -41,6 +41,7 @@ COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "sampling.normal
 TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}  # a 32-token context
 SIGLIP_LIKE = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
 TIMM = {"timm-vit": "test_vit", "timm-convnext": "test_convnext"}  # timm's own tiny test models, 160 px
+PATCHES = ["backbone.patches=fp16", "model.video_specific_prompt=true"]  # ViT towers: patch tokens cached and used
 
 
 def write_local_dir(folder: Path) -> str:
@@ -83,8 +84,8 @@ def models(tmp_path_factory) -> dict[str, list[str]]:
     return {
         "registered": ["backbone.pretrained=demo-world"],
         "local-dir": [f"backbone.model={write_local_dir(folder / 'siglip-like')}", "backbone.pretrained=null",
-                      "backbone.quick_gelu=false"],
-        "timm-vit": [*timm["timm-vit"], "backbone.patches=fp16", "model.video_specific_prompt=true"],
+                      "backbone.quick_gelu=false", *PATCHES],
+        "timm-vit": [*timm["timm-vit"], *PATCHES],
         "timm-convnext": timm["timm-convnext"],
     }
 

@@ -25,6 +25,7 @@ from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError, ConfigError
 from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
+from anim_clip.models.backbone import create_clip, model_pixels
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.train.engine import TrainResult, e2e_model, load_initial_head, train
 from anim_clip.models.features import Batch
@@ -49,6 +50,11 @@ def data(tmp_path_factory) -> Path:
 
 def cfg_for(data: Path, *extra: str):
     return demo_config(data, [*E2E, *extra])
+
+
+def tower_pixels(cfg):
+    """The pixels the config's tower takes, as the engine passes them from its model."""
+    return model_pixels(create_clip(cfg.backbone, load_weights=False)[0])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +85,7 @@ def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path, capsys):
     dataset = load_dataset(cfg.data)
     bad = next(i for i, c in enumerate(dataset.clips("train")) if c.path.endswith(BAD))
     rows = [bad, 0, 5]
-    videos = VideoTrainData(dataset, "train", torch.arange(12), cfg, torch.device("cpu"))
+    videos = VideoTrainData(dataset, "train", torch.arange(12), cfg, torch.device("cpu"), tower_pixels(cfg))
     clips = [decode_train_clip(videos.paths, cfg, 0, i) for i in rows]
     batch = videos.batch(clips, epoch=0)
     assert batch.features.shape == (3, 4, 3, 64, 64) and torch.isfinite(batch.features).all()
@@ -96,7 +102,8 @@ def test_a_bad_video_keeps_its_slot_but_not_its_loss(data: Path, capsys):
 
 def test_a_video_decord_cannot_read_is_trained_on_with_pyav_and_said_once(data: Path, tmp_path: Path, capsys):
     cfg = cfg_for(data)
-    videos = VideoTrainData(load_dataset(cfg.data), "train", torch.arange(12), cfg, torch.device("cpu"))
+    videos = VideoTrainData(load_dataset(cfg.data), "train", torch.arange(12), cfg, torch.device("cpu"),
+                            tower_pixels(cfg))
     videos.paths[0] = write_video(tmp_path / "raw.h264", indexed_frames(16, 64, 64))  # decord cannot open it
     clips = [decode_train_clip(videos.paths, cfg, 0, i) for i in (0, 1)]
     assert [c.decoder for c in clips] == ["pyav", "decord"] and clips[0].error is None
@@ -203,4 +210,4 @@ def test_eval_on_raw_videos_reproduces_the_training_report(run: TrainResult, tmp
 def test_gpu_decoding_in_worker_processes_is_refused_with_the_fix(data: Path):
     cfg = cfg_for(data, "sampling.decoder=torchcodec-cuda", "train.num_workers=2")
     with pytest.raises(ConfigError, match="set train.num_workers=0"):
-        VideoTrainData(load_dataset(cfg.data), "train", torch.arange(4), cfg, torch.device("cpu"))
+        VideoTrainData(load_dataset(cfg.data), "train", torch.arange(4), cfg, torch.device("cpu"), tower_pixels(cfg))

@@ -84,7 +84,7 @@ def brings_weights(model: str) -> bool:
 
 def local_dir(model: str) -> Path:
     """The folder of a ``local-dir:`` model, refused in one line unless it holds an open_clip config."""
-    folder = Path(model.removeprefix(LOCAL_DIR)).expanduser()
+    folder = Path(model.removeprefix(LOCAL_DIR))
     config = folder / LOCAL_CONFIG
     if not config.is_file():
         found = "is not a folder" if not folder.is_dir() else f"has no {LOCAL_CONFIG}"
@@ -191,7 +191,8 @@ def _preprocess_override(cfg: BackboneConfig, load_weights: bool) -> dict | None
 def create_clip(cfg: BackboneConfig, *, load_weights: bool = True) -> tuple[torch.nn.Module, WeightsInfo]:
     """The open_clip model ``cfg`` names, in eval mode, and where its weights came from. Without
     ``load_weights``: the same architecture and preprocessing, randomly initialised (a checkpoint's
-    weights follow). Any backbone spec: the species predictor builds its own model with it too."""
+    weights follow). Any backbone spec works, so a second model (a zero-shot species predictor, say)
+    is built the same way."""
     import open_clip
 
     check_backbone(cfg)
