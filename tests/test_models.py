@@ -81,6 +81,12 @@ def test_pool_text_max_and_mean():
 # ---- MIT and prompt generators --------------------------------------------------------------
 
 
+def test_mit_refuses_an_embedding_narrower_than_one_attention_head():
+    with pytest.raises(AnimClipError, match="at least 64; this backbone's is 32"):
+        MultiFrameIntegration(T, 32, layers=1)
+    assert MultiFrameIntegration(T, 32, layers=0)(torch.randn(2, T, 32)).shape == (2, 32)  # the mean ablation
+
+
 def test_mit_shapes_mean_ablation_and_frame_check():
     frames = torch.randn(3, T, D)
     assert MultiFrameIntegration(T, D, 1)(frames).shape == (3, D)

@@ -19,6 +19,9 @@ class MultiFrameIntegration(nn.Module):
 
     def __init__(self, num_frames: int, embed_dim: int, layers: int = 1):
         super().__init__()
+        if layers and embed_dim < 64:
+            raise AnimClipError(f"the temporal transformer has embed_dim // 64 attention heads, so it needs an "
+                                f"embedding width of at least 64; this backbone's is {embed_dim}")
         self.num_frames = num_frames
         self.resblocks = nn.Sequential(
             *(ResidualAttentionBlock(embed_dim, embed_dim // 64, act_layer=QuickGELU) for _ in range(layers))
