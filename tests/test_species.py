@@ -2,8 +2,8 @@
 folder with its own preprocessing (32 px, SigLIP-like statistics, bicubic) beside the 64-px action
 backbone. Its probabilities in the cache equal open_clip run by hand on the same frames; training
 and evaluation condition the head on them, not on the annotation or the head's own zero-shot;
-``eval`` reports its species accuracy and the head given either species; ``predict`` and
-``eval --videos`` run it; what cannot work is refused in one line."""
+``eval`` reports its species accuracy and the head given either species; ``predict``,
+``eval --videos`` and ``analyze clip`` run it; what cannot work is refused in one line."""
 
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ import zarr
 from rich.console import Console
 from processes import run_cli
 from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
 from test_backbones import write_local_dir
 
+from anim_clip.analysis.clips import clip_from_cache, clip_report
+from anim_clip.analysis.commands import analyze_app
+from anim_clip.analysis.store import build_and_save
 from anim_clip.cache.extract import extract
 from anim_clip.cache.inspect import cache_info, cache_info_tables, verify_cache
 from anim_clip.cache.reader import open_cached_data
@@ -234,6 +238,29 @@ def test_predict_and_eval_on_videos_run_the_predictor(run: Path, oracle_run: Pat
     assert given.species == [(dataset.species[0], 1.0)]
     cached = json.loads((run / "eval.json").read_text())["mAP"]
     assert evaluate_checkpoint_on_videos(run, out=run / "eval-videos")["mAP"] == pytest.approx(cached, abs=1e-3)
+
+
+def test_analyze_clip_gives_the_head_the_predictor_probabilities(run: Path, cache: Path, tmp_path: Path):
+    """A cached clip comes with its cached probabilities, a video with the predictor run on it; both
+    score alike (up to the cache's fp16) and name the most probable species as predicted."""
+    cfg = load_checkpoint(run / "last.pt").config
+    stored = build_and_save(run / "last.pt", num_gpus=0, device=torch.device("cpu"))
+    head = model_from_checkpoint(load_checkpoint(run / "last.pt"), "cached").eval()
+    split = FeatureCache(cache).split("test")
+    cached = clip_from_cache(cache, split.clip_ids[0], cfg, False)
+    torch.testing.assert_close(cached.species, split.species_probs[0])
+    from_cache = clip_report(stored, head, cached, cfg, k=7)
+    assert from_cache["species_source"] == "predicted"
+    assert from_cache["species"] == [stored.space.species[int(split.species_probs[0].argmax())]]
+    out, video = tmp_path / "clip.json", Path(cfg.data.root) / split.clip_ids[0]
+    result = CliRunner().invoke(analyze_app, ["clip", str(run), "--video", str(video), "-k", "7", "--device", "cpu",
+                                              "--json", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    from_video = json.loads(out.read_text())
+    assert (from_video["species"], from_video["species_source"]) == (from_cache["species"], "predicted")
+    video_logits = {r["action"]: r["logit"] for r in from_video["by_logit"]}
+    for r in from_cache["by_logit"]:
+        assert video_logits[r["action"]] == pytest.approx(r["logit"], abs=0.01)
 
 
 def test_what_cannot_use_the_predictor_is_refused_in_one_line(cache: Path, data: Path, predictor: str,
