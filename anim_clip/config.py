@@ -78,6 +78,16 @@ class BackboneConfig:
 
 
 @dataclass
+class SpeciesConfig:
+    """A separate zero-shot species predictor (BioCLIP, say) for ``model.species_source=predicted``
+    (docs/method.md §2.5, D1): phase one caches its species probabilities, the head conditions on them."""
+
+    model: str | None = None  # an open_clip model as backbone.model takes; null: none (the head's own zero-shot)
+    pretrained: str | None = None  # for a model name: as backbone.pretrained (hf-hub: and local-dir: bring theirs)
+    template: str = "a photo of {}."  # the text each species name is put in ({} = the name)
+
+
+@dataclass
 class ModelConfig:
     """The Animal-CLIP head; defaults reproduce the release (docs/method.md Appendix C)."""
 
@@ -139,6 +149,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    species: SpeciesConfig = field(default_factory=SpeciesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

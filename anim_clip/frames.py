@@ -26,6 +26,7 @@ from anim_clip.data.transforms import render_views, rendered_pixels
 from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
 from anim_clip.models.features import FrameFeatures
+from anim_clip.models.species import SpeciesPredictor
 from anim_clip.runtime.precision import autocast
 from anim_clip.ui import console
 
@@ -129,42 +130,49 @@ class FrameEncoder:
     """Renders decoded clips' views on ``device`` as ``tower`` takes them (its ``pixels``, with the
     config's overrides) and encodes them with it (an image tower returning per-frame embeddings and
     optional patch tokens), about ``backbone.batch_frames`` frames per forward pass, in
-    ``backbone.precision`` (:mod:`anim_clip.runtime.precision`)."""
+    ``backbone.precision`` (:mod:`anim_clip.runtime.precision`). With a species ``predictor``, the
+    same views are also rendered as the predictor takes them (its own pixels) and its per-view
+    species probabilities come with the features (``FrameFeatures.species``)."""
 
-    def __init__(self, tower: nn.Module, device: torch.device, cfg: Config):
-        self.tower, self.device = tower, device
+    def __init__(self, tower: nn.Module, device: torch.device, cfg: Config,
+                 predictor: SpeciesPredictor | None = None):
+        self.tower, self.device, self.predictor = tower, device, predictor
         self.batch_frames = cfg.backbone.batch_frames
         self.precision = cfg.backbone.precision
         self.pixels = rendered_pixels(cfg.sampling, tower.pixels)
 
     def encode(self, clips: Iterable[DecodedClip]) -> Iterator[tuple[DecodedClip, FrameFeatures | None]]:
-        """Each clip with its ``(V, T, D)`` features (and patches), in the order given; a clip that
-        could not be decoded comes back at once with None. A clip's frames are released once rendered."""
-        queued: list[tuple[DecodedClip, torch.Tensor]] = []
+        """Each clip with its ``(V, T, D)`` features (and patches, and species probabilities), in
+        the order given; a clip that could not be decoded comes back at once with None. A clip's
+        frames are released once rendered."""
+        queued: list[tuple[DecodedClip, list[torch.Tensor]]] = []
+        pixels = [self.pixels, *([self.predictor.pixels] if self.predictor is not None else [])]
         for clip in clips:
             if clip.error is not None:
                 yield clip, None
                 continue
             frames, clip.frames = clip.frames.to(self.device, non_blocking=True), None
-            p = self.pixels
-            queued.append((clip, render_views(frames, clip.views, clip.positions, p.size, p.mean, p.std, p.interpolation)))
-            if sum(v.shape[0] * v.shape[1] for _, v in queued) >= self.batch_frames:
+            queued.append((clip, [render_views(frames, clip.views, clip.positions, p.size, p.mean, p.std,
+                                               p.interpolation) for p in pixels]))
+            if sum(v[0].shape[0] * v[0].shape[1] for _, v in queued) >= self.batch_frames:
                 yield from self._forward(queued)
                 queued = []
         yield from self._forward(queued)
 
-    def _forward(self, queued: list[tuple[DecodedClip, torch.Tensor]]) -> list[tuple[DecodedClip, FrameFeatures]]:
-        """One forward pass over every queued view, split back per clip."""
+    def _forward(self, queued: list[tuple[DecodedClip, list[torch.Tensor]]]) -> list[tuple[DecodedClip, FrameFeatures]]:
+        """One forward pass (per model) over every queued view, split back per clip."""
         if not queued:
             return []
-        images = torch.cat([views.flatten(0, 1) for _, views in queued])
+        images = [torch.cat([views[k].flatten(0, 1) for _, views in queued]) for k in range(len(queued[0][1]))]
         with autocast(self.precision, self.device, "tower"):
-            cls, patches = self.tower(images)
+            cls, patches = self.tower(images[0])
+            species = self.predictor.tower(images[1])[0] if self.predictor is not None else None
         out, start = [], 0
         for clip, views in queued:
-            V, T = views.shape[:2]
+            V, T = views[0].shape[:2]
             stop = start + V * T
             clip_patches = None if patches is None else patches[start:stop].float().view(V, T, *patches.shape[1:])
-            out.append((clip, FrameFeatures(cls[start:stop].float().view(V, T, -1), clip_patches)))
+            clip_species = None if species is None else self.predictor.probabilities(species[start:stop].view(V, T, -1))
+            out.append((clip, FrameFeatures(cls[start:stop].float().view(V, T, -1), clip_patches, clip_species)))
             start = stop
         return out

@@ -5,8 +5,11 @@ series of overlapping segments. A segment gets the checkpoint's test views (clip
 docs/method.md §4.4–4.5), decoded once for all of them; the views go through the image tower (the
 frozen open_clip tower of ``config.backbone`` for a head checkpoint, the model's own cross-frame
 tower for an end-to-end one) and the head, and the softmax over actions is averaged over the views
-(docs/method.md §5). A video's scores are the mean over its segments, so a windowed video is scored on
-all of its length rather than on T frames spread over it.
+(docs/method.md §5). A video's scores are the mean over its segments, so a windowed video is scored
+on all of its length rather than on T frames spread over it. Species not named by the user are
+predicted: by the checkpoint's separate species predictor (``species.model``) when its config has
+one, from the same views rendered with the predictor's own pixels, its probabilities averaged over
+them; else zero-shot by the head.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import csv
 import dataclasses
 import difflib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +38,8 @@ from anim_clip.evaluate.scoring import score_views
 from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder
 from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
 from anim_clip.models.checkpoint import Checkpoint, head_and_tower, load_checkpoint
+from anim_clip.models.features import FrameFeatures
+from anim_clip.models.species import species_predictor
 from anim_clip.runtime.distributed import default_device
 from anim_clip.ui import console, progress_bar, table
 
@@ -49,12 +54,14 @@ Report = Callable[[int, int], None]  # (segments done, segments in all) of the c
 @dataclass(frozen=True)
 class SpeciesSetting:
     """What the head conditions on: the species named by the user (``oracle``, multi-hot
-    ``vector``), a zero-shot prediction from the frames (``predicted``) or nothing (``none``).
+    ``vector``), a prediction from the frames (``predicted``: by the separate species
+    ``predictor`` when there is one, else the head's own zero-shot) or nothing (``none``).
     ``note`` tells the user when the choice was made for them."""
 
     source: Literal["oracle", "predicted", "none"]
     vector: Tensor | None = None
     note: str | None = None
+    predictor: str | None = None  # species.model, when it predicts the species
 
 
 @dataclass
@@ -106,9 +113,10 @@ def species_vector(names: Sequence[str], vocabulary: Sequence[str]) -> Tensor:
 
 
 def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
-                    vocabulary: Sequence[str] | None) -> SpeciesSetting:
-    """The species input from the options and the source the checkpoint was trained with
-    (``model.species_source``); an oracle-trained checkpoint given no species predicts them."""
+                    vocabulary: Sequence[str] | None, predictor: str | None = None) -> SpeciesSetting:
+    """The species input from the options, the source the checkpoint was trained with
+    (``model.species_source``) and its species ``predictor`` (``species.model``); an oracle-trained
+    checkpoint given no species predicts them."""
     if names and predict:
         raise AnimClipError("give --species or --predict-species, not both")
     if trained == "none":
@@ -121,11 +129,12 @@ def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
             raise AnimClipError("this checkpoint records no species names, so --species cannot name one; "
                                 "use --predict-species")
         return SpeciesSetting("oracle", species_vector(names, vocabulary))
-    note = None
+    how = f"by the species predictor {predictor}" if predictor else "zero-shot"
+    note = f"species are predicted {how} from the frames" if predictor else None
     if not predict and trained == "oracle":
-        note = ("no --species given: species are predicted zero-shot from the frames (this checkpoint was "
-                "trained with annotated species; --species NAME gives them)")
-    return SpeciesSetting("predicted", note=note)
+        note = (f"no --species given: species are predicted {how} from the frames (this checkpoint was trained "
+                "with annotated species; --species NAME gives them)")
+    return SpeciesSetting("predicted", note=note, predictor=predictor)
 
 
 def demo_world_note(cfg: Config, actions: Sequence[str], species: Sequence[str] | None) -> str | None:
@@ -182,8 +191,15 @@ class Predictor:
         vocab = self.ckpt.vocab or {}
         self.actions = list(vocab.get("actions") or [f"action {i}" for i in range(head.vocab.num_actions)])
         self.species_names = vocab.get("species")
-        self.species = species_setting(head.cfg.species_source, species, predict_species, self.species_names)
-        head.cfg.species_source = self.species.source  # the head's own switch between oracle, predicted, none
+        self.species = species_setting(head.cfg.species_source, species, predict_species, self.species_names,
+                                       self.cfg.species.model)
+        # the head's own switch between oracle, predicted (given by the predictor, or its own zero-shot), none
+        head.cfg.species_source = self.species.source
+        head.external_species = self.species.predictor is not None
+        self.species_predictor, self.species_weights = None, None
+        if self.species.predictor is not None:
+            predictor, self.species_weights = species_predictor(self.cfg.species, self.species_names or [])
+            self.species_predictor = predictor.to(self.device).eval()
         self.head = head.to(self.device).eval()
         self.tower = tower.to(self.device).eval()
         self.num_frames = head.dims["num_frames"]
@@ -197,6 +213,8 @@ class Predictor:
             "backbone": {"model": self.cfg.backbone.model, "weights": self.weights},
             "views": {"frames": self.num_frames, "clips": s.test_clips, "crops": s.test_crops, "image_size": s.image_size},
             "species_source": self.species.source, "species_note": self.species.note,
+            "species_predictor": None if self.species_weights is None else
+            {"model": self.species.predictor, "weights": self.species_weights.pretrained or "random"},
         }
 
     def predict(self, path: str | Path, *, window: float | None = None, stride: float | None = None,
@@ -234,6 +252,14 @@ class Predictor:
                            s.image_size, s.resize)
         return decode_views(video, index, views, first)
 
+    def encode(self, decoded: Iterable[DecodedClip]) -> Iterator[tuple[FrameFeatures, Tensor | None]]:
+        """Each decoded segment's features, and the species vector ``(A,)`` its views are given: the
+        species named, or the species predictor's probabilities averaged over the views; None when
+        the head predicts them itself or takes none."""
+        for _, features in FrameEncoder(self.tower, self.device, self.cfg, self.species_predictor).encode(decoded):
+            vector = features.species.mean(0) if self.species_predictor is not None else self.species.vector
+            yield features, None if vector is None else vector.to(self.device)
+
     def _score_segments(self, video: VideoFile, ranges: list[tuple[int, int]],
                         report: Report) -> tuple[np.ndarray, np.ndarray]:
         """``(S, C)`` scores and ``(S, A)`` species vectors used, each averaged over a segment's
@@ -241,9 +267,8 @@ class Predictor:
         ``backbone.batch_frames`` frames."""
         decoded = (self.decode(video, first, stop, index) for index, (first, stop) in enumerate(ranges))
         actions, species = [], []
-        for _, features in FrameEncoder(self.tower, self.device, self.cfg).encode(decoded):
-            views = features.cls.shape[0]
-            given = None if self.species.vector is None else self.species.vector.to(self.device).expand(views, -1)
+        for features, vector in self.encode(decoded):
+            given = None if vector is None else vector.expand(features.cls.shape[0], -1)
             scored = score_views(self.head, features, given, self.cfg)
             actions.append(scored.scores.mean(0))
             species.append(scored.species.mean(0))

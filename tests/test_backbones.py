@@ -44,13 +44,13 @@ TIMM = {"timm-vit": "test_vit", "timm-convnext": "test_convnext"}  # timm's own 
 PATCHES = ["backbone.patches=fp16", "model.video_specific_prompt=true"]  # ViT towers: patch tokens cached and used
 
 
-def write_local_dir(folder: Path) -> str:
+def write_local_dir(folder: Path, image_size: int = 64) -> str:
     """A downloaded open_clip model as the hub ships one: config with preprocessing, and weights."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
     model_cfg = {"embed_dim": 64, "text_cfg": TEXT_CFG,
-                 "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16}}
+                 "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16}}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": SIGLIP_LIKE}))
     torch.manual_seed(3)
     model = open_clip.model.CLIP(**model_cfg)

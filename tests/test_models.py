@@ -203,8 +203,15 @@ def test_species_sources():
         expected = 100 * video @ F.normalize(head_pred.vocab.species_text, dim=-1).T
         assert torch.allclose(s, expected.softmax(-1))
         assert torch.allclose(predicted, oracle(features, s).logits, atol=1e-4)
+        head_given = make_head(dataclasses.replace(oracle.cfg, species_source="predicted"))
+        head_given.external_species = True  # species.model: a separate predictor's probabilities, given as they are
+        probabilities = torch.rand(species.shape).softmax(-1)
+        assert torch.allclose(head_given(features, probabilities).logits, oracle(features, probabilities).logits,
+                              atol=1e-4)
     with pytest.raises(AnimClipError, match="species vector"):
         oracle(features, species[:, :-1])
+    with pytest.raises(AnimClipError, match=r"species vector must be \(B=3, A=\d+\), got None"):
+        head_given(features, None)
 
 
 def test_everything_off_is_zero_shot_clip_on_the_frame_mean():

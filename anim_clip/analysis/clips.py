@@ -15,15 +15,15 @@ from scipy.stats import spearmanr
 
 from anim_clip.analysis.space import BUILD_BATCH, PromptSpace, species_matrix
 from anim_clip.analysis.store import StoredSpace
-from anim_clip.cache.store import FeatureCache, read_array
+from anim_clip.cache.store import SPECIES_PROBS, FeatureCache, read_array
 from anim_clip.config import Config
 from anim_clip.errors import AnimClipError
 from anim_clip.data.video import open_video
 from anim_clip.evaluate.cached import cached_scores
 from anim_clip.evaluate.scoring import score_views
-from anim_clip.frames import FrameEncoder
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.species import conditions_on_predictor
 from anim_clip.cache.reader import CachedSplitData, check_cache
 from anim_clip.runtime.distributed import Distributed
 
@@ -40,14 +40,17 @@ class ClipInput:
     features: FrameFeatures  # (V, T, D) views of the clip (patches when the head needs them)
     species: torch.Tensor | None  # (A,) annotated or given species; None: the head predicts them
     targets: np.ndarray | None = None  # (C,) multi-hot, known for cached clips
+    species_predicted: bool = False  # ``species`` are the species predictor's probabilities (species.model)
 
 
 def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches: bool,
                     split: str | None = None) -> ClipInput:
-    """A cached clip by its id (as in the split file), looked up in ``split`` or in every split.
+    """A cached clip by its id (as in the split file), looked up in ``split`` or in every split, with
+    its annotated species, or the species predictor's cached probabilities for a head given those.
     Reads only that clip's rows: opening the split whole would load all of its features."""
     store = FeatureCache(cache)
     check_cache(cfg, store, needs_patches)
+    predicted = conditions_on_predictor(cfg)
     splits = [split] if split else store.splits
     ids: list[str] = []
     for name in splits:
@@ -64,7 +67,8 @@ def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches:
                                 f"({read('error') or 'not extracted yet'})")
         patches = torch.from_numpy(read("patches")).float() if needs_patches else None
         return ClipInput(clip_id, f"cache {name}", FrameFeatures(torch.from_numpy(read("cls")).float(), patches),
-                         torch.from_numpy(read("species")).float(), read("targets").astype(bool))
+                         torch.from_numpy(read(SPECIES_PROBS if predicted else "species")).float(),
+                         read("targets").astype(bool), predicted)
     close = difflib.get_close_matches(clip_id, ids, n=3, cutoff=0.6)
     hint = f"; close matches in {splits[-1]}: {', '.join(close)}" if close else ""
     raise AnimClipError(f"no clip {clip_id!r} in the {'/'.join(splits)} split(s) of cache {store.path}{hint}")
@@ -77,8 +81,8 @@ def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
     with open_video(video, s.decoder, s.decode_threads, predictor.device) as file:
         decoded = predictor.decode(file, 0, file.num_frames, 0)
         predictor.fallbacks(file.fallback)
-    [(_, features)] = FrameEncoder(predictor.tower, predictor.device, predictor.cfg).encode([decoded])
-    return ClipInput(str(video), "video", features, predictor.species.vector)
+    [(features, species)] = predictor.encode([decoded])
+    return ClipInput(str(video), "video", features, species, species_predicted=predictor.species.predictor is not None)
 
 
 def _clip_species(used: torch.Tensor, given: torch.Tensor | None) -> list[int]:
@@ -103,7 +107,8 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     with torch.inference_mode():
         cosines = (head.class_embeddings(used[None])[0].float() @ video).cpu().numpy()
     logits, probs = logits.cpu().numpy(), probs.cpu().numpy()
-    species = _clip_species(used, clip.species)
+    annotated = clip.species is not None and not clip.species_predicted  # annotated or named by the user
+    species = _clip_species(used, clip.species if annotated else None)
     performable = space.can_perform[species].any(0) if species else None
     truth = clip.targets
 
@@ -115,12 +120,12 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     by_cosine = np.argsort(-cosines, kind="stable")
     logit_rank, cosine_rank = np.argsort(by_logit) + 1, np.argsort(by_cosine) + 1
     scores, ids = stored.index.search(video.cpu().numpy(), k)
-    condition = space.condition_of(species) if clip.species is not None else None
+    condition = space.condition_of(species) if annotated else None
     top = int(by_logit[0])
     report = {
         "clip": clip.name, "source": clip.source, "views": views,
         "species": [space.species[s] for s in species],
-        "species_source": head.cfg.species_source if clip.species is None else "given",
+        "species_source": "given" if annotated else head.cfg.species_source,
         "prediction": {"action": space.actions[top], "probability": float(probs[top]), **flags(top)},
         "by_logit": [{"action": space.actions[c], "logit": float(logits[c]), "probability": float(probs[c]),
                       "cosine": float(cosines[c]), "cosine_rank": int(cosine_rank[c]), **flags(c)} for c in by_logit[:k]],

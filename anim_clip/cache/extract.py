@@ -8,7 +8,9 @@ marks a clip ``done`` only after its data is on disk and saves finished clips at
 ``store.FLUSH_SECONDS`` (and on Ctrl-C), so killing the process at any moment and running the same
 command again finishes the job, redoing at most that much work and corrupting nothing. The video
 root and files are checked before any weights load, and a split none of whose clips could be made
-is an error, not an empty success.
+is an error, not an empty success. With ``species.model``, the species predictor encodes the same
+decoded views (rendered with its own pixels) and each clip's species probabilities are stored with
+its features (:mod:`anim_clip.models.species`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from anim_clip.cache.store import (
     read_array,
     write_text,
 )
-from anim_clip.config import Config
+from anim_clip.config import Config, SpeciesConfig
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
 from anim_clip.data.transforms import rendered_pixels
@@ -43,6 +45,7 @@ from anim_clip.data.video import FallbackNotice, check_decoder, decoder_note
 from anim_clip.errors import CacheError, ConfigError
 from anim_clip.frames import TRAIN_SPLIT, DecodedClip, FrameEncoder, decode_clip, num_views
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts, text_fit
+from anim_clip.models.species import SpeciesPredictor, check_predictor, species_predictor
 from anim_clip.runtime.distributed import default_device
 from anim_clip.ui import RateColumn, console, progress_bar
 
@@ -67,13 +70,25 @@ def config_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
     }
 
 
-def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower) -> dict[str, Any]:
+def species_signature(cfg: SpeciesConfig, weights: WeightsInfo) -> dict[str, Any]:
+    """The species predictor's part of the signature (in a cache extracted with one): what makes its
+    probabilities: the model, its weights (as ``backbone.weights``) and the text template."""
+    return {"model": cfg.model, "weights": weights.sha256 or weights.pretrained or "random", "template": cfg.template}
+
+
+def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower,
+                    predictor: tuple[SpeciesPredictor, WeightsInfo] | None = None) -> dict[str, Any]:
     """What makes two caches' features interchangeable; stored in the cache, compared on reuse: the
     config's part, and what the built tower is: its embedding width, patch grid and the pixels it
-    was fed (the backbone's own preprocessing with the config's overrides)."""
+    was fed (the backbone's own preprocessing with the config's overrides); with a species
+    ``predictor``, its part and the pixels it was fed (its own)."""
     signature = config_signature(cfg, weights)
     signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape)
     signature["pixels"] = dataclasses.asdict(rendered_pixels(cfg.sampling, tower.pixels))
+    if predictor is not None:
+        model, species_weights = predictor
+        signature["species"] = {**species_signature(cfg.species, species_weights),
+                                "pixels": dataclasses.asdict(model.pixels)}
     return signature
 
 
@@ -148,12 +163,15 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     check_decoder(cfg.sampling.decoder)
     dataset = load_dataset(cfg.data)
     check_videos(dataset, splits)
+    if cfg.species.model is not None:
+        check_predictor(cfg.species)
     clip, weights = create_clip(cfg.backbone)
     if weights.random:
         console.print(f"[bold red]WARNING: {cfg.backbone.model} has RANDOM weights (backbone.pretrained is null): "
                       "these features carry no pretrained knowledge; use them for shape tests only[/]")
     tower = FrozenImageTower(clip, with_patches=cfg.backbone.patches != "none").to(device)
-    signature = cache_signature(cfg, weights, tower)
+    predictor = species_predictor(cfg.species, dataset.species) if cfg.species.model is not None else None
+    signature = cache_signature(cfg, weights, tower, predictor)
     signature["random_weights"] = weights.random
     if cfg.backbone.compile:
         tower = torch.compile(tower)
@@ -161,9 +179,11 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     if shard == 0:
         for kind, text in encode_class_texts(clip.to(device), cfg, dataset).items():
             write_text(out, kind, text)
+    predicting = f", species predicted by {cfg.species.model}" if predictor is not None else ""
     console.print(f"extracting {', '.join(splits)} of [bold]{cfg.data.name}[/] with {cfg.backbone.model} "
-                  f"({weights.pretrained or 'random'}) on {device}, {decoder_note(cfg.sampling.decoder, device)}, "
-                  f"shard {shard + 1}/{num_shards} -> {out}")
+                  f"({weights.pretrained or 'random'}){predicting} on {device}, "
+                  f"{decoder_note(cfg.sampling.decoder, device)}, shard {shard + 1}/{num_shards} -> {out}")
+    encoder = FrameEncoder(tower, device, cfg, predictor[0].to(device) if predictor is not None else None)
     reports, notice = [], FallbackNotice()
     for split in splits:
         clips = dataset.clips(split)
@@ -176,11 +196,12 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             dim=signature["backbone"]["embed_dim"],
             view_kind="augmented" if split == TRAIN_SPLIT else f"{cfg.sampling.test_clips} clips x {cfg.sampling.test_crops} crops",
             patch_shape=signature["backbone"]["patch_shape"] if cfg.backbone.patches != "none" else None,
+            species_probs=predictor is not None,
         )
         create_split(out, split, spec)
         with SplitWriter(out, split, shard, num_shards) as writer:
             reports.append(_extract_split(writer, dataset, split, cfg, out, f"{split} [{shard + 1}/{num_shards}]",
-                                          workers, device, tower, notice, progress))
+                                          workers, device, encoder, notice, progress))
         if reports[-1].interrupted:
             break
         _check_some_usable(out, split, writer.clips)
@@ -207,11 +228,10 @@ def _decoded(pool: ThreadPoolExecutor, jobs: list[tuple[Path, int]], split: str,
 
 
 def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Config, out: Path, label: str,
-                   workers: int, device: torch.device, tower: FrozenImageTower, notice: FallbackNotice,
+                   workers: int, device: torch.device, encoder: FrameEncoder, notice: FallbackNotice,
                    progress: bool) -> SplitReport:
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
-    encoder = FrameEncoder(tower, device, cfg)
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
     bytes_before = _disk_bytes(out / split)
     start = time.perf_counter()

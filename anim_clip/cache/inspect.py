@@ -15,6 +15,7 @@ from rich.table import Table
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from anim_clip.cache.store import (
+    SPECIES_PROBS,
     TEXT_GROUP,
     FeatureCache,
     TextFeatures,
@@ -35,6 +36,7 @@ ROOT_KEYS = ("schema_version", "anim_clip_version", "created", "torch_version", 
 SPLIT_KEYS = ("num_clips", "num_views", "view_kind", "frames", "dim", "patches", "manifest_sha256")
 SHOWN_FAILURES = 10
 SHOWN_CLIPS = 5
+SUM_TOLERANCE = 1e-3  # species probabilities of a clip sum to 1 (float32 softmax, averaged over views)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +158,8 @@ def cache_info_tables(info: dict[str, Any]) -> list[Table]:
         ("open_clip", info["open_clip_version"]), ("zarr", info["zarr_version"]), ("on disk", _size(info["bytes"])),
         ("decoded by", decoders_text(info["decoders"])),
         *([("[bold yellow]MIXED DECODERS[/]", note)] if (note := mixed_decoders_note(info["decoders"])) else []),
+        *([("species predictor", f"{p['model']} ({p['template']!r}): {SPECIES_PROBS} per clip")]
+          if (p := info["config"].get("species")) else []),
     ])
     splits = table("splits", ["split", "clips", "views", "T", "D", "patches", "done", "failed", "pending",
                               "decoded by", "on disk"], [
@@ -210,13 +214,16 @@ def _shape_problems(arrays: dict[str, zarr.Array], attrs: dict[str, Any], where:
                 "frame_indices": (n, v, t)}
     if attrs["patches"]:
         expected["patches"] = (n, v, t, *attrs["patches"])
+    if SPECIES_PROBS in arrays:
+        expected[SPECIES_PROBS] = arrays["species"].shape
     problems = [f"{where}: {name} has shape {arrays[name].shape}, expected {shape}"
                 for name, shape in expected.items() if arrays[name].shape != shape]
     problems += [f"{where}: {name} has {arrays[name].shape[0]} rows for {n} clips"
                  for name in ("targets", "species") if arrays[name].shape[0] != n]
-    chunks = {arrays[name].chunks[0] for name in ("cls", "done", "error", "decoder", "frame_indices")}
+    chunked = [name for name in ("cls", "done", "error", "decoder", "frame_indices", SPECIES_PROBS) if name in arrays]
+    chunks = {arrays[name].chunks[0] for name in chunked}
     if len(chunks) > 1:
-        problems.append(f"{where}: cls, done, error, decoder and frame_indices are chunked differently ({sorted(chunks)}): "
+        problems.append(f"{where}: {', '.join(chunked)} are chunked differently ({sorted(chunks)}): "
                         "shards would share chunks")
     return problems
 
@@ -292,6 +299,20 @@ def _patch_problems(path: Path, arr: zarr.Array, clips: np.ndarray, clip_ids: li
     return problems
 
 
+def _species_problems(path: Path, usable: np.ndarray, clip_ids: list[str], where: str) -> list[str]:
+    """Done clips whose species probabilities are not finite or do not sum to 1."""
+    try:
+        probabilities = read_array(path, SPECIES_PROBS, path.parent)
+    except DamagedCache as e:
+        return [f"{where}: {e.problem}"]
+    sums = probabilities.astype(np.float64).sum(1)
+    bad = np.flatnonzero(usable & ~(np.isfinite(sums) & (np.abs(sums - 1) <= SUM_TOLERANCE)))
+    if not len(bad):
+        return []
+    return [f"{where}: {len(bad)} done clips have species probabilities that are NaN/inf, missing or do not sum "
+            f"to 1: {_clip_list(clip_ids, bad)}"]
+
+
 def _data_problems(path: Path, arrays: dict[str, zarr.Array], values: dict[str, np.ndarray], where: str,
                    workers: int) -> list[str]:
     done = values["done"]
@@ -303,6 +324,8 @@ def _data_problems(path: Path, arrays: dict[str, zarr.Array], values: dict[str, 
         problems.append(f"{where}: all {len(done)} clips failed (e.g. {clip_ids[0]}: {errors[0]}): nothing to train "
                         "or evaluate on")
     problems += _cls_problems(path, arrays["cls"], done, failed, clip_ids, where)
+    if SPECIES_PROBS in arrays:
+        problems += _species_problems(path, done & ~failed, clip_ids, where)
     if "patches" in arrays:
         problems += _patch_problems(path, arrays["patches"], np.flatnonzero(done & ~failed), clip_ids, where, workers)
     return problems
@@ -314,7 +337,8 @@ def _manifest_problem(values: dict[str, np.ndarray], attrs: dict[str, Any], wher
     return []
 
 
-def _verify_split(path: Path, workers: int) -> list[str]:
+def _verify_split(path: Path, workers: int, predictor: bool | None) -> list[str]:
+    """The split's problems; ``predictor``: whether the root says a species predictor ran (None: unknown)."""
     where = f"split {path.name!r}"
     try:
         attrs = read_group_attrs(path, path.parent)
@@ -323,9 +347,14 @@ def _verify_split(path: Path, workers: int) -> list[str]:
     missing = [f"{where}: attribute {key!r} is missing" for key in SPLIT_KEYS if key not in attrs]
     if missing:
         return missing
-    arrays, problems = _open_arrays(path, [*SPLIT_ARRAYS, *(["patches"] if attrs["patches"] else [])], where)
+    optional = [name for name, kept in (("patches", attrs["patches"]), (SPECIES_PROBS, attrs.get(SPECIES_PROBS)))
+                if kept]
+    arrays, problems = _open_arrays(path, [*SPLIT_ARRAYS, *optional], where)
     if (path / "patches").is_dir() and not attrs["patches"]:
         problems.append(f"{where}: holds patches although its attributes say it has none")
+    if predictor is not None and predictor != bool(attrs.get(SPECIES_PROBS)):
+        problems.append(f"{where}: {'holds no' if predictor else 'holds'} {SPECIES_PROBS} although the cache was "
+                        f"extracted {'with' if predictor else 'without'} a species predictor")
     if problems:
         return problems
     problems = _shape_problems(arrays, attrs, where)
@@ -362,21 +391,23 @@ def _text_problems(path: Path, kind: str) -> list[str]:
 
 def verify_cache(path: str | Path, workers: int = 4) -> list[str]:
     """Every problem found (empty = OK): attributes, shapes, chunk alignment, done vs data, finiteness,
-    and every part that cannot be read.
+    species probabilities (finite, summing to 1), and every part that cannot be read.
 
     Reads every done clip's features once, a chunk at a time, so it takes about as long as one
     pass over the cache.
     """
     path = Path(path)
+    predictor = None
     try:
         attrs = read_root_attrs(path)
         problems = [f"root attribute {key!r} is missing" for key in ROOT_KEYS if key not in attrs]
+        predictor = "species" in attrs.get("config", {})
     except DamagedCache as e:  # the splits may still be sound: check them too
         problems = [e.problem]
     except CacheError as e:
         return [str(e)]
     for split in split_names(path):
-        problems += _verify_split(path / split, workers)
+        problems += _verify_split(path / split, workers, predictor)
     for kind in group_names(path / TEXT_GROUP):
         problems += _text_problems(path, kind)
     return problems

@@ -4,8 +4,9 @@ model needs them.
 
 A cache is used only if it holds what the run asks for: features of the same backbone and
 sampling, the same vocabularies, every clip of the run with the same labels, finite values, and
-(unless the user allows otherwise) every clip extracted. Anything else is refused before training,
-naming the first difference."""
+(unless the user allows otherwise) every clip extracted; and, for a run whose head conditions on
+a separate species predictor (``species.model``), that predictor's probabilities. Anything else is
+refused before training, naming the first difference."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anim_clip.cache.extract import config_signature
-from anim_clip.cache.store import CachedSplit, FeatureCache, TextFeatures, check_compatible
+from anim_clip.cache.extract import config_signature, species_signature
+from anim_clip.cache.store import SPECIES_PROBS, CachedSplit, FeatureCache, TextFeatures, check_compatible
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.backbone import check_backbone, resolve_weights
 from anim_clip.models.features import Batch, FrameFeatures
+from anim_clip.models.species import SECTION, check_predictor, conditions_on_predictor, predictor_backbone
 from anim_clip.models.text import pool_text
 from anim_clip.ui import console
 
@@ -41,13 +43,29 @@ def _pick(tree: dict, dotted: str):
 
 
 def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
-    """Refuse a cache built for another backbone, sampling or dataset, naming the field."""
+    """Refuse a cache built for another backbone, sampling or dataset, naming the field, and one
+    without the species predictor's probabilities the run's head conditions on."""
     check_backbone(cfg.backbone)
     expected = config_signature(cfg, resolve_weights(cfg.backbone)[1])
     check_compatible({k: _pick(cache.config, k) for k in MATCHING}, {k: _pick(expected, k) for k in MATCHING}, cache.path)
     if needs_patches and cache.config["backbone"]["patches"] == "none":
         raise AnimClipError(f"cache {cache.path} holds no patch tokens, which model.video_specific_prompt needs: "
                             "extract with --set backbone.patches=fp16")
+    if conditions_on_predictor(cfg):
+        check_species_predictor(cfg, cache)
+
+
+def check_species_predictor(cfg: Config, cache: FeatureCache) -> None:
+    """The cache must hold the probabilities of the predictor ``species.model`` names (the same
+    model, weights and template), which a head with ``predicted`` species conditions on."""
+    check_predictor(cfg.species)
+    stored = cache.config.get("species")
+    if stored is None:
+        raise CacheError(f"cache {cache.path} holds no species probabilities, which model.species_source=predicted "
+                         f"with species.model={cfg.species.model} needs: extract them into a new cache (`anim-clip "
+                         f"extract CONFIG --out NEW --set species.model={cfg.species.model}`)")
+    expected = species_signature(cfg.species, resolve_weights(predictor_backbone(cfg.species), SECTION)[1])
+    check_compatible({"species": {k: stored.get(k) for k in expected}}, {"species": expected}, cache.path)
 
 
 def head_dims(cache: FeatureCache) -> dict[str, int | None]:
@@ -75,11 +93,13 @@ def class_text(cache: FeatureCache, kind: str, use_descriptions: bool, pooling: 
 class CachedSplitData:
     """One cached split restricted to usable clips (decoded, and allowed by the dataset config)."""
 
-    def __init__(self, split: CachedSplit, indices: torch.Tensor, needs_patches: bool, pending: int = 0):
+    def __init__(self, split: CachedSplit, indices: torch.Tensor, needs_patches: bool, pending: int = 0,
+                 predicted_species: bool = False):
         self.split = split
         self.indices = indices  # (N,) cache rows
         self.needs_patches = needs_patches
         self.pending = pending  # the run's clips of this split not extracted yet (left out)
+        self.predicted_species = predicted_species  # the head is given the species predictor's cached probabilities
 
     @property
     def num_views(self) -> int:
@@ -89,7 +109,17 @@ class CachedSplitData:
         return self.split.targets[self.indices].float()
 
     def species(self) -> torch.Tensor:
+        """The annotated species of the clips (what metrics compare with)."""
         return self.split.species[self.indices].float()
+
+    def condition(self, rows: torch.Tensor) -> torch.Tensor:
+        """The species vectors of cache ``rows`` the head is given: the annotation, or the species
+        predictor's cached probabilities."""
+        return (self.split.species_probs if self.predicted_species else self.split.species)[rows].float()
+
+    def with_species(self, predicted: bool) -> CachedSplitData:
+        """The same clips, the head given the predictor's probabilities (or the annotation)."""
+        return CachedSplitData(self.split, self.indices, self.needs_patches, self.pending, predicted)
 
     def batches(self, plan: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Batch]:
         """Batches for ``(rows, views)`` pairs, in order; patches read ahead when needed."""
@@ -98,7 +128,7 @@ class CachedSplitData:
         )
         for (rows, _), feats in zip(plan, features):
             yield Batch(FrameFeatures(feats.cls.float(), None if feats.patches is None else feats.patches.float()),
-                        self.split.targets[rows].float(), self.split.species[rows].float())
+                        self.split.targets[rows].float(), self.condition(rows))
 
 
 def _first_name_difference(cached: list[str], run: list[str]) -> str:
@@ -161,14 +191,19 @@ def check_complete(cache: FeatureCache, pending: dict[str, tuple[int, int]], all
 
 
 def check_finite(split: CachedSplit, rows: torch.Tensor) -> None:
-    """Refuse NaN or inf in the features of the clips used: a damaged cache, not a training problem."""
-    bad = torch.cat([r[~torch.isfinite(split.cls[r]).flatten(1).all(1)] for r in rows.split(FINITE_CHECK_ROWS)]
-                    or [rows[:0]])
-    if len(bad):
-        names = ", ".join(repr(split.clip_ids[i]) for i in bad[:SHOWN_CLIPS].tolist())
-        more = f" and {len(bad) - SHOWN_CLIPS} more" if len(bad) > SHOWN_CLIPS else ""
-        raise DamagedCache(split.path.parent, f"{split.path / 'cls'}: {len(bad)} clips hold NaN/inf features "
-                                              f"({names}{more})")
+    """Refuse NaN or inf in the features (and species probabilities) of the clips used: a damaged
+    cache, not a training problem."""
+    arrays = {"cls": (split.cls, "features")}
+    if split.species_probs is not None:
+        arrays[SPECIES_PROBS] = (split.species_probs, "species probabilities")
+    for name, (array, what) in arrays.items():
+        bad = torch.cat([r[~torch.isfinite(array[r]).flatten(1).all(1)] for r in rows.split(FINITE_CHECK_ROWS)]
+                        or [rows[:0]])
+        if len(bad):
+            names = ", ".join(repr(split.clip_ids[i]) for i in bad[:SHOWN_CLIPS].tolist())
+            more = f" and {len(bad) - SHOWN_CLIPS} more" if len(bad) > SHOWN_CLIPS else ""
+            raise DamagedCache(split.path.parent, f"{split.path / name}: {len(bad)} clips hold NaN/inf {what} "
+                                                  f"({names}{more})")
 
 
 def stored_in(split: str) -> tuple[str, ...]:
@@ -201,11 +236,12 @@ def open_cached_data(cfg: Config, cache_path: str | Path, dataset: Dataset, devi
     for name in use:
         check_finite(splits[name], usable[name])
     out = {}
+    predicted = conditions_on_predictor(cfg)
     train_rows, val_rows = hold_out(usable["train"], cfg.train.val_fraction, cfg.train.seed)
     if val_rows is not None:
-        out["val"] = CachedSplitData(splits["train"], val_rows, needs_patches)
-    out["train"] = CachedSplitData(splits["train"], train_rows, needs_patches, pending["train"][0])
-    out["test"] = CachedSplitData(splits["test"], usable["test"], needs_patches, pending["test"][0])
+        out["val"] = CachedSplitData(splits["train"], val_rows, needs_patches, predicted_species=predicted)
+    out["train"] = CachedSplitData(splits["train"], train_rows, needs_patches, pending["train"][0], predicted)
+    out["test"] = CachedSplitData(splits["test"], usable["test"], needs_patches, pending["test"][0], predicted)
     if len(out["train"].indices) == 0:
         raise AnimClipError(f"cache {cache.path}: no usable training clips (all failed, or not extracted yet)")
     return cache, out

@@ -10,6 +10,7 @@ One zarr v3 store (docs/design.md "Cache layout")::
         error         (N,)        str   why a clip failed ("" = it did not)
         decoder       (N,)        str   which video decoder decoded the clip ("" = none did)
         frame_indices (N,V,T) i32 the source frames of every view, written with the clip's cls chunk
+        species_probs (N,A)   f32   the species predictor's probabilities (only with species.model)
         clip_ids (N,) str, targets (N,C) u8, species (N,A) u8
     PATH/.<split>.lock                  byte-range locks of the writers, one byte per chunk
     PATH/text/<kind>/                   raw text embeddings of class names and descriptions
@@ -19,7 +20,7 @@ sees a whole split (attributes and creation-time arrays included) or none. zarr'
 each chunk to a temporary file and renames it, so a chunk is old or new, never torn. Each chunk has
 one writer: shards split on chunk boundaries, and a writer holds an exclusive lock on its shard's
 chunks, so a second process on the same chunks is refused. That writer rewrites a chunk's per-clip
-arrays (``cls``, ``frame_indices``, ``error``) whole from its own buffer, which holds what is on
+arrays (``cls``, ``frame_indices``, ``error``, ...) whole from its own buffer, which holds what is on
 disk for the clips already done, and writes ``done`` after them: so a clip marked done has all its
 data, and its values never change again. The buffer is written when its chunk is complete and at
 least every ``FLUSH_SECONDS``, so a kill loses at most that much work.
@@ -63,6 +64,7 @@ MAX_ERROR_CHARS = 200
 TEXT_GROUP = "text"
 FLUSH_SECONDS = 30.0  # a writer saves the clips of incomplete chunks at least this often
 CHUNK_ARRAYS = ("cls", "frame_indices", "error", "decoder")  # per-clip arrays chunked like cls, written before done
+SPECIES_PROBS = "species_probs"  # one more of them, in the splits of a cache extracted with a species predictor
 # what zarr, the JSON parser and the codecs raise on a damaged store (truncated chunk, invalid
 # zarr.json, missing array); only zarr calls are wrapped, so none of these is a bug of ours
 DAMAGE = (ValueError, KeyError, RuntimeError, OSError, TypeError, AttributeError)
@@ -262,6 +264,7 @@ class SplitSpec:
     dim: int  # D of the CLS embeddings
     view_kind: str  # e.g. "augmented" (train) or "4 clips x 3 crops" (test)
     patch_shape: tuple[int, int] | None = None  # (P, W) when patch tokens are stored
+    species_probs: bool = False  # the species predictor's probabilities are stored
 
     def arrays(self) -> dict[str, np.ndarray]:
         n = len(self.clip_ids)
@@ -277,7 +280,9 @@ class SplitSpec:
         return {"num_clips": len(self.clip_ids), "num_views": self.views, "view_kind": self.view_kind,
                 "frames": self.frames, "dim": self.dim,
                 "patches": list(self.patch_shape) if self.patch_shape else None,
-                "manifest_sha256": manifest_sha256(self.clip_ids, list(arrays.values()))}
+                "manifest_sha256": manifest_sha256(self.clip_ids, list(arrays.values())),
+                # only when set, so that splits made before the species predictor existed still match
+                **({SPECIES_PROBS: True} if self.species_probs else {})}
 
 
 def _build_split(tmp: Path, spec: SplitSpec) -> None:
@@ -295,6 +300,9 @@ def _build_split(tmp: Path, spec: SplitSpec) -> None:
     g.create_array("done", shape=(n,), chunks=(cpc,), dtype=bool, fill_value=False)
     g.create_array("error", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
     g.create_array("decoder", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
+    if spec.species_probs:
+        a = spec.species.shape[1]
+        g.create_array(SPECIES_PROBS, shape=(n, a), chunks=(cpc, a), dtype="float32", fill_value=np.nan)
     _write_strings(g, "clip_ids", spec.clip_ids)
     for name, a in spec.arrays().items():
         rows = _rows_per_chunk(a[:1].nbytes)
@@ -422,6 +430,8 @@ class SplitWriter:
         with reading(self.path, Path(path)):
             g = zarr.open_group(self.path, mode="r+")
             self._arrays = {name: g[name] for name in CHUNK_ARRAYS}
+            if g.attrs.get(SPECIES_PROBS):
+                self._arrays[SPECIES_PROBS] = g[SPECIES_PROBS]
             self._done = g["done"]
             self._patches = g["patches"] if "patches" in g else None
         self.num_clips = self._done.shape[0]
@@ -467,9 +477,11 @@ class SplitWriter:
         return _ChunkBuffer(start, rows, done, set(), {start + i for i in np.flatnonzero(~done)})
 
     def write(self, index: int, features: FrameFeatures, frame_indices: np.ndarray, decoder: str) -> None:
-        """Store clip ``index``: ``features.cls`` ``(V,T,D)``, if kept ``patches`` ``(V,T,P,W)``, the
-        source frame of every view's frame ``(V,T)`` and the video decoder that decoded them."""
+        """Store clip ``index``: ``features.cls`` ``(V,T,D)``, if kept ``patches`` ``(V,T,P,W)`` and the
+        mean over views of the species probabilities ``species`` ``(V,A)``, the source frame of every
+        view's frame ``(V,T)`` and the video decoder that decoded them."""
         cls = _half(features.cls, self._arrays["cls"].shape[1:], f"clip {index} cls")
+        extra = {SPECIES_PROBS: self._species_probs(index, features.species)} if SPECIES_PROBS in self._arrays else {}
         if tuple(np.shape(frame_indices)) != tuple(self._arrays["frame_indices"].shape[1:]):
             raise CacheError(f"clip {index} frame indices: shape {np.shape(frame_indices)}, "
                              f"the cache expects {tuple(self._arrays['frame_indices'].shape[1:])}")
@@ -480,7 +492,15 @@ class SplitWriter:
         buffer = self._take(index)
         if self._patches is not None:
             self._patches[index] = patches
-        self._arrived(buffer, index, cls=cls, frame_indices=frame_indices, decoder=decoder)
+        self._arrived(buffer, index, cls=cls, frame_indices=frame_indices, decoder=decoder, **extra)
+
+    def _species_probs(self, index: int, species: torch.Tensor | None) -> np.ndarray:
+        """A clip's species probabilities: the mean of its views'."""
+        shape = (self._arrays["cls"].shape[1], self._arrays[SPECIES_PROBS].shape[1])
+        if species is None or tuple(species.shape) != shape:
+            got = None if species is None else tuple(species.shape)
+            raise CacheError(f"{self.path} stores species probabilities {shape} per clip, clip {index} came with {got}")
+        return species.detach().to("cpu", torch.float32).mean(0).numpy()
 
     def fail(self, index: int, reason: str) -> None:
         """Record that clip ``index`` could not be made; its features stay NaN."""
@@ -567,6 +587,9 @@ class CachedSplit:
         self.targets = torch.from_numpy(read("targets")).to(self.device)  # (N, C) uint8
         self.species = torch.from_numpy(read("species")).to(self.device)  # (N, A) uint8
         self.frame_indices = torch.from_numpy(read("frame_indices"))  # (N, V, T) int32
+        # (N, A) float32, the species predictor's probabilities; None in a cache extracted without one
+        self.species_probs = (torch.from_numpy(read(SPECIES_PROBS)).to(self.device)
+                              if self.attrs.get(SPECIES_PROBS) else None)
         self.clip_ids: list[str] = read("clip_ids").tolist()
         self._patches = None
         if self.attrs.get("patches"):

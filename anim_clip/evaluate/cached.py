@@ -10,11 +10,13 @@ import numpy as np
 import torch
 
 from anim_clip.cache.reader import CachedSplitData
+from anim_clip.cache.store import FeatureCache
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.plots import group_plot, per_class_ap_plot, training_curves_plot
-from anim_clip.evaluate.report import EvalContext, evaluation_report, report_table
+from anim_clip.evaluate.metrics import any_topk_accuracy
+from anim_clip.evaluate.report import SPECIES_INPUTS, EvalContext, evaluation_report, headline, report_table
 from anim_clip.evaluate.scoring import split_scores
 from anim_clip.io import atomic_write_json
 from anim_clip.models.head import AnimalCLIPHead
@@ -48,8 +50,37 @@ def cached_scores(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, dis
 
 def evaluate_split(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, ctx: EvalContext,
                    dist: Distributed) -> dict[str, Any]:
+    """The report of ``model`` on ``data``; where the cache holds a species predictor's
+    probabilities, also :func:`predictor_report`."""
     scores = cached_scores(model, data, cfg, dist)
-    return evaluation_report(scores, data.targets().cpu().numpy(), data.species().cpu().numpy(), ctx, cfg.eval)
+    report = evaluation_report(scores, data.targets().cpu().numpy(), data.species().cpu().numpy(), ctx, cfg.eval)
+    if data.split.species_probs is not None:
+        report.update(predictor_report(model, data, cfg, ctx, dist, report))
+    return report
+
+
+def predictor_report(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, ctx: EvalContext,
+                     dist: Distributed, report: dict[str, Any]) -> dict[str, Any]:
+    """``species_predictor``: the cached predictor's species top-1/top-5 against the annotation
+    (clips without an annotated species left out and counted); ``species_input``: the head's
+    action metrics given the annotated species and given the predicted ones (``report`` holds the
+    first when the head takes the annotation, the second when it takes the predictor's)."""
+    annotated = data.species().cpu().numpy()
+    probabilities = data.split.species_probs[data.indices].cpu().numpy()
+    labelled = annotated.sum(1) > 0
+    out: dict[str, Any] = {"species_predictor": {
+        **{k: FeatureCache(data.split.path.parent).config["species"][k] for k in ("model", "template")},
+        "top1": any_topk_accuracy(probabilities, annotated, 1), "top5": any_topk_accuracy(probabilities, annotated, 5),
+        "clips": int(labelled.sum()), "clips_without_species": int((~labelled).sum())}}
+    if model.cfg.species_source == "none" or model.predicts_species:
+        return out  # the head takes no given species vector: nothing to compare
+    other = data.with_species(not data.predicted_species)
+    other_report = evaluation_report(cached_scores(model, other, cfg, dist), data.targets().cpu().numpy(), annotated,
+                                     ctx, cfg.eval)
+    own = SPECIES_INPUTS[data.predicted_species]
+    out["species_input"] = {"report_uses": own, own: headline(report),
+                            SPECIES_INPUTS[other.predicted_species]: headline(other_report)}
+    return out
 
 
 def write_report(report: dict[str, Any], ctx: EvalContext, run: RunDir, title: str) -> list[Path]:

@@ -3,7 +3,8 @@
 - multi-label (AK): mAP over classes with at least one positive, non-interpolated AP per class
   (equal to ``sklearn.metrics.average_precision_score``, ties included), head/middle/tail mAP;
 - single-label (MammalNet, LoTE): top-1/top-5, mean class accuracy, head/middle/tail accuracy;
-- "inconsistent predictions": the share of top-5 actions the clip's species cannot perform.
+- "inconsistent predictions": the share of top-5 actions the clip's species cannot perform;
+- a species predictor's top-1/top-5 against multi-hot annotations (any annotated species counts).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def topk_accuracy(scores: ArrayLike, labels: ArrayLike, k: int) -> float:
     s, y = _tensor(scores), torch.as_tensor(np.asarray(labels)).long()
     top = s.topk(min(k, s.shape[1]), dim=1).indices
     return float((top == y.unsqueeze(1)).any(1).double().mean())
+
+
+def any_topk_accuracy(scores: ArrayLike, targets: ArrayLike, k: int) -> float:
+    """Share of rows one of whose positives (multi-hot ``targets``) is among the k best scores;
+    rows without a positive are left out (NaN when none has one). A clip showing two species is
+    right when either of them is in its top k."""
+    s, y = _tensor(scores), _tensor(targets)
+    labelled = y.sum(1) > 0
+    if not labelled.any():
+        return float("nan")
+    top = s.topk(min(k, s.shape[1]), dim=1).indices
+    return float((y.gather(1, top) > 0).any(1)[labelled].double().mean())
 
 
 def per_class_accuracy(scores: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:

@@ -32,6 +32,15 @@ class EvalContext:
     unseen_species: tuple[int, ...] = ()  # species held out of training (data.unseen_species)
 
 
+HEADLINE = ("mAP", "top1", "top5", "mean_class_accuracy")  # the action metrics compared across species inputs
+SPECIES_INPUTS = {False: "annotated", True: "predicted"}  # the species the head is given, by "predicted?"
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The report's action metrics that :data:`HEADLINE` names (those its dataset has)."""
+    return {key: report[key] for key in HEADLINE if key in report}
+
+
 def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
     """mAP for multi-label datasets (AK), top-1 accuracy for single-label ones (docs/method.md §4.1)."""
     key = "mAP" if report["multilabel"] else "top1"
@@ -92,6 +101,24 @@ def report_table(report: dict[str, Any], title: str) -> Table:
         unseen = report["unseen_species"]
         key = "mAP" if unseen["multilabel"] else "top1"
         rows.append([f"unseen species: {key} ({unseen['clips']} clips)", _pct(unseen[key])])
+    rows += _predictor_rows(report)
     for split, count in report.get("pending_clips", {}).items():
         rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count)])
     return table(f"{title} ({report['clips']} clips, %)", ["metric", "value"], rows)
+
+
+def _predictor_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The species predictor's accuracy, then each action metric given the annotated | predicted species."""
+    predictor = report.get("species_predictor")
+    if predictor is None:
+        return []
+    without = predictor["clips_without_species"]
+    clips = f"{predictor['clips']} clips" + (f"; {without} without annotated species left out" if without else "")
+    rows = [["species predictor", predictor["model"]],
+            *([f"predicted species top-{k} ({clips})", _pct(predictor[f"top{k}"])] for k in (1, 5))]
+    given = report.get("species_input")
+    if given is not None:
+        rows.append(["the metrics above are given", f"{given['report_uses']} species"])
+        rows += [[f"{key.replace('_', ' ')} given annotated | predicted species",
+                  f"{_pct(given['annotated'][key])} | {_pct(given['predicted'][key])}"] for key in given["annotated"]]
+    return rows

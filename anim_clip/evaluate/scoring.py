@@ -99,12 +99,12 @@ def split_scores(head: AnimalCLIPHead, data: CachedSplitData, rows: Tensor, cfg:
     if not len(rows):
         return scores
     with torch.no_grad():
-        if head.cfg.species_source == "predicted":  # per view, from its frames
+        if head.predicts_species:  # per view, from its frames
             view_species = torch.cat([head.species_vector(split.cls[part].flatten(0, 1).float(), None)
                                       for part in rows.split(max(1, 8192 // views))])
             distinct, index = torch.unique(view_species, dim=0, return_inverse=True)
-        else:  # per clip: the annotation, or none
-            distinct, clip_index = torch.unique(head.given_species(split.species[rows].float(), len(rows)), dim=0,
+        else:  # per clip: the annotation, the species predictor's cached probabilities, or none
+            distinct, clip_index = torch.unique(head.given_species(data.condition(rows), len(rows)), dim=0,
                                                 return_inverse=True)
             index = clip_index.repeat_interleave(views)
 

@@ -33,6 +33,7 @@ from anim_clip.evaluate.scoring import clip_scores
 from anim_clip.frames import DecodedClip, FrameEncoder, decode_clip, decoded_batches, with_decoder
 from anim_clip.models.checkpoint import head_and_tower
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.species import SpeciesPredictor, species_predictor
 from anim_clip.runtime.distributed import Distributed
 from anim_clip.ui import console
 
@@ -79,10 +80,11 @@ def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedCli
     return decode_clip(paths[index], "test", index, cfg)  # any split but train plans the test views
 
 
-def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config,
-                 dist: Distributed) -> tuple[np.ndarray, np.ndarray]:
+def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, dist: Distributed,
+                 predictor: SpeciesPredictor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(N, C)`` scores (:func:`~anim_clip.evaluate.scoring.clip_scores`) and ``(N,)`` whether
-    each video decoded (rows of failed ones are zero)."""
+    each video decoded (rows of failed ones are zero). The head is given each clip's annotated
+    species, or with a species ``predictor`` its probabilities averaged over the clip's views."""
     check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
     modes = head.training, tower.training
     head.eval(), tower.eval()
@@ -96,14 +98,15 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
         for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
             yield from clips
 
-    for clip, features in FrameEncoder(tower, dist.device, cfg).encode(decoded()):
+    for clip, features in FrameEncoder(tower, dist.device, cfg, predictor).encode(decoded()):
         fallbacks(clip.fallback)
         if features is None:
             console.print(f"[bold red]error:[/] {escape(str(VideoDecodeError(videos.paths[clip.index], clip.error)))}; "
                           "left out of the evaluation", soft_wrap=True, highlight=False)
             continue
         rows.append(clip.index)
-        scores.append(clip_scores(head, features.to(dist.device)[None], species[clip.index][None], cfg)[0])
+        given = species[clip.index] if predictor is None else features.species.mean(0).to(dist.device)
+        scores.append(clip_scores(head, features.to(dist.device)[None], given[None], cfg)[0])
     head.train(modes[0]), tower.train(modes[1])
     num_classes = videos.targets.shape[1]
     rows_t = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device))
@@ -116,9 +119,9 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
 
 
 def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, ctx: EvalContext,
-                    dist: Distributed) -> dict[str, Any]:
-    """The evaluation report of ``videos`` with ``cfg``'s test views."""
-    scores, decoded = video_scores(head, tower, videos, cfg, dist)
+                    dist: Distributed, predictor: SpeciesPredictor | None = None) -> dict[str, Any]:
+    """The evaluation report of ``videos`` with ``cfg``'s test views (:func:`video_scores`)."""
+    scores, decoded = video_scores(head, tower, videos, cfg, dist, predictor)
     if not decoded.any():
         raise AnimClipError(f"none of the {len(videos.paths)} videos to evaluate could be decoded (is data.root right?)")
     report = evaluation_report(scores[decoded], videos.targets[decoded], videos.species[decoded], ctx, cfg.eval)
@@ -131,7 +134,8 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
                                   out: str | Path | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """``anim-clip eval --videos``: a checkpoint on the raw videos of its config's split. An
     end-to-end checkpoint runs its own cross-frame tower; a head runs on the frozen backbone its
-    config names. Table, eval JSON and plots, as for a cache."""
+    config names. A head given a species predictor's probabilities (``species.model``) gets them
+    from that predictor run on the same views. Table, eval JSON and plots, as for a cache."""
     from anim_clip.data.dataset import load_dataset
     from anim_clip.evaluate.cached import eval_context, eval_dir, write_report
     from anim_clip.runtime.rundir import resolve_checkpoint
@@ -145,8 +149,9 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     dataset = load_dataset(cfg.data)
     videos = video_split(dataset, split, cfg)
     head, tower, _ = head_and_tower(ckpt)
+    predictor = species_predictor(cfg.species, dataset.species)[0].to(dist.device) if head.external_species else None
     ctx = eval_context(dataset, cfg)
-    report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist)
+    report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist, predictor)
     report.update(checkpoint=str(file), split=split)
     if dist.is_main:
         run = eval_dir(file, out)

@@ -82,58 +82,60 @@ def brings_weights(model: str) -> bool:
     return model.startswith((HF_HUB, LOCAL_DIR))
 
 
-def local_dir(model: str) -> Path:
-    """The folder of a ``local-dir:`` model, refused in one line unless it holds an open_clip config."""
+def local_dir(model: str, section: str = "backbone") -> Path:
+    """The folder of a ``local-dir:`` model, refused in one line (naming ``section.model``) unless it
+    holds an open_clip config."""
     folder = Path(model.removeprefix(LOCAL_DIR))
     config = folder / LOCAL_CONFIG
     if not config.is_file():
         found = "is not a folder" if not folder.is_dir() else f"has no {LOCAL_CONFIG}"
-        raise ConfigError(f"backbone.model: {folder} {found}; point local-dir: at a downloaded open_clip model "
+        raise ConfigError(f"{section}.model: {folder} {found}; point local-dir: at a downloaded open_clip model "
                           f"(`hf download ORG/REPO --local-dir {folder}`)")
     return folder
 
 
-def _model_config(model: str) -> dict:
+def _model_config(model: str, section: str) -> dict:
     """The architecture open_clip builds for ``model`` (``model_cfg``), refused in one line if unreadable."""
     import open_clip
 
     try:
         found = open_clip.get_model_config(model)
     except Exception as e:  # an unreadable local config; no hub access or no such repository
-        raise ConfigError(f"backbone.model: cannot read the open_clip config of {model!r} "
+        raise ConfigError(f"{section}.model: cannot read the open_clip config of {model!r} "
                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(found, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(found):
-        raise ConfigError(f"backbone.model: {model!r} has no open_clip model config (embed_dim, vision_cfg, text_cfg)")
+        raise ConfigError(f"{section}.model: {model!r} has no open_clip model config (embed_dim, vision_cfg, text_cfg)")
     return found
 
 
-def check_backbone(cfg: BackboneConfig) -> None:
-    """Refuse, in one line, a model open_clip does not know, or a ``pretrained`` or ``quick_gelu``
+def check_backbone(cfg: BackboneConfig, section: str = "backbone") -> None:
+    """Refuse, in one line naming the fields of config ``section`` (``backbone``, or ``species`` for
+    the species predictor), a model open_clip does not know, or a ``pretrained`` or ``quick_gelu``
     that contradicts a model bringing its own weights and activation."""
     import open_clip
 
     register_tiny_model()
     if not brings_weights(cfg.model):
         if cfg.model not in open_clip.list_models():
-            raise ConfigError(f"backbone.model: unknown open_clip model {cfg.model!r}; give a name (e.g. ViT-B-16, "
+            raise ConfigError(f"{section}.model: unknown open_clip model {cfg.model!r}; give a name (e.g. ViT-B-16, "
                               f"{TINY_MODEL}), hf-hub:org/repo or local-dir:/path")
         return
     if cfg.model.startswith(LOCAL_DIR):
-        local_dir(cfg.model)
+        local_dir(cfg.model, section)
     if cfg.pretrained is not None:
-        raise ConfigError(f"backbone.pretrained={cfg.pretrained!r} contradicts backbone.model={cfg.model!r}, which "
-                          "brings its own weights: set backbone.pretrained=null")
-    if cfg.quick_gelu and not _model_config(cfg.model).get("quick_gelu", False):
+        raise ConfigError(f"{section}.pretrained={cfg.pretrained!r} contradicts {section}.model={cfg.model!r}, which "
+                          f"brings its own weights: set {section}.pretrained=null")
+    if cfg.quick_gelu and not _model_config(cfg.model, section).get("quick_gelu", False):
         raise ConfigError(f"backbone.quick_gelu=true would turn the GELU of {cfg.model!r} (its config sets no "
                           "quick_gelu) into QuickGELU: set backbone.quick_gelu=false")
 
 
-def _local_weights(model: str) -> tuple[str | None, WeightsInfo]:
+def _local_weights(model: str, section: str) -> tuple[str | None, WeightsInfo]:
     """The weights file open_clip loads from a ``local-dir:`` folder, hashed with the folder's config
     (which fixes the architecture and preprocessing); none found = random init."""
     from open_clip.factory import _find_checkpoint_in_dir  # the file open_clip itself picks
 
-    folder = local_dir(model)
+    folder = local_dir(model, section)
     found = _find_checkpoint_in_dir(folder)
     if found is None:
         return None, WeightsInfo(model, None, None)
@@ -141,11 +143,11 @@ def _local_weights(model: str) -> tuple[str | None, WeightsInfo]:
     return None, WeightsInfo(model, found, digest)
 
 
-def resolve_weights(cfg: BackboneConfig) -> tuple[str | None, WeightsInfo]:
+def resolve_weights(cfg: BackboneConfig, section: str = "backbone") -> tuple[str | None, WeightsInfo]:
     """Map ``cfg.pretrained`` to what open_clip takes (a tag or a file) plus provenance; a model that
     brings its weights takes none (a ``local-dir:``'s are hashed, an ``hf-hub:``'s named by the repository)."""
     if cfg.model.startswith(LOCAL_DIR):
-        return _local_weights(cfg.model)
+        return _local_weights(cfg.model, section)
     if cfg.model.startswith(HF_HUB):
         return None, WeightsInfo(cfg.model, cfg.model, None)
     pretrained = cfg.pretrained
@@ -160,7 +162,7 @@ def resolve_weights(cfg: BackboneConfig) -> tuple[str | None, WeightsInfo]:
     path = Path(pretrained).expanduser()
     if path.suffix in CHECKPOINT_SUFFIXES or path.exists():
         if not path.is_file():
-            raise AnimClipError(f"{path}: checkpoint file not found (backbone.pretrained)")
+            raise AnimClipError(f"{path}: checkpoint file not found ({section}.pretrained)")
         return str(path), WeightsInfo(cfg.model, str(path), file_sha256(path))
     return pretrained, WeightsInfo(cfg.model, pretrained, None)
 
@@ -188,15 +190,16 @@ def _preprocess_override(cfg: BackboneConfig, load_weights: bool) -> dict | None
     return {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag} or None
 
 
-def create_clip(cfg: BackboneConfig, *, load_weights: bool = True) -> tuple[torch.nn.Module, WeightsInfo]:
+def create_clip(cfg: BackboneConfig, *, load_weights: bool = True,
+                section: str = "backbone") -> tuple[torch.nn.Module, WeightsInfo]:
     """The open_clip model ``cfg`` names, in eval mode, and where its weights came from. Without
     ``load_weights``: the same architecture and preprocessing, randomly initialised (a checkpoint's
-    weights follow). Any backbone spec works, so a second model (a zero-shot species predictor, say)
-    is built the same way."""
+    weights follow). Any backbone spec works, so a second model (the zero-shot species predictor,
+    config ``section`` ``species``, named in refusals) is built the same way."""
     import open_clip
 
-    check_backbone(cfg)
-    pretrained, info = resolve_weights(cfg) if load_weights else (None, WeightsInfo(cfg.model, None, None))
+    check_backbone(cfg, section)
+    pretrained, info = resolve_weights(cfg, section) if load_weights else (None, WeightsInfo(cfg.model, None, None))
     try:
         # random weights are seeded: a resumed or sharded extraction must see the same model
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_logging():

@@ -8,7 +8,7 @@ needing anything else is refused with one line naming it.
 Our format (``anim-clip/1``, one ``torch.save`` dict, written atomically)::
 
     {"format": "anim-clip/1", "kind": "head" | "e2e", "config": config_to_dict(cfg),
-     "head": {"embed_dim", "num_frames", "patch_width", "gcn_hidden"}, "model": state_dict,
+     "head": {"embed_dim", "num_frames", "patch_width", "gcn_hidden", "external_species"}, "model": state_dict,
      "vocab": {"actions": [...], "species": [...]} | None, ...extra}
 
 A head's state dict holds its vocabulary (text embeddings, graph) when it has one, so a

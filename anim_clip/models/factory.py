@@ -10,6 +10,7 @@ from anim_clip.models.animal_clip import AnimalCLIP
 from anim_clip.models.backbone import create_clip
 from anim_clip.models.crossframe import cross_frame_dims
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.species import conditions_on_predictor
 
 
 def build_head(
@@ -22,7 +23,8 @@ def build_head(
     adjacency: Tensor | None = None,
 ) -> AnimalCLIPHead:
     """The head for ``cfg`` on features ``embed_dim`` wide (patch tokens ``patch_width`` wide), as
-    the built backbone gives them: read from the cache in cached mode, from the tower end to end."""
+    the built backbone gives them: read from the cache in cached mode, from the tower end to end;
+    with ``species.model`` and ``predicted`` species it takes that predictor's probabilities."""
     return AnimalCLIPHead(
         cfg.model,
         embed_dim=embed_dim,
@@ -31,6 +33,7 @@ def build_head(
         action_text=action_text,
         species_text=species_text,
         patch_width=patch_width,
+        external_species=conditions_on_predictor(cfg),
     )
 
 

@@ -19,19 +19,24 @@ class FrameFeatures:
     ``cls``: ``(B, T, D)`` CLS embedding after ``ln_post`` and ``proj``, not normalised (the MIT
     input, docs/method.md §2.3). ``patches``: ``(B, T, N, W)`` last-block patch tokens *before*
     ``ln_post`` (X-CLIP's video-specific prompt input, docs/method.md Appendix B), or None.
+    ``species``: ``(B, A)`` the separate species predictor's probabilities of each view
+    (``species.model``, computed with the frames: extraction, predict, eval on videos), or None.
     """
 
     cls: Tensor
     patches: Tensor | None = None
+    species: Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrameFeatures:
         patches = None if self.patches is None else self.patches.to(device, dtype)
-        return FrameFeatures(self.cls.to(device, dtype), patches)
+        species = None if self.species is None else self.species.to(device)
+        return FrameFeatures(self.cls.to(device, dtype), patches, species)
 
     def __getitem__(self, index) -> FrameFeatures:
         """Select clips (``features[idx]``) so a batch can be split or permuted as one object."""
         patches = None if self.patches is None else self.patches[index]
-        return FrameFeatures(self.cls[index], patches)
+        species = None if self.species is None else self.species[index]
+        return FrameFeatures(self.cls[index], patches, species)
 
 
 @dataclass

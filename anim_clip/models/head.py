@@ -57,7 +57,9 @@ class AnimalCLIPHead(nn.Module):
 
     ``forward(features, species)`` with ``species (B, A)`` float: the annotated (oracle) species
     vector; with ``species_source='predicted'`` it is replaced by a zero-shot prediction from the
-    frame features, with ``'none'`` by zeros. The vocabulary (text embeddings + graph) can be
+    frame features, unless the head has an ``external_species`` predictor (``species.model``,
+    recorded in its checkpoint): then ``species`` is that predictor's probabilities, used as given;
+    with ``'none'`` it is replaced by zeros. The vocabulary (text embeddings + graph) can be
     given here, set later (:meth:`set_vocabulary`), or passed per call (release checkpoints carry
     none: the release re-encodes its text and graph at every call).
     """
@@ -73,13 +75,15 @@ class AnimalCLIPHead(nn.Module):
         species_text: Tensor | None = None,
         patch_width: int | None = None,
         gcn_hidden: int = GCN_HIDDEN,
+        external_species: bool = False,
     ):
         super().__init__()
         if cfg.video_specific_prompt and patch_width is None:
             raise AnimClipError("video_specific_prompt needs the patch-token width (patch_width)")
         self.cfg = dataclasses.replace(cfg)
         self.dims = {
-            "embed_dim": embed_dim, "num_frames": num_frames, "patch_width": patch_width, "gcn_hidden": gcn_hidden
+            "embed_dim": embed_dim, "num_frames": num_frames, "patch_width": patch_width, "gcn_hidden": gcn_hidden,
+            "external_species": external_species,
         }
         self.mit = MultiFrameIntegration(num_frames, embed_dim, cfg.mit_layers)
         self.refine = (
@@ -122,11 +126,26 @@ class AnimalCLIPHead(nn.Module):
             raise AnimClipError("the head has no vocabulary: call set_vocabulary(action_text, species_text, adjacency)")
         return vocab
 
+    @property
+    def external_species(self) -> bool:
+        """Whether ``predicted`` species come from a separate predictor (``species.model``), given
+        to the head, rather than from the head's own zero-shot on its frames."""
+        return self.dims["external_species"]
+
+    @external_species.setter
+    def external_species(self, value: bool) -> None:
+        self.dims["external_species"] = value
+
+    @property
+    def predicts_species(self) -> bool:
+        """Whether the head predicts its species vector itself, ignoring a given one."""
+        return self.cfg.species_source == "predicted" and not self.external_species
+
     def species_vector(self, cls: Tensor, species: Tensor | None, vocab: HeadVocabulary | None = None) -> Tensor:
         """The species vector the head conditions on, per ``species_source`` (docs/method.md D1):
-        for ``predicted`` a zero-shot prediction from the frames ``cls (B, T, D)``, else
-        :meth:`given_species`."""
-        if self.cfg.species_source != "predicted":
+        a zero-shot prediction from the frames ``cls (B, T, D)`` when the head
+        :attr:`predicts_species`, else :meth:`given_species`."""
+        if not self.predicts_species:
             return self.given_species(species, cls.shape[0], vocab).to(cls.dtype)
         vocab = self._vocab(vocab)
         # Zero-shot CLIP on the frame-mean CLS embedding; a fixed predictor, never trained.
@@ -136,7 +155,8 @@ class AnimalCLIPHead(nn.Module):
             return logits.softmax(dim=-1)
 
     def given_species(self, species: Tensor | None, count: int, vocab: HeadVocabulary | None = None) -> Tensor:
-        """``(count, A)``: the annotated (or user-given) species vectors (``oracle``), or zeros (``none``)."""
+        """``(count, A)``: the given species vectors as they are (``oracle``: annotated or named by the
+        user; ``predicted`` with an external predictor: its probabilities), or zeros (``none``)."""
         vocab = self._vocab(vocab)
         if self.cfg.species_source == "none":
             return vocab.species_text.new_zeros(count, vocab.num_species)

@@ -40,6 +40,7 @@ from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.species import conditions_on_predictor
 from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text
 from anim_clip.train.cached import CachedTrainData
 from anim_clip.runtime.distributed import Distributed, setup_distributed
@@ -188,6 +189,10 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
         raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
     if cfg.train.mode == "e2e" and cache is not None:
         raise AnimClipError("e2e mode trains on the raw videos of data.root; drop --cache")
+    if cfg.train.mode == "e2e" and conditions_on_predictor(cfg):
+        raise AnimClipError(f"e2e mode does not run the species predictor species.model={cfg.species.model}: its "
+                            "probabilities live in a feature cache; train in cached mode (--cache), or set "
+                            "species.model=null (predicted species: the head's own zero-shot)")
     if cfg.train.mode == "cached" and init_head is not None:
         raise AnimClipError("--init-head warm-starts end-to-end training (--mode e2e) from a cached run's head")
     dist = setup_distributed(device)
