@@ -156,9 +156,11 @@ def test_an_unfinished_cache_is_refused_unless_allowed(data: Path, cache: Path, 
         f"cache {unfinished} is unfinished: 8 of the 20 'train' clips are not extracted yet; finish them with "
         f"`anim-clip extract CONFIG --out {unfinished}` (the config it was made with), or pass --allow-incomplete "
         "(train, eval, sweep) to use only the clips extracted so far")
-    with pytest.raises(CacheError, match="8 of the 20 'train' clips"):
-        evaluate_checkpoint(run, unfinished, split="train", out=tmp_path / "eval")
-    evaluate_checkpoint(run, unfinished, out=tmp_path / "eval")  # the test split is complete
+    for split in ("train", "test"):  # the test split is complete, but its linear probe fits on the training clips
+        with pytest.raises(CacheError, match="8 of the 20 'train' clips"):
+            evaluate_checkpoint(run, unfinished, split=split, out=tmp_path / "eval")
+    report = evaluate_checkpoint(run, unfinished, out=tmp_path / "eval", allow_incomplete=True)
+    assert report["pending_clips"] == {"train": 8} and report["clips"] == 8
     result = train(cfg_for(data, "train.epochs=1"), cache=unfinished, out=tmp_path / "run", progress=False,
                    allow_incomplete=True)
     assert result.report["pending_clips"] == {"train": 8}
@@ -365,6 +367,11 @@ def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
     metric = rows[0]["metric"]
     on = [json.loads((tmp_path / "refine=on" / f"seed{s}" / "eval.json").read_text())[metric] for s in (0, 1)]
     assert rows[0][f"{metric} mean"] == pytest.approx(np.mean(on)) and rows[0][f"{metric} std"] == pytest.approx(np.std(on))
+    for name, title in (("frequency", "frequency"), ("zero_shot", "zero-shot"), ("linear_probe", "linear probe")):
+        baseline = [json.loads((tmp_path / "refine=off" / f"seed{s}" / "eval.json").read_text())["baselines"][name][metric]
+                    for s in (0, 1)]
+        assert rows[1][f"{title} {metric} mean"] == pytest.approx(np.mean(baseline))
+        assert rows[1][f"{title} {metric} std"] == pytest.approx(np.std(baseline))
     assert load_checkpoint(tmp_path / "refine=off" / "seed1" / "last.pt").config.model.refine is False
     stamp = (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns
     run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path)  # finished runs are not retrained

@@ -1,8 +1,10 @@
 """Evaluation of a head on a cached split: scores (:mod:`anim_clip.evaluate.scoring`), the
-report, its table, JSON and plots. Used at the end of training and by ``anim-clip eval``."""
+report with the baselines beside the head (:mod:`anim_clip.evaluate.baselines`), its table, JSON
+and plots. Used at the end of training and by ``anim-clip eval``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from anim_clip.cache.store import FeatureCache
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
+from anim_clip.evaluate.baselines import cached_baselines
 from anim_clip.evaluate.plots import group_plot, per_class_ap_plot, training_curves_plot
 from anim_clip.evaluate.metrics import any_topk_accuracy
 from anim_clip.evaluate.report import SPECIES_INPUTS, EvalContext, evaluation_report, headline, report_table
@@ -49,11 +52,12 @@ def cached_scores(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, dis
 
 
 def evaluate_split(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, ctx: EvalContext,
-                   dist: Distributed) -> dict[str, Any]:
-    """The report of ``model`` on ``data``; where the cache holds a species predictor's
-    probabilities, also :func:`predictor_report`."""
+                   dist: Distributed, baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The report of ``model`` on ``data``, with the ``baselines`` scores of the same clips beside
+    it; where the cache holds a species predictor's probabilities, also :func:`predictor_report`."""
     scores = cached_scores(model, data, cfg, dist)
-    report = evaluation_report(scores, data.targets().cpu().numpy(), data.species().cpu().numpy(), ctx, cfg.eval)
+    report = evaluation_report(scores, data.targets().cpu().numpy(), data.species().cpu().numpy(), ctx, cfg.eval,
+                               baselines)
     if data.split.species_probs is not None:
         report.update(predictor_report(model, data, cfg, ctx, dist, report))
     return report
@@ -81,6 +85,17 @@ def predictor_report(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, 
     out["species_input"] = {"report_uses": own, own: headline(report),
                             SPECIES_INPUTS[other.predicted_species]: headline(other_report)}
     return out
+
+
+def final_report(model: AnimalCLIPHead, cache: FeatureCache, data: dict[str, CachedSplitData], split: str,
+                 cfg: Config, ctx: EvalContext, dist: Distributed) -> dict[str, Any]:
+    """:func:`evaluate_split` of ``data[split]`` with every baseline beside the head; the main process
+    alone computes the baselines (the one that writes the report)."""
+    scores, notes = cached_baselines(cache, data, split, cfg, ctx.multilabel) if dist.is_main else ({}, {})
+    report = evaluate_split(model, data[split], cfg, ctx, dist, scores)
+    for name, extra in notes.items():
+        report["baselines"][name].update(extra)
+    return report
 
 
 def write_report(report: dict[str, Any], ctx: EvalContext, run: RunDir, title: str) -> list[Path]:
@@ -120,13 +135,14 @@ def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "te
     dist = setup_distributed(device)
     head = model_from_checkpoint(ckpt, "cached").to(dist.device)
     dataset = load_dataset(cfg.data)
-    _, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt, allow_incomplete,
-                               use=stored_in(split))
+    # the linear probe fits on the training clips, so they are checked like the evaluated ones
+    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
+                                       allow_incomplete, use=tuple(dict.fromkeys((*stored_in(split), "train"))))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to evaluate; choose one of {', '.join(data)}")
     ctx = eval_context(dataset, cfg)
-    report = evaluate_split(head, data[split], cfg, ctx, dist)
-    report.update(checkpoint=str(file), split=split, **pending_note({split: data[split]}))
+    report = final_report(head, cache_obj, data, split, cfg, ctx, dist)
+    report.update(checkpoint=str(file), split=split, **pending_note({"train": data["train"], split: data[split]}))
     run = eval_dir(file, out)
     if dist.is_main:
         report["plots"] = [str(p) for p in write_report(report, ctx, run, f"{cfg.data.name} {split}, {file.name}")]

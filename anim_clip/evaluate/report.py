@@ -1,7 +1,9 @@
-"""Turn test scores into the field's report: metrics, long-tail groups, a baseline, a table, JSON."""
+"""Turn test scores into the field's report: metrics, long-tail groups, the baselines beside the head, a
+table, JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -9,6 +11,7 @@ import numpy as np
 from rich.table import Table
 
 from anim_clip.config import EvalConfig
+from anim_clip.evaluate.baselines import TITLES, frequency_scores
 from anim_clip.evaluate.metrics import (
     frequency_groups,
     group_means,
@@ -48,16 +51,24 @@ def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
 
 
 def evaluation_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarray, ctx: EvalContext,
-                      cfg: EvalConfig) -> dict[str, Any]:
-    """Every metric as plain JSON-able values; fractions (not percentages), as the release logs them."""
+                      cfg: EvalConfig, baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The head's metrics, and under ``baselines`` the same metrics of the class-frequency baseline and
+    of the other ``baselines`` scores given (:mod:`anim_clip.evaluate.baselines`)."""
+    report = metrics_report(scores, targets, species, ctx, cfg)
+    given = {"frequency": frequency_scores(ctx.train_counts, len(scores)), **(baselines or {})}
+    report["baselines"] = {name: metrics_report(s, targets, species, ctx, cfg) for name, s in given.items()}
+    return report
+
+
+def metrics_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarray, ctx: EvalContext,
+                   cfg: EvalConfig) -> dict[str, Any]:
+    """Every metric of ``scores`` as plain JSON-able values; fractions (not percentages), as the release logs them."""
     mAP, per_class_ap = mean_average_precision(scores, targets)
-    baseline = np.tile(ctx.train_counts / max(ctx.train_counts.sum(), 1), (len(scores), 1))
     out: dict[str, Any] = {
         "clips": int(len(scores)),
         "multilabel": ctx.multilabel,
         "mAP": mAP,
         "per_class_ap": {a: (None if np.isnan(v) else float(v)) for a, v in zip(ctx.actions, per_class_ap)},
-        "frequency_baseline_mAP": mean_average_precision(baseline, targets)[0],
     }
     groups = frequency_groups(ctx.train_counts, cfg.head_min, cfg.tail_max) if cfg.long_tail else {}
     if groups:
@@ -78,7 +89,7 @@ def evaluation_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarr
         mask = species[:, list(ctx.unseen_species)].sum(1) > 0
         if mask.any():
             seen_ctx = replace(ctx, unseen_species=())
-            out["unseen_species"] = evaluation_report(scores[mask], targets[mask], species[mask], seen_ctx, cfg)
+            out["unseen_species"] = metrics_report(scores[mask], targets[mask], species[mask], seen_ctx, cfg)
     return out
 
 
@@ -86,25 +97,36 @@ def _pct(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}"
 
 
-def report_table(report: dict[str, Any], title: str) -> Table:
-    rows = [["mAP", _pct(report["mAP"])], ["frequency baseline mAP", _pct(report["frequency_baseline_mAP"])]]
+def metric_rows(report: dict[str, Any]) -> dict[str, str]:
+    """Row label -> formatted value of one report's metrics (the head's or a baseline's)."""
+    rows = {"mAP": _pct(report["mAP"])}
     for name, value in report.get("group_mAP", {}).items():
-        rows.append([f"{name} mAP ({len(report['groups'][name])} classes)", _pct(value)])
+        rows[f"{name} mAP ({len(report['groups'][name])} classes)"] = _pct(value)
     for key in ("top1", "top5", "mean_class_accuracy"):
         if key in report:
-            rows.append([key.replace("_", " "), _pct(report[key])])
+            rows[key.replace("_", " ")] = _pct(report[key])
     for name, value in report.get("group_top1", {}).items():
-        rows.append([f"{name} top-1", _pct(value)])
+        rows[f"{name} top-1"] = _pct(value)
     if "inconsistent_top5" in report:
-        rows.append(["top-5 actions the species cannot perform", _pct(report["inconsistent_top5"])])
+        rows["top-5 actions the species cannot perform"] = _pct(report["inconsistent_top5"])
     if "unseen_species" in report:
         unseen = report["unseen_species"]
         key = "mAP" if unseen["multilabel"] else "top1"
-        rows.append([f"unseen species: {key} ({unseen['clips']} clips)", _pct(unseen[key])])
-    rows += _predictor_rows(report)
+        rows[f"unseen species: {key} ({unseen['clips']} clips)"] = _pct(unseen[key])
+    return rows
+
+
+def report_table(report: dict[str, Any], title: str) -> Table:
+    """The head's metrics and, in a column each beside them, the baselines'; then the species predictor's
+    rows (:func:`_predictor_rows`), the head's alone."""
+    columns = {"head": metric_rows(report)}
+    columns |= {TITLES[name]: metric_rows(baseline) for name, baseline in report.get("baselines", {}).items()}
+    rows = [[label, *(column.get(label, "-") for column in columns.values())] for label in columns["head"]]
+    blank = [""] * (len(columns) - 1)
+    rows += [[label, value, *blank] for label, value in _predictor_rows(report)]
     for split, count in report.get("pending_clips", {}).items():
-        rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count)])
-    return table(f"{title} ({report['clips']} clips, %)", ["metric", "value"], rows)
+        rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count), *blank])
+    return table(f"{title} ({report['clips']} clips, %)", ["metric", *columns], rows)
 
 
 def _predictor_rows(report: dict[str, Any]) -> list[list[str]]:

@@ -33,7 +33,7 @@ from anim_clip.cache.extract import encode_class_texts
 from anim_clip.config import Config, config_changes
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.errors import AnimClipError
-from anim_clip.evaluate.cached import eval_context, evaluate_split, write_report
+from anim_clip.evaluate.cached import eval_context, evaluate_split, final_report, write_report
 from anim_clip.evaluate.report import EvalContext, primary_metric
 from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split, with_views
 from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
@@ -86,6 +86,7 @@ class Mode:
     model: AnimalCLIPHead | AnimalCLIP  # trained, and saved as the checkpoint
     data: TrainData
     evaluate: Callable[[str], dict[str, Any]]  # "val" / "test" -> evaluation report
+    final: Callable[[], dict[str, Any]]  # the test report after the last epoch, with the baselines there are
     splits: tuple[str, ...]  # evaluation splits there are
     notes: dict[str, Any] = field(default_factory=dict)  # what the final report must say about the data
 
@@ -154,6 +155,7 @@ def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalCont
                                        allow_incomplete)
     head = build_head(cfg, **head_dims(cache_obj), **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
     return Mode(head, CachedTrainData(data["train"]), lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
+                lambda: final_report(head, cache_obj, data, "test", cfg, ctx, dist),
                 tuple(s for s in data if s != "train"), pending_note(data))
 
 
@@ -171,7 +173,8 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
         return evaluate_videos(model.head, tower, video_split(dataset, split, cfg), split_cfg[split], ctx, dist)
 
     data = VideoTrainData(dataset, "train", split_rows(dataset, "train", cfg)[1], cfg, dist.device, model.pixels)
-    return Mode(model, data, evaluate, ("val", "test") if cfg.train.val_fraction > 0 else ("test",))
+    return Mode(model, data, evaluate, lambda: evaluate("test"),
+                ("val", "test") if cfg.train.val_fraction > 0 else ("test",))
 
 
 def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
@@ -251,7 +254,7 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
                             extra={"train_state": vars(state).copy(), "optimizer": optimizer.state_dict()})
         dist.barrier()
 
-    report = mode.evaluate("test")
+    report = mode.final()
     report.update(epochs=state.epoch, best_epoch=state.best_epoch, weights="last epoch", **mode.notes)
     plots = write_report(report, ctx, run, f"{cfg.data.name} test, last epoch") if dist.is_main else []
     return TrainResult(run.path, report, state, mode.model, plots)

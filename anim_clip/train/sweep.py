@@ -1,5 +1,6 @@
 """``anim-clip sweep``: every combination of a grid of config values × seeds, trained on one cache,
-then one comparison table (mean ± std over seeds) as CSV and JSON.
+then one comparison table (mean ± std over seeds, the baselines in columns beside the head) as CSV
+and JSON.
 
 Runs go to ``OUT/<combination>/seed<k>``; a run whose ``eval.json`` exists is not trained again,
 so an interrupted sweep continues where it stopped. Several runs can train at once
@@ -23,6 +24,7 @@ import numpy as np
 
 from anim_clip.config import Config, load_config, parse_override
 from anim_clip.errors import AnimClipError, ConfigError
+from anim_clip.evaluate.baselines import TITLES
 from anim_clip.evaluate.report import primary_metric
 from anim_clip.io import atomic_write_json, atomic_write_text
 from anim_clip.ui import console, progress_bar, table
@@ -111,19 +113,30 @@ def run_sweep(config: str, overrides: list[str], grid: list[str], seeds: int, ca
     return rows
 
 
+def headline_figures(report: dict[str, Any]) -> dict[str, float | None]:
+    """The comparison's columns of one run: the primary metric, the long-tail groups' mAP, and each
+    baseline's primary metric (None where an older report has none)."""
+    metric, value = primary_metric(report)
+    figures = {metric: value, **{f"{g} mAP": v for g, v in report.get("group_mAP", {}).items()}}
+    for name in TITLES:
+        baseline = report.get("baselines", {}).get(name)
+        figures[f"{TITLES[name]} {metric}"] = primary_metric(baseline)[1] if baseline else None
+    return figures
+
+
 def comparison_rows(runs: list[SweepRun]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of the primary metric and the other headline figures, per combination."""
+    """Mean ± std over seeds of the primary metric, the other headline figures and the baselines', per
+    combination."""
     rows = []
     for name, group in itertools.groupby(runs, key=lambda r: r.name):
         reports = [_finished(r) for r in group]
         reports = [r for r in reports if r is not None]
         if not reports:
             continue
-        metric, _ = primary_metric(reports[0])
-        row: dict[str, Any] = {"combination": name, "seeds": len(reports), "metric": metric}
-        keys = [metric, "frequency_baseline_mAP"] + [f"{g} mAP" for g in reports[0].get("group_mAP", {})]
-        for key in keys:
-            values = [r["group_mAP"][key.split()[0]] if key.endswith(" mAP") else r[key] for r in reports]
+        figures = [headline_figures(r) for r in reports]
+        row: dict[str, Any] = {"combination": name, "seeds": len(reports), "metric": primary_metric(reports[0])[0]}
+        for key in figures[0]:
+            values = [f.get(key) for f in figures]
             values = [v for v in values if v is not None and not np.isnan(v)]
             row[f"{key} mean"] = float(np.mean(values)) if values else None
             row[f"{key} std"] = float(np.std(values)) if values else None
