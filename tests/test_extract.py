@@ -280,6 +280,13 @@ def test_other_config_is_refused(data: Path, reference: Path):
         extract(config(data, f"sampling.num_frames={T + 1}"), reference, progress=False)
 
 
+def test_features_of_another_precision_are_not_mixed_into_a_cache(data: Path, reference: Path):
+    # `auto` runs the tower in bf16 on a GPU and fp32 on a CPU: a resume on other hardware is refused
+    assert FeatureCache(reference).config["backbone"]["tower_precision"] == "float32"
+    with pytest.raises(CacheError, match=r"backbone\.tower_precision='float32', this run uses 'bfloat16'"):
+        extract(config(data, "backbone.precision=bf16"), reference, progress=False)
+
+
 @pytest.mark.skipif(decoder_unavailable("torchcodec") is not None, reason=f"torchcodec: {decoder_unavailable('torchcodec')}")
 def test_torchcodec_decoding_gives_the_same_store(data: Path, reference: Path, tmp_path: Path):
     out = tmp_path / "cache.zarr"

@@ -47,6 +47,7 @@ from anim_clip.frames import TRAIN_SPLIT, DecodedClip, FrameEncoder, decode_clip
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts, text_fit
 from anim_clip.models.species import SpeciesPredictor, check_predictor, species_predictor
 from anim_clip.runtime.distributed import default_device
+from anim_clip.runtime.precision import autocast_dtype
 from anim_clip.ui import RateColumn, console, progress_bar
 
 
@@ -76,14 +77,17 @@ def species_signature(cfg: SpeciesConfig, weights: WeightsInfo) -> dict[str, Any
     return {"model": cfg.model, "weights": weights.sha256 or weights.pretrained or "random", "template": cfg.template}
 
 
-def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower,
+def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower, device: torch.device,
                     predictor: tuple[SpeciesPredictor, WeightsInfo] | None = None) -> dict[str, Any]:
     """What makes two caches' features interchangeable; stored in the cache, compared on reuse: the
-    config's part, and what the built tower is: its embedding width, patch grid and the pixels it
-    was fed (the backbone's own preprocessing with the config's overrides); with a species
-    ``predictor``, its part and the pixels it was fed (its own)."""
+    config's part, and what the built tower is: its embedding width, patch grid, the precision it
+    runs in on ``device`` (``auto`` differs between a CPU and a GPU, so a resume elsewhere cannot mix
+    fp32 and bf16 features) and the pixels it was fed (the backbone's own preprocessing with the
+    config's overrides); with a species ``predictor``, its part and the pixels it was fed (its own)."""
     signature = config_signature(cfg, weights)
-    signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape)
+    dtype = autocast_dtype(cfg.backbone.precision, device, "tower") or torch.float32
+    signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape,
+                                 tower_precision=str(dtype).removeprefix("torch."))
     signature["pixels"] = dataclasses.asdict(rendered_pixels(cfg.sampling, tower.pixels))
     if predictor is not None:
         model, species_weights = predictor
@@ -171,7 +175,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
                       "these features carry no pretrained knowledge; use them for shape tests only[/]")
     tower = FrozenImageTower(clip, with_patches=cfg.backbone.patches != "none").to(device)
     predictor = species_predictor(cfg.species, dataset.species) if cfg.species.model is not None else None
-    signature = cache_signature(cfg, weights, tower, predictor)
+    signature = cache_signature(cfg, weights, tower, device, predictor)
     signature["random_weights"] = weights.random
     if cfg.backbone.compile:
         tower = torch.compile(tower)
