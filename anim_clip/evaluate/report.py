@@ -101,7 +101,8 @@ def metric_rows(report: dict[str, Any]) -> dict[str, str]:
     """Row label -> formatted value of one report's metrics (the head's or a baseline's)."""
     rows = {"mAP": _pct(report["mAP"])}
     for name, value in report.get("group_mAP", {}).items():
-        rows[f"{name} mAP ({len(report['groups'][name])} classes)"] = _pct(value)
+        count = len(report["groups"][name])
+        rows[f"{name} mAP ({count} class{'es' if count != 1 else ''})"] = _pct(value)
     for key in ("top1", "top5", "mean_class_accuracy"):
         if key in report:
             rows[key.replace("_", " ")] = _pct(report[key])
