@@ -2,8 +2,8 @@
 
 ``fp32`` runs in fp32 and ``bf16`` in bf16 autocast, everywhere. ``auto`` picks bf16 on a GPU;
 on a CPU it picks bf16 for the head only where the CPU multiplies bf16 natively (AVX512-BF16 or
-AMX), which makes a head step 2-4x faster with the demo's results unchanged within seed noise
-(benchmarks/RESULTS.md); the image tower stays fp32 on a CPU, and CPUs without bf16 units run
+AMX), which makes a large head's step 2-4x faster (at a cost in accuracy on some recipes:
+docs/method.md D17); the image tower stays fp32 on a CPU, and CPUs without bf16 units run
 everything in fp32, where bf16 would be emulated and slower.
 """
 
