@@ -142,6 +142,9 @@ def check_compatible(stored: dict[str, Any], expected: dict[str, Any], where: st
     found = _first_difference(_jsonable(stored), _jsonable(expected))
     if found:
         field, was, now = found
+        if was is _ABSENT:  # a field this version records and the one that began the cache did not
+            raise CacheError(f"cache {where} was begun by an earlier anim-clip, which did not record {field} "
+                             f"(this run: {_show(now)}, field {field}); extract into a new cache path")
         raise CacheError(
             f"cache {where} was built with {field}={_show(was)}, this run uses {_show(now)} (field {field}); "
             "use another cache path or the matching config"
