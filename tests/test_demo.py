@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from anim_clip.data.demo import DemoSummary, make_demo_data, render_captioned_frames
 from anim_clip.data.demo_world import ACTIONS, SPECIES
 from anim_clip.errors import ConfigError
+from anim_clip.ui import console
 
 PAIR = r"\('[^']+', '[^']+'\)"
 SPLIT_LINE = re.compile(rf"^(\w+\.mp4)\t\[({PAIR}(?:, {PAIR})*)\]$")
@@ -129,7 +130,9 @@ def test_manifest_makes_reruns_free_and_other_arguments_regenerate(tmp_path: Pat
     args = dict(train_clips=6, test_clips=4, seed=1, size=32, num_frames=8)
     first = make_demo_data(tmp_path, **args)
     stamp = first.manifest.stat().st_mtime_ns, (first.video_dir / "train00000.mp4").stat().st_mtime_ns
-    assert make_demo_data(tmp_path, **args) == first
+    with console.capture() as captured:
+        assert make_demo_data(tmp_path, **args, progress=True) == first
+    assert f"reusing the demo dataset in {tmp_path} (seed 1" in captured.get()
     assert (first.manifest.stat().st_mtime_ns, (first.video_dir / "train00000.mp4").stat().st_mtime_ns) == stamp
 
     smaller = make_demo_data(tmp_path, **{**args, "train_clips": 4, "num_frames": 6})

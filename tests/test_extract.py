@@ -280,6 +280,18 @@ def test_other_config_is_refused(data: Path, reference: Path):
         extract(config(data, f"sampling.num_frames={T + 1}"), reference, progress=False)
 
 
+def test_extracting_a_finished_cache_again_says_so_and_writes_nothing(data: Path, reference: Path, capsys):
+    before = {split: arrays(reference, split) for split in ("train", "test")}
+    with console.capture() as captured:
+        reports = extract(config(data), reference, progress=True)
+    assert "train [1/1]: nothing left to do, all 16 clips were processed by an earlier run" in captured.get()
+    assert "test [1/1]: nothing left to do, all 6 clips were processed by an earlier run" in captured.get()
+    assert [(r.extracted, r.already_done) for r in reports] == [(0, 16), (0, 6)]
+    for split, old in before.items():
+        for name, values in arrays(reference, split).items():
+            np.testing.assert_array_equal(values, old[name])
+
+
 def test_features_of_another_precision_are_not_mixed_into_a_cache(data: Path, reference: Path):
     # `auto` runs the tower in bf16 on a GPU and fp32 on a CPU: a resume on other hardware is refused
     assert FeatureCache(reference).config["backbone"]["tower_precision"] == "float32"

@@ -237,6 +237,10 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
+    if not jobs:  # a finished split: say so, rather than show an empty bar
+        console.print(f"{label}: nothing left to do, all {len(writer.clips)} clips were processed by an earlier run",
+                      soft_wrap=True)
+        return report
     bytes_before = _disk_bytes(out / split)
     start = time.perf_counter()
     frames_rate = RateColumn("frames", per_item="frames_per_clip")

@@ -22,7 +22,7 @@ from anim_clip.data.demo_world import (
     sample_action, weighted_choice,
 )
 from anim_clip.errors import ConfigError
-from anim_clip.ui import progress_bar
+from anim_clip.ui import console, progress_bar
 
 __all__ = ["DemoSummary", "make_demo_data", "render_captioned_frames", "write_mp4"]
 
@@ -216,6 +216,8 @@ def make_demo_data(out_dir: str | Path, *, train_clips: int = 240, test_clips: i
               "seed": seed, "size": size, "num_frames": num_frames, "fps": fps}
     done = _load_summary(out, params)
     if done is not None:
+        if progress:
+            console.print(f"reusing the demo dataset in {out} (seed {seed}; delete it to generate again)", soft_wrap=True)
         return done
 
     (out / "manifest.json").unlink(missing_ok=True)
