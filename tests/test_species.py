@@ -236,8 +236,19 @@ def test_predict_and_eval_on_videos_run_the_predictor(run: Path, oracle_run: Pat
     assert "species are predicted by the species predictor" in predictor.species.note
     given = predict_videos(run / "last.pt", [video], species=[dataset.species[0]], device="cpu")[0]
     assert given.species == [(dataset.species[0], 1.0)]
-    cached = json.loads((run / "eval.json").read_text())["mAP"]
-    assert evaluate_checkpoint_on_videos(run, out=run / "eval-videos")["mAP"] == pytest.approx(cached, abs=1e-3)
+    cached = json.loads((run / "eval.json").read_text())
+    on_videos = evaluate_checkpoint_on_videos(run, out=run / "eval-videos")
+    assert on_videos["mAP"] == pytest.approx(cached["mAP"], abs=1e-3)
+    # as on the cache: the predictor's accuracy, and the head given either species side by side
+    shown = on_videos["species_predictor"]
+    assert (shown["model"], shown["template"], shown["clips"]) == tuple(cached["species_predictor"][k]
+                                                                        for k in ("model", "template", "clips"))
+    for key in ("top1", "top5"):
+        assert shown[key] == pytest.approx(cached["species_predictor"][key])
+    assert on_videos["species_input"]["report_uses"] == "predicted"
+    for source in ("annotated", "predicted"):
+        assert on_videos["species_input"][source]["mAP"] == pytest.approx(cached["species_input"][source]["mAP"],
+                                                                           abs=1e-3)
 
 
 def test_analyze_clip_gives_the_head_the_predictor_probabilities(run: Path, cache: Path, tmp_path: Path):

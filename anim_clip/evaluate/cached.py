@@ -18,8 +18,13 @@ from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.baselines import cached_baselines
 from anim_clip.evaluate.plots import group_plot, per_class_ap_plot, training_curves_plot
-from anim_clip.evaluate.metrics import any_topk_accuracy
-from anim_clip.evaluate.report import SPECIES_INPUTS, EvalContext, evaluation_report, headline, report_table
+from anim_clip.evaluate.report import (
+    EvalContext,
+    evaluation_report,
+    predictor_accuracy,
+    report_table,
+    species_input,
+)
 from anim_clip.evaluate.scoring import split_scores
 from anim_clip.io import atomic_write_json
 from anim_clip.models.head import AnimalCLIPHead
@@ -71,19 +76,14 @@ def predictor_report(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, 
     first when the head takes the annotation, the second when it takes the predictor's)."""
     annotated = data.species().cpu().numpy()
     probabilities = data.split.species_probs[data.indices].cpu().numpy()
-    labelled = annotated.sum(1) > 0
-    out: dict[str, Any] = {"species_predictor": {
-        **{k: FeatureCache(data.split.path.parent).config["species"][k] for k in ("model", "template")},
-        "top1": any_topk_accuracy(probabilities, annotated, 1), "top5": any_topk_accuracy(probabilities, annotated, 5),
-        "clips": int(labelled.sum()), "clips_without_species": int((~labelled).sum())}}
+    predictor = FeatureCache(data.split.path.parent).config["species"]
+    out: dict[str, Any] = {"species_predictor": predictor_accuracy(probabilities, annotated, predictor)}
     if model.cfg.species_source == "none" or model.predicts_species:
         return out  # the head takes no given species vector: nothing to compare
     other = data.with_species(not data.predicted_species)
     other_report = evaluation_report(cached_scores(model, other, cfg, dist), data.targets().cpu().numpy(), annotated,
                                      ctx, cfg.eval)
-    own = SPECIES_INPUTS[data.predicted_species]
-    out["species_input"] = {"report_uses": own, own: headline(report),
-                            SPECIES_INPUTS[other.predicted_species]: headline(other_report)}
+    out["species_input"] = species_input(data.predicted_species, report, other_report)
     return out
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from anim_clip.config import EvalConfig
 from anim_clip.evaluate.baselines import TITLES, frequency_scores
 from anim_clip.evaluate.metrics import (
+    any_topk_accuracy,
     frequency_groups,
     group_means,
     group_topk_accuracy,
@@ -42,6 +43,22 @@ SPECIES_INPUTS = {False: "annotated", True: "predicted"}  # the species the head
 def headline(report: dict[str, Any]) -> dict[str, float]:
     """The report's action metrics that :data:`HEADLINE` names (those its dataset has)."""
     return {key: report[key] for key in HEADLINE if key in report}
+
+
+def predictor_accuracy(probabilities: np.ndarray, annotated: np.ndarray, predictor: Mapping[str, Any]) -> dict[str, Any]:
+    """A species predictor's top-1/top-5 against the multi-hot annotation (clips without an
+    annotated species left out and counted), with the ``predictor``'s model and template."""
+    labelled = annotated.sum(1) > 0
+    return {"model": predictor["model"], "template": predictor["template"],
+            "top1": any_topk_accuracy(probabilities, annotated, 1), "top5": any_topk_accuracy(probabilities, annotated, 5),
+            "clips": int(labelled.sum()), "clips_without_species": int((~labelled).sum())}
+
+
+def species_input(own_predicted: bool, own: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """The head's action metrics given the annotated species and given the predicted ones, side by
+    side: ``own`` is the report of the species the head takes, ``other`` of the others."""
+    return {"report_uses": SPECIES_INPUTS[own_predicted], SPECIES_INPUTS[own_predicted]: headline(own),
+            SPECIES_INPUTS[not own_predicted]: headline(other)}
 
 
 def primary_metric(report: dict[str, Any]) -> tuple[str, float]:

@@ -28,7 +28,7 @@ from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.data.video import FallbackNotice, check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
-from anim_clip.evaluate.report import EvalContext, evaluation_report
+from anim_clip.evaluate.report import EvalContext, evaluation_report, predictor_accuracy, species_input
 from anim_clip.evaluate.scoring import clip_scores
 from anim_clip.frames import DecodedClip, FrameEncoder, decode_clip, decoded_batches, with_decoder
 from anim_clip.models.checkpoint import head_and_tower
@@ -80,17 +80,28 @@ def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedCli
     return decode_clip(paths[index], "test", index, cfg)  # any split but train plans the test views
 
 
+@dataclass
+class VideoScores:
+    """What :func:`video_scores` computes for every video (rows of videos that failed to decode are
+    zero); with a species predictor, also its probabilities and the scores given the annotation."""
+
+    scores: np.ndarray  # (N, C): given the species the head takes
+    decoded: np.ndarray  # (N,) bool
+    species_probs: np.ndarray | None = None  # (N, S): the predictor's, averaged over each clip's views
+    annotated_scores: np.ndarray | None = None  # (N, C): the same head given the annotated species
+
+
 def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, dist: Distributed,
-                 predictor: SpeciesPredictor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, C)`` scores (:func:`~anim_clip.evaluate.scoring.clip_scores`) and ``(N,)`` whether
-    each video decoded (rows of failed ones are zero). The head is given each clip's annotated
-    species, or with a species ``predictor`` its probabilities averaged over the clip's views."""
+                 predictor: SpeciesPredictor | None = None) -> VideoScores:
+    """Scores of every video (:func:`~anim_clip.evaluate.scoring.clip_scores`). The head is given
+    each clip's annotated species, or with a species ``predictor`` its probabilities averaged over
+    the clip's views (and then scores given the annotation too, to compare the two)."""
     check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
     modes = head.training, tower.training
     head.eval(), tower.eval()
     species = torch.from_numpy(videos.species).float().to(dist.device)
     rows: list[int] = []
-    scores: list[Tensor] = []
+    columns: dict[str, list[Tensor]] = {"scores": [], "species_probs": [], "annotated_scores": []}
     fallbacks = FallbackNotice()
 
     def decoded() -> Iterator[DecodedClip]:
@@ -105,28 +116,49 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
                           "left out of the evaluation", soft_wrap=True, highlight=False)
             continue
         rows.append(clip.index)
-        given = species[clip.index] if predictor is None else features.species.mean(0).to(dist.device)
-        scores.append(clip_scores(head, features.to(dist.device)[None], given[None], cfg)[0])
+        features = features.to(dist.device)[None]
+        annotated = species[clip.index][None]
+        if predictor is None:
+            columns["scores"].append(clip_scores(head, features, annotated, cfg)[0])
+            continue
+        predicted = features.species.mean(1)
+        columns["scores"].append(clip_scores(head, features, predicted, cfg)[0])
+        columns["species_probs"].append(predicted[0])
+        columns["annotated_scores"].append(clip_scores(head, features, annotated, cfg)[0])
     head.train(modes[0]), tower.train(modes[1])
-    num_classes = videos.targets.shape[1]
-    rows_t = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device))
-    scores_t = dist.all_gather_rows(torch.stack(scores) if scores else torch.zeros(0, num_classes, device=dist.device))
-    out = np.zeros((len(videos.paths), num_classes), dtype=np.float32)
+    where = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device)).cpu().numpy()
+    widths = {"scores": videos.targets.shape[1], "species_probs": videos.species.shape[1],
+              "annotated_scores": videos.targets.shape[1]}
+    out: dict[str, np.ndarray | None] = {}
+    for name, values in columns.items():
+        if predictor is None and name != "scores":
+            out[name] = None
+            continue
+        local = torch.stack(values) if values else torch.zeros(0, widths[name], device=dist.device)
+        out[name] = np.zeros((len(videos.paths), widths[name]), dtype=np.float32)
+        out[name][where] = dist.all_gather_rows(local).float().cpu().numpy()
     decoded_ok = np.zeros(len(videos.paths), dtype=bool)
-    out[rows_t.cpu().numpy()] = scores_t.float().cpu().numpy()
-    decoded_ok[rows_t.cpu().numpy()] = True
-    return out, decoded_ok
+    decoded_ok[where] = True
+    return VideoScores(decoded=decoded_ok, **out)
 
 
 def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, ctx: EvalContext,
                     dist: Distributed, predictor: SpeciesPredictor | None = None) -> dict[str, Any]:
-    """The evaluation report of ``videos`` with ``cfg``'s test views (:func:`video_scores`)."""
-    scores, decoded = video_scores(head, tower, videos, cfg, dist, predictor)
-    if not decoded.any():
+    """The evaluation report of ``videos`` with ``cfg``'s test views (:func:`video_scores`); with a
+    species ``predictor``, also its species accuracy and the head given annotated vs predicted
+    species, as on a cache."""
+    result = video_scores(head, tower, videos, cfg, dist, predictor)
+    ok = result.decoded
+    if not ok.any():
         raise AnimClipError(f"none of the {len(videos.paths)} videos to evaluate could be decoded (is data.root right?)")
-    report = evaluation_report(scores[decoded], videos.targets[decoded], videos.species[decoded], ctx, cfg.eval)
+    targets, annotated = videos.targets[ok], videos.species[ok]
+    report = evaluation_report(result.scores[ok], targets, annotated, ctx, cfg.eval)
+    if predictor is not None:
+        given_annotation = evaluation_report(result.annotated_scores[ok], targets, annotated, ctx, cfg.eval)
+        report.update(species_predictor=predictor_accuracy(result.species_probs[ok], annotated, dataclasses.asdict(cfg.species)),
+                      species_input=species_input(True, report, given_annotation))
     s = cfg.sampling
-    report.update(skipped_videos=int((~decoded).sum()), views=f"{s.test_clips} clips x {s.test_crops} crops")
+    report.update(skipped_videos=int((~ok).sum()), views=f"{s.test_clips} clips x {s.test_crops} crops")
     return report
 
 
