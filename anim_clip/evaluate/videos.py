@@ -101,7 +101,9 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
     head.eval(), tower.eval()
     species = torch.from_numpy(videos.species).float().to(dist.device)
     rows: list[int] = []
-    columns: dict[str, list[Tensor]] = {"scores": [], "species_probs": [], "annotated_scores": []}
+    scores: list[Tensor] = []
+    species_probs: list[Tensor] = []
+    annotated_scores: list[Tensor] = []
     fallbacks = FallbackNotice()
 
     def decoded() -> Iterator[DecodedClip]:
@@ -119,27 +121,29 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
         features = features.to(dist.device)[None]
         annotated = species[clip.index][None]
         if predictor is None:
-            columns["scores"].append(clip_scores(head, features, annotated, cfg)[0])
+            scores.append(clip_scores(head, features, annotated, cfg)[0])
             continue
         predicted = features.species.mean(1)
-        columns["scores"].append(clip_scores(head, features, predicted, cfg)[0])
-        columns["species_probs"].append(predicted[0])
-        columns["annotated_scores"].append(clip_scores(head, features, annotated, cfg)[0])
+        scores.append(clip_scores(head, features, predicted, cfg)[0])
+        species_probs.append(predicted[0])
+        annotated_scores.append(clip_scores(head, features, annotated, cfg)[0])
     head.train(modes[0]), tower.train(modes[1])
     where = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device)).cpu().numpy()
-    widths = {"scores": videos.targets.shape[1], "species_probs": videos.species.shape[1],
-              "annotated_scores": videos.targets.shape[1]}
-    out: dict[str, np.ndarray | None] = {}
-    for name, values in columns.items():
-        if predictor is None and name != "scores":
-            out[name] = None
-            continue
-        local = torch.stack(values) if values else torch.zeros(0, widths[name], device=dist.device)
-        out[name] = np.zeros((len(videos.paths), widths[name]), dtype=np.float32)
-        out[name][where] = dist.all_gather_rows(local).float().cpu().numpy()
+
+    def gathered(values: list[Tensor], width: int) -> np.ndarray:
+        """Every rank's rows of ``values`` in the videos' order, zero for videos that failed."""
+        local = torch.stack(values) if values else torch.zeros(0, width, device=dist.device)
+        out = np.zeros((len(videos.paths), width), dtype=np.float32)
+        out[where] = dist.all_gather_rows(local).float().cpu().numpy()
+        return out
+
     decoded_ok = np.zeros(len(videos.paths), dtype=bool)
     decoded_ok[where] = True
-    return VideoScores(decoded=decoded_ok, **out)
+    num_classes, num_species = videos.targets.shape[1], videos.species.shape[1]
+    if predictor is None:
+        return VideoScores(gathered(scores, num_classes), decoded_ok)
+    return VideoScores(gathered(scores, num_classes), decoded_ok, gathered(species_probs, num_species),
+                       gathered(annotated_scores, num_classes))
 
 
 def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, ctx: EvalContext,
@@ -155,8 +159,8 @@ def evaluate_videos(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, 
     report = evaluation_report(result.scores[ok], targets, annotated, ctx, cfg.eval)
     if predictor is not None:
         given_annotation = evaluation_report(result.annotated_scores[ok], targets, annotated, ctx, cfg.eval)
-        report.update(species_predictor=predictor_accuracy(result.species_probs[ok], annotated, dataclasses.asdict(cfg.species)),
-                      species_input=species_input(True, report, given_annotation))
+        accuracy = predictor_accuracy(result.species_probs[ok], annotated, dataclasses.asdict(cfg.species))
+        report.update(species_predictor=accuracy, species_input=species_input(True, report, given_annotation))
     s = cfg.sampling
     report.update(skipped_videos=int((~ok).sum()), views=f"{s.test_clips} clips x {s.test_crops} crops")
     return report
