@@ -58,7 +58,7 @@ def config_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
         "dataset": cfg.data.name,
         "backbone": {
             "model": cfg.backbone.model,
-            "weights": weights.sha256 or weights.pretrained or "random",
+            "weights": weights.identity,
             "quick_gelu": cfg.backbone.quick_gelu,
             "patches": cfg.backbone.patches,
         },
@@ -74,7 +74,7 @@ def config_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
 def species_signature(cfg: SpeciesConfig, weights: WeightsInfo) -> dict[str, Any]:
     """The species predictor's part of the signature (in a cache extracted with one): what makes its
     probabilities: the model, its weights (as ``backbone.weights``) and the text template."""
-    return {"model": cfg.model, "weights": weights.sha256 or weights.pretrained or "random", "template": cfg.template}
+    return {"model": cfg.model, "weights": weights.identity, "template": cfg.template}
 
 
 def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower, device: torch.device,

@@ -68,6 +68,11 @@ class WeightsInfo:
     def random(self) -> bool:
         return self.pretrained is None
 
+    @property
+    def identity(self) -> str:
+        """What a cache signature records: the weights file's sha256, else the tag, else "random"."""
+        return self.sha256 or self.pretrained or "random"
+
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
