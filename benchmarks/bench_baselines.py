@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from anim_clip.config import DataConfig
 from anim_clip.data.dataset import load_dataset
 from anim_clip.evaluate.baselines import PROBE_C, PROBE_MAX_ITER, PROBE_MAX_VIEWS, fit_probe, train_probe
-from benchmarks.common import save
+from benchmarks.common import save, seconds_per_call
 
 D, VIEWS = 512, 4
 
@@ -48,9 +47,8 @@ def probe_inputs(targets: np.ndarray, seed: int = 0) -> torch.Tensor:
 
 
 def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    """One call's wall seconds (no warm-up: a fit is long and not repeated)."""
+    return seconds_per_call(fn, torch.device("cpu"), repeat=1, warmup=0)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ does not depend on what demo.yaml holds now.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
 from anim_clip.evaluate.baselines import cached_baselines
 from anim_clip.evaluate.metrics import mean_average_precision
+from anim_clip.runtime.rundir import RunDir
 from anim_clip.train.engine import train
 from benchmarks.common import save
 
@@ -76,8 +76,7 @@ def validation_runs(root: Path, recipe: dict[str, Any], seeds: int) -> list[dict
 
 
 def last_validation(run: Path) -> float:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["val_metric"] for r in records if r.get("kind") == "epoch"][-1]
+    return [r["val_metric"] for r in RunDir(run).records() if r.get("kind") == "epoch"][-1]
 
 
 def probe_on_validation(root: Path, seed: int) -> float:
