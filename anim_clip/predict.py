@@ -343,7 +343,8 @@ def prediction_record(prediction: VideoPrediction, top_k: int) -> dict[str, Any]
     if prediction.error is not None:
         return record
     windows = [{"start_s": _rounded(w.start_s), "end_s": _rounded(w.end_s),
-                "top": _top_json([(prediction.actions[i], w.scores[i]) for i in np.argsort(-w.scores)[:top_k]])}
+                "top": _top_json([(prediction.actions[i], w.scores[i]) for i in np.argsort(-w.scores)[:top_k]]),
+                "scores": {name: _rounded(s) for name, s in zip(prediction.actions, w.scores)}}
                for w in prediction.windows]
     return {
         **record,
