@@ -14,6 +14,19 @@ from anim_clip.analysis.commands import analyze_app
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
 
+
+def _flags_show_no_type() -> None:
+    """typer's rich help prints a type (``<bool>``) beside every flag, ``--help`` included, as if it took
+    a value; a flag takes none, so its type column stays empty (older typer prints none already)."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is not None:
+        TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flags_show_no_type()
+
 app = typer.Typer(
     name="anim-clip",
     help="Animal-CLIP, fast: cache frozen CLIP features of animal videos once, then train and "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Iterable, Sequence
 
@@ -10,7 +11,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column, Table
 from rich.text import Text
 
-console = Console()
+# How wide output is where stdout is no terminal (a cluster job's or nohup's log), unless COLUMNS says:
+# rich would assume 80 columns there and squeeze a wide table until its names are cut. A log is read
+# later on any screen; 120 columns keep most tables on one line each and a line readable unwrapped.
+LOG_WIDTH = 120
+
+
+def _console() -> Console:
+    out = Console()
+    if not out.is_terminal and not out.is_jupyter and "COLUMNS" not in os.environ:
+        out.width = LOG_WIDTH
+    return out
+
+
+console = _console()
 
 # A bar is one line of a log or an 80-column terminal: every column but the bar keeps its text on one
 # line, a long description ends in an ellipsis, and the bar takes what is left.
@@ -78,9 +92,11 @@ def progress_bar(unit: str = "clips", *extra: ProgressColumn, per: str = "s", di
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    """A result table whose every name and header is shown whole at any width: a cell too wide for
+    its column wraps (between words, else within one), where rich's default would cut it with "…"."""
     out = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
-        out.add_column(name, justify="left" if i == 0 else "right")
+        out.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         out.add_row(*(str(v) for v in row))
     return out

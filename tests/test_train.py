@@ -366,17 +366,18 @@ def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
     assert [r["combination"] for r in rows] == ["refine=on", "refine=off"] and all(r["seeds"] == 2 for r in rows)
     metric = rows[0]["metric"]
     on = [json.loads((tmp_path / "refine=on" / f"seed{s}" / "eval.json").read_text())[metric] for s in (0, 1)]
-    assert rows[0][f"{metric} mean"] == pytest.approx(np.mean(on)) and rows[0][f"{metric} std"] == pytest.approx(np.std(on))
+    assert rows[0][f"{metric} mean (%)"] == pytest.approx(100 * np.mean(on))
+    assert rows[0][f"{metric} std (%)"] == pytest.approx(100 * np.std(on))
     for name, title in (("frequency", "frequency"), ("zero_shot", "zero-shot"), ("linear_probe", "linear probe")):
         baseline = [json.loads((tmp_path / "refine=off" / f"seed{s}" / "eval.json").read_text())["baselines"][name][metric]
                     for s in (0, 1)]
-        assert rows[1][f"{title} {metric} mean"] == pytest.approx(np.mean(baseline))
-        assert rows[1][f"{title} {metric} std"] == pytest.approx(np.std(baseline))
+        assert rows[1][f"{title} {metric} mean (%)"] == pytest.approx(100 * np.mean(baseline))
+        assert rows[1][f"{title} {metric} std (%)"] == pytest.approx(100 * np.std(baseline))
     assert load_checkpoint(tmp_path / "refine=off" / "seed1" / "last.pt").config.model.refine is False
     stamp = (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns
     run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path)  # finished runs are not retrained
     assert (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
-    assert (tmp_path / "comparison.csv").read_text().startswith(f"combination,seeds,metric,{metric} mean")
+    assert (tmp_path / "comparison.csv").read_text().startswith(f"combination,seeds,metric,{metric} mean (%)")
 
 
 def test_losses_match_their_formulas():

@@ -1,4 +1,6 @@
-"""Rich tables of the analysis reports (the JSON files hold everything; tables show the gist)."""
+"""Rich tables of the analysis reports (the JSON files hold everything; tables show the gist). Shares
+(hit rates, purities, explained variance) are fractions in the JSON and percent here; cosines and
+correlations have no unit."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from anim_clip.ui import table
 
 def _f(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(share: float | None) -> str:
+    """A share (hit rate, purity, explained variance; fractions in the JSON) as the tables show it."""
+    return "-" if share is None else f"{100 * share:.1f}"
 
 
 def _yes(flag: bool | None) -> str:
@@ -97,8 +104,8 @@ def confusions_tables(report: dict[str, Any]) -> list[Table]:
         ("clips / top-1 errors", f"{report['clips']} / {report['errors']}"),
         ("confused pairs", f"{report['confused_pairs']} of {report['pairs']}"),
         ("Spearman rho (p)", f"{_f(rho['rho'])} ({_f(rho['p_value'], 4)})"),
-        (f"prediction among the true action's {hits['k']} nearest prompts",
-         f"{_f(hits['rate'])} (chance {_f(hits['chance'])})"),
+        (f"prediction among the true action's {hits['k']} nearest prompts (%)",
+         f"{_pct(hits['rate'])} (chance {_pct(hits['chance'])})"),
         ("mean neighbour rank of the prediction", _f(hits["mean_rank"], 2)),
     ])
     pairs = table("most confused pairs", ["pair", "confusions", "first→second", "second→first", "cosine",
@@ -110,8 +117,9 @@ def confusions_tables(report: dict[str, Any]) -> list[Table]:
 
 def map_table(report: dict[str, Any]) -> Table:
     return table("prompt-space map", ["", "value"], [
-        ("PNG", report["png"]), ("explained variance (PC1, PC2)", " / ".join(_f(v) for v in report["explained_variance"])),
+        ("PNG", report["png"]),
+        ("explained variance (PC1, PC2; %)", " / ".join(_pct(v) for v in report["explained_variance"])),
         ("k-means clusters (sizes)", f"{report['clusters']} ({', '.join(map(str, report['cluster_sizes']))})"),
-        ("action purity of clusters", _f(report["action_purity"])),
-        ("species purity of clusters", _f(report["species_purity"])),
+        ("action purity of clusters (%)", _pct(report["action_purity"])),
+        ("species purity of clusters (%)", _pct(report["species_purity"])),
     ])

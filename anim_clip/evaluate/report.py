@@ -70,8 +70,9 @@ def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
 def evaluation_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarray, ctx: EvalContext,
                       cfg: EvalConfig, baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The head's metrics, and under ``baselines`` the same metrics of the class-frequency baseline and
-    of the other ``baselines`` scores given (:mod:`anim_clip.evaluate.baselines`)."""
-    report = metrics_report(scores, targets, species, ctx, cfg)
+    of the other ``baselines`` scores given (:mod:`anim_clip.evaluate.baselines`); its ``unit`` says
+    they are fractions (tables, CSV and plots show them in percent)."""
+    report = {"unit": "fraction", **metrics_report(scores, targets, species, ctx, cfg)}
     given = {"frequency": frequency_scores(ctx.train_counts, len(scores)), **(baselines or {})}
     report["baselines"] = {name: metrics_report(s, targets, species, ctx, cfg) for name, s in given.items()}
     return report

@@ -1,6 +1,6 @@
 """``anim-clip sweep``: every combination of a grid of config values × seeds, trained on one cache,
 then one comparison table (mean ± std over seeds, the baselines in columns beside the head) as CSV
-and JSON.
+and JSON, in percent.
 
 Runs go to ``OUT/<combination>/seed<k>``; a run whose ``eval.json`` exists is not trained again,
 so an interrupted sweep continues where it stopped. Several runs can train at once
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from anim_clip.config import Config, load_config, parse_override
 from anim_clip.errors import AnimClipError, ConfigError
@@ -126,7 +127,7 @@ def headline_figures(report: dict[str, Any]) -> dict[str, float | None]:
 
 def comparison_rows(runs: list[SweepRun]) -> list[dict[str, Any]]:
     """Mean ± std over seeds of the primary metric, the other headline figures and the baselines', per
-    combination."""
+    combination, in percent (as the tables show them; the keys say so: ``mAP mean (%)``)."""
     rows = []
     for name, group in itertools.groupby(runs, key=lambda r: r.name):
         reports = [_finished(r) for r in group]
@@ -138,15 +139,22 @@ def comparison_rows(runs: list[SweepRun]) -> list[dict[str, Any]]:
         for key in figures[0]:
             values = [f.get(key) for f in figures]
             values = [v for v in values if v is not None and not np.isnan(v)]
-            row[f"{key} mean"] = float(np.mean(values)) if values else None
-            row[f"{key} std"] = float(np.std(values)) if values else None
+            row[f"{key} mean (%)"] = 100 * float(np.mean(values)) if values else None
+            row[f"{key} std (%)"] = 100 * float(np.std(values)) if values else None
         rows.append(row)
     return rows
 
 
 def _mean_std(row: dict[str, Any], key: str) -> str:
-    mean, std = row[f"{key} mean"], row[f"{key} std"]
-    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    mean, std = row[f"{key} mean (%)"], row[f"{key} std (%)"]
+    return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> Table:
+    """The comparison as a person reads it: a row per combination, a column per headline figure."""
+    keys = [k.removesuffix(" mean (%)") for k in rows[0] if k.endswith(" mean (%)")]
+    return table(f"sweep ({rows[0]['metric']} primary; %, mean ± std over seeds)", ["combination", "seeds", *keys],
+                 [[r["combination"], r["seeds"], *[_mean_std(r, k) for k in keys]] for r in rows])
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
@@ -158,7 +166,5 @@ def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
     writer.writerows(rows)
     atomic_write_text(out / "comparison.csv", buffer.getvalue())
     atomic_write_json(out / "comparison.json", rows)
-    keys = [k.removesuffix(" mean") for k in rows[0] if k.endswith(" mean")]
-    console.print(table(f"sweep ({rows[0]['metric']} primary; %, mean ± std over seeds)", ["combination", "seeds", *keys], [
-        [r["combination"], r["seeds"], *[_mean_std(r, k) for k in keys]] for r in rows]))
+    console.print(comparison_table(rows))
     console.print(f"comparison written to {out / 'comparison.csv'} and {out / 'comparison.json'}")
