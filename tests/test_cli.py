@@ -11,6 +11,7 @@ import pytest
 from processes import run_cli, unprivileged
 from rich.console import Console
 from typer.main import get_command
+from typer.testing import CliRunner
 
 from anim_clip.cli import app
 from anim_clip.data.demo import make_demo_data
@@ -35,6 +36,22 @@ def test_every_option_is_explained(command):
     for param in cmd.params:
         if param.name != "help":
             assert getattr(param, "help", None), f"{command}: option {param.name} has no help"
+
+
+@pytest.mark.parametrize("command", ["", "cache", "analyze", *_commands()])
+def test_help_shows_flags_as_flags(command):
+    """Every --help lists every option, a flag without a type (typer printed `<bool>` beside each, as if
+    it took a value), and every bool option is a flag."""
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "BOOLEAN" not in result.output, result.output
+    cmd = get_command(app)
+    for name in command.split():
+        cmd = cmd.commands[name]
+    for param in cmd.params:
+        assert all(opt in result.output for opt in param.opts if opt.startswith("--")), (command, param.name)
+        if isinstance(param.default, bool):
+            assert getattr(param, "is_flag", False), f"{command}: option {param.name} takes a value"
 
 
 def test_help_runs():
@@ -105,7 +122,7 @@ BARS = {
 @pytest.mark.parametrize("name", BARS)
 @pytest.mark.parametrize("finished", [False, True])
 def test_every_bar_fits_80_columns(name, finished):
-    """An 80-column terminal or log (rich's width when output is not a terminal): one line per bar, none longer."""
+    """An 80-column terminal: one line per bar, none longer (a log, ui.LOG_WIDTH wide, has room to spare)."""
     kind, description, total, speed = BARS[name]
     extra = [RateColumn(unit, per_item="per_clip") for unit in kind.get("extra", ())]
     with progress_bar(kind["unit"], *extra, per=kind.get("per", "s"), disable=True) as bar:
