@@ -11,13 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column, Table
 from rich.text import Text
 
-# How wide output is where stdout is no terminal (a cluster job's or nohup's log), unless COLUMNS says:
-# rich would assume 80 columns there and squeeze a wide table until its names are cut. A log is read
-# later on any screen; 120 columns keep most tables on one line each and a line readable unwrapped.
+# How wide output is where stdout is no terminal (a cluster job's or nohup's log) and COLUMNS is unset:
+# rich would assume 80 columns and squeeze a wide table into them. A log is read later, on any screen:
+# 120 columns fit most tables without wrapping and still fit a common terminal or editor window.
 LOG_WIDTH = 120
 
 
 def _console() -> Console:
+    """The one console: a terminal's width, COLUMNS, else LOG_WIDTH for a log."""
     out = Console()
     if not out.is_terminal and not out.is_jupyter and "COLUMNS" not in os.environ:
         out.width = LOG_WIDTH
