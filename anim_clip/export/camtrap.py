@@ -89,18 +89,23 @@ def timestamp(when: datetime) -> str:
 
 def recording_start(video: Path, start_time: datetime | None = None) -> tuple[datetime, str]:
     """When ``video`` started recording, and where that comes from: ``start_time`` (a naive one is
-    this machine's local time), else the container's ``creation_time`` tag, else the file's
-    modification time (when the file was last written; a copy may carry the copy's time)."""
+    this machine's local time), else the container's ``creation_time`` tag (UTC, as cameras and
+    FFmpeg write it), else the file's modification time (when the file was last written, a copy
+    may carry the copy's time; in this machine's time zone)."""
     if start_time is not None:
-        return start_time.astimezone().replace(microsecond=0), "given start time"
+        return aware(start_time), "given start time"
     try:
         with av.open(str(video)) as container:
             tags = [container.metadata, *(s.metadata for s in container.streams.video)]
-        tag = next(t["creation_time"] for t in tags if t.get("creation_time"))
-        return datetime.fromisoformat(tag).astimezone().replace(microsecond=0), "creation_time tag"
+        return aware(datetime.fromisoformat(next(t["creation_time"] for t in tags if t.get("creation_time")))), \
+            "creation_time tag"
     except (StopIteration, ValueError, av.FFmpegError):
-        pass
-    return datetime.fromtimestamp(video.stat().st_mtime).astimezone().replace(microsecond=0), "file modification time"
+        return aware(datetime.fromtimestamp(video.stat().st_mtime)), "file modification time"
+
+
+def aware(when: datetime) -> datetime:
+    """``when`` in whole seconds with a time zone (this machine's, if it has none)."""
+    return (when if when.tzinfo else when.astimezone()).replace(microsecond=0)
 
 
 def place_media(records: Sequence[Record], start_time: datetime | None) -> list[Media]:
@@ -204,7 +209,8 @@ def observation_rows(m: Media, events: Sequence[Event], source: str, threshold: 
                                     "is the mean score times the species probability")
     if not events:
         best = timeline(record).scores.max()
-        for name, _ in species if source == "given" else [(None, 1.0)]:
+        named = species if source == "given" else [(None, 1.0)]  # only a given species is known without a behaviour
+        for name, _ in named:
             add(0.0, record["duration_s"], name, float(best), observationType="animal" if name else "unknown",
                 observationComments=f"no action reached the score threshold {threshold:g} (best score {best:.2f})")
     return rows
