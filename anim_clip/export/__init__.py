@@ -18,6 +18,7 @@ from anim_clip.export.camtrap import write_camtrap_dp
 from anim_clip.export.events import DEFAULT_THRESHOLD, EVENTS_NAME, Event, video_events, write_events_csv
 from anim_clip.export.overlay import write_overlay
 from anim_clip.export.records import Record, check_threshold, file_names, timeline
+from anim_clip.ui import progress_bar
 
 __all__ = ["BUDGETS_NAME", "Budget", "DEFAULT_THRESHOLD", "EVENTS_NAME", "Event", "plot_budget", "time_budget",
            "timeline", "video_events", "write_budgets_csv", "write_camtrap_dp", "write_events_csv", "write_exports",
@@ -32,17 +33,28 @@ def write_exports(out: str | Path, records: Sequence[Record], header: Mapping[st
     ``overlay_<video>.mp4`` per scored video with ``overlay``."""
     out = Path(out)
     check_threshold(threshold)
-    videos = [r["video"] for r in records]
     written: list[Path] = []
     if any(r.get("windows") for r in records):
         written += [write_events_csv(out / EVENTS_NAME, records, threshold),
                     write_budgets_csv(out / BUDGETS_NAME, records, threshold)]
-        written += [plot_budget(out / name, r, threshold) for r, name in zip(records, file_names(videos, "budget", ".png"))
+        written += [plot_budget(out / name, r, threshold) for r, name in zip(records, file_names([r["video"] for r in records], "budget", ".png"))
                     if r.get("windows") and r.get("error") is None]
     if camtrap_dp is not None:
         written += write_camtrap_dp(camtrap_dp, records, header, threshold=threshold, start_time=start_time,
                                     location=location)
     if overlay:
-        written += [write_overlay(out / name, r, header) for r, name in zip(records, file_names(videos, "overlay", ".mp4"))
-                    if r.get("error") is None]
+        written += write_overlays(out, records, header)
+    return written
+
+
+def write_overlays(out: Path, records: Sequence[Record], header: Mapping[str, Any]) -> list[Path]:
+    """``overlay_<video>.mp4`` per scored video, with a bar over each one's frames (a long video
+    takes minutes to re-encode)."""
+    written = []
+    with progress_bar("frames") as bar:
+        for record, name in zip(records, file_names([r["video"] for r in records], "overlay", ".mp4")):
+            if record.get("error") is None:
+                task = bar.add_task(name, total=record["frames"])
+                written.append(write_overlay(out / name, record, header,
+                                             report=lambda done, task=task: bar.update(task, completed=done)))
     return written

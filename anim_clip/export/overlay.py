@@ -5,7 +5,7 @@ PyAV H.264 encode), so a video of any length needs the memory of a frame."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from anim_clip.errors import VideoDecodeError
 from anim_clip.export.records import Record, Timeline, species_label, species_source, timeline
 from anim_clip.io import atomic_write
 
+Report = Callable[[int], None]  # frames written so far
 SHOWN_ACTIONS = 3  # actions written on a frame
 MARGIN = 4  # pixels around the label's text
 
@@ -42,7 +43,7 @@ def label_image(lines: list[str], font: ImageFont.ImageFont | ImageFont.FreeType
 
 
 def copy_with_labels(source: InputContainer, out: OutputContainer, line: Timeline, fps: float, species: str,
-                     top: int) -> None:
+                     top: int, report: Report) -> None:
     """Decode, label and encode frame by frame; one label image per span, drawn once."""
     stream_in = source.streams.video[0]
     stream_in.thread_type = "AUTO"
@@ -58,12 +59,15 @@ def copy_with_labels(source: InputContainer, out: OutputContainer, line: Timelin
             labels[span] = label_image(label_lines(line, span, species, top), font)
         image.paste(labels[span], (0, 0))
         out.mux(stream.encode(av.VideoFrame.from_image(image)))
+        report(k + 1)
     out.mux(stream.encode())
 
 
-def write_overlay(path: str | Path, record: Record, header: Mapping[str, Any], top: int = SHOWN_ACTIONS) -> Path:
+def write_overlay(path: str | Path, record: Record, header: Mapping[str, Any], top: int = SHOWN_ACTIONS,
+                  report: Report | None = None) -> Path:
     """Write ``path`` (MP4, H.264): the scored video of ``record`` with its label on every frame.
-    Frame k is at k / fps seconds, as predict counts it. ``header`` is ``Predictor.describe()``."""
+    Frame k is at k / fps seconds, as predict counts it. ``header`` is ``Predictor.describe()``;
+    ``report(frames done)`` follows the encoding."""
     line = timeline(record)
     species = species_label(record, species_source(record, header))
     video = Path(record["video"])
@@ -71,7 +75,7 @@ def write_overlay(path: str | Path, record: Record, header: Mapping[str, Any], t
     def write(tmp: Path) -> None:
         try:
             with av.open(str(video)) as source, av.open(str(tmp), "w", format="mp4") as out:
-                copy_with_labels(source, out, line, record["fps"], species, top)
+                copy_with_labels(source, out, line, record["fps"], species, top, report or (lambda done: None))
         except av.FFmpegError as e:
             raise VideoDecodeError(video, f"cannot draw its overlay: {e}") from None
 

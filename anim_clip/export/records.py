@@ -50,8 +50,11 @@ def scored(records: Iterable[Record]) -> list[Record]:
 
 def timeline(record: Record) -> Timeline:
     """The spans of a scored record (see the module docstring)."""
-    windows = record.get("windows") or [{"start_s": 0.0, "end_s": record["duration_s"], "scores": record["scores"]}]
     actions = list(record["scores"])
+    windows = record.get("windows")
+    if not windows:
+        return Timeline(actions, np.zeros(1), np.array([float(record["duration_s"])]),
+                        np.array([[record["scores"][a] for a in actions]], dtype=np.float64))
     if any(list(w.get("scores") or ()) != actions for w in windows):
         raise AnimClipError(f"{record['video']}: its windows do not carry a score for every action (a predictions.json "
                             "written before windows had 'scores'); run predict again")
@@ -59,11 +62,16 @@ def timeline(record: Record) -> Timeline:
     bounds = np.array([(w["start_s"], w["end_s"]) for w in windows], dtype=np.float64)
     cuts = np.unique(bounds)
     starts, ends = cuts[:-1], cuts[1:]
-    eps = 1e-9
-    covers = (bounds[:, :1] <= starts + eps) & (bounds[:, 1:] >= ends - eps)  # (W, K)
-    count = covers.sum(0)
+    # window w covers spans [first[w], stop[w]): sum scores and counts over spans by differences
+    first, stop = np.searchsorted(cuts, bounds[:, 0]), np.searchsorted(cuts, bounds[:, 1])
+    total, count = np.zeros((len(cuts), len(actions))), np.zeros(len(cuts))
+    np.add.at(total, first, window_scores)
+    np.add.at(total, stop, -window_scores)
+    np.add.at(count, first, 1)
+    np.add.at(count, stop, -1)
+    total, count = total.cumsum(0)[:-1], count.cumsum()[:-1]
     keep = count > 0
-    scores = (covers.T.astype(np.float64) @ window_scores)[keep] / count[keep, None]
+    scores = total[keep] / count[keep, None]
     return Timeline(actions, starts[keep], ends[keep], scores)
 
 
