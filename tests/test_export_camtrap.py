@@ -29,7 +29,7 @@ from anim_clip.predict import run_predict
 from test_predict import cfg, demo, head_ckpt, videos  # noqa: F401 (fixtures: a tiny head and demo videos)
 from videos import indexed_frames, write_video
 
-frictionless = pytest.importorskip("frictionless", reason="frictionless validates Camtrap DP (pip install frictionless)")
+frictionless = pytest.importorskip("frictionless", reason="frictionless validates Camtrap DP (the test extra)")
 import requests  # noqa: E402 (installed with frictionless)
 
 DATA_PACKAGE_V1 = "https://specs.frictionlessdata.io/schemas/data-package.json"
@@ -162,7 +162,8 @@ def test_predict_exports_events_budgets_overlays_and_the_package(predicted, tmp_
     budgets = read_csv(tmp_path / "time_budgets.csv")
     assert [b["video"] for b in budgets] == [r["video"] for r in records[:2]]
     for b in budgets:
-        assert sum(float(v) for k, v in b.items() if k not in ("video", "duration_s", "scored_s")) == pytest.approx(1, abs=1e-5)
+        shares = [float(v) for k, v in b.items() if k not in ("video", "duration_s", "scored_s")]
+        assert sum(shares) == pytest.approx(1, abs=1e-5)
     for record, stem in zip(records[:2], stems):
         with av.open(str(tmp_path / f"overlay_{stem}.mp4")) as container:
             assert sum(1 for _ in container.decode(video=0)) == record["frames"]
@@ -171,7 +172,8 @@ def test_predict_exports_events_budgets_overlays_and_the_package(predicted, tmp_
 def hand_record(video: Path, duration: float = 2.0) -> dict:
     scores = {"walking": 0.9, "eating": 0.1}
     return {"video": str(video), "error": None, "frames": int(duration * 10), "fps": 10.0, "duration_s": duration,
-            "species": [{"name": "Anas platyrhynchos", "probability": 1.0}, {"name": "Rana temporaria", "probability": 1.0}],
+            "species": [{"name": "Anas platyrhynchos", "probability": 1.0},
+                        {"name": "Rana temporaria", "probability": 1.0}],
             "top": [], "scores": scores, "windows": [], "species_source": "given"}
 
 
@@ -204,7 +206,8 @@ def test_recording_times_come_from_the_creation_tag_else_the_file_time(tmp_path:
     assert [d["locationName"] for d in deployments] == ["cam1", "cam2"]  # one deployment per folder
     assert [d["timestampIssues"] for d in deployments] == ["false", "true"]
     assert all("latitude and longitude 0 are placeholders" in d["deploymentComments"] for d in deployments)
-    assert datetime.fromisoformat(deployments[0]["deploymentEnd"]) == datetime(2024, 5, 1, 6, 30, 2, tzinfo=timezone.utc)
+    end = datetime.fromisoformat(deployments[0]["deploymentEnd"])
+    assert end == datetime(2024, 5, 1, 6, 30, 2, tzinfo=timezone.utc)  # the tag's start and the 2 s video
 
     # given species: one observation per species, certain; the event spans the whole (unwindowed) video
     observations = read_csv(tmp_path / "dp" / "observations.csv")

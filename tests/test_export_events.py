@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from anim_clip.errors import AnimClipError
-from anim_clip.export import Event, plot_budget, time_budget, timeline, video_events, write_budgets_csv, write_events_csv
+from anim_clip.export import (Event, plot_budget, time_budget, timeline, video_events, write_budgets_csv,
+                              write_events_csv)
 from anim_clip.export.budgets import BELOW
 
 ACTIONS = ["walking", "eating", "resting"]

@@ -37,8 +37,8 @@ def record(video: Path) -> dict:
     windows = [{"start_s": a, "end_s": a + 2.0, "top": [], "scores": dict(zip(ACTIONS, s))}
                for a, s in ((0.0, [0.9, 0.05, 0.05]), (2.0, [0.1, 0.8, 0.1]))]
     return {"video": str(video), "error": None, "frames": FRAMES, "fps": float(FPS), "duration_s": FRAMES / FPS,
-            "species": [{"name": "Duck", "probability": 0.93}], "top": [], "scores": dict(zip(ACTIONS, [0.5, 0.4, 0.1])),
-            "windows": windows}
+            "species": [{"name": "Duck", "probability": 0.93}], "top": [],
+            "scores": dict(zip(ACTIONS, [0.5, 0.4, 0.1])), "windows": windows}
 
 
 def test_overlay_draws_each_moments_label_and_keeps_the_rest_of_the_frame(source: Path, tmp_path: Path):

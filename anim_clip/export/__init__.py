@@ -37,7 +37,8 @@ def write_exports(out: str | Path, records: Sequence[Record], header: Mapping[st
     if any(r.get("windows") for r in records):
         written += [write_events_csv(out / EVENTS_NAME, records, threshold),
                     write_budgets_csv(out / BUDGETS_NAME, records, threshold)]
-        written += [plot_budget(out / name, r, threshold) for r, name in zip(records, file_names([r["video"] for r in records], "budget", ".png"))
+        names = file_names([r["video"] for r in records], "budget", ".png")
+        written += [plot_budget(out / name, r, threshold) for r, name in zip(records, names)
                     if r.get("windows") and r.get("error") is None]
     if camtrap_dp is not None:
         written += write_camtrap_dp(camtrap_dp, records, header, threshold=threshold, start_time=start_time,

@@ -79,7 +79,8 @@ def plot_budget(path: str | Path, record: Record, threshold: float = DEFAULT_THR
     positions = np.arange(len(bars))[::-1]
     ax.barh(positions, [share for _, share in bars], color=colours)
     for y, (_, share) in zip(positions, bars):
-        ax.annotate(f"{share:.0%}", (share, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
+        ax.annotate(f"{share:.0%}", (share, y), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize="small")
     ax.set_yticks(positions, [name for name, _ in bars])
     ax.set(xlim=(0, 1.08), xlabel="share of the time the windows scored",
            title=f"{Path(record['video']).name}: time budget (score ≥ {threshold:g})")

@@ -169,7 +169,8 @@ def media_rows(media: Sequence[Media], directory: Path) -> list[Row]:
 def classified_by(header: Mapping[str, Any]) -> str:
     """The model, as Camtrap DP's ``classifiedBy`` names an algorithm."""
     backbone = header["backbone"]
-    return f"anim-clip {Path(header['checkpoint']).name} ({header['kind']} on {backbone['model']} {backbone['weights']})"
+    name = Path(header["checkpoint"]).name
+    return f"anim-clip {name} ({header['kind']} on {backbone['model']} {backbone['weights']})"
 
 
 def taxa(record: Record, source: str) -> list[tuple[str | None, float]]:

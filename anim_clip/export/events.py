@@ -51,9 +51,9 @@ def timeline_events(line: Timeline, threshold: float) -> list[Event]:
     for c, action in enumerate(line.actions):
         scores = line.scores[:, c]
         for first, stop in runs(scores >= threshold, line.starts, line.ends):
-            seconds = line.seconds[first:stop]
-            events.append(Event(action, float(line.starts[first]), float(line.ends[stop - 1]),
-                                float(scores[first:stop].max()), float(np.average(scores[first:stop], weights=seconds))))
+            held = scores[first:stop]
+            events.append(Event(action, float(line.starts[first]), float(line.ends[stop - 1]), float(held.max()),
+                                float(np.average(held, weights=line.seconds[first:stop]))))
     return sorted(events, key=lambda e: (e.start_s, line.actions.index(e.action)))
 
 
