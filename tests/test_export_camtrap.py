@@ -220,9 +220,10 @@ def test_recording_times_come_from_the_creation_tag_else_the_file_time(tmp_path:
 def test_start_time_dates_a_single_video_and_bad_input_is_one_line(tmp_path: Path):
     video = write_video(tmp_path / "clip.mp4", indexed_frames(20, 48, 64), fps=10)
     start = datetime(2022, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-    write_camtrap_dp(tmp_path / "dp", [hand_record(video)], HEADER, start_time=start)
-    assert datetime.fromisoformat(read_csv(tmp_path / "dp" / "media.csv")[0]["timestamp"]) == start
-    assert read_csv(tmp_path / "dp" / "deployments.csv")[0]["timestampIssues"] == "false"
+    write_camtrap_dp(tmp_path, [hand_record(video)], HEADER, start_time=start)  # the package beside the video
+    media = read_csv(tmp_path / "media.csv")[0]
+    assert datetime.fromisoformat(media["timestamp"]) == start and media["filePath"] == "clip.mp4"
+    assert read_csv(tmp_path / "deployments.csv")[0]["timestampIssues"] == "false"
 
     with pytest.raises(AnimClipError, match="--start-time gives one video's recording start, but 2 videos"):
         write_camtrap_dp(tmp_path / "dp2", [hand_record(video), hand_record(video)], HEADER, start_time=start)
@@ -231,3 +232,14 @@ def test_start_time_dates_a_single_video_and_bad_input_is_one_line(tmp_path: Pat
     with pytest.raises(AnimClipError, match="no video was scored"):
         write_camtrap_dp(tmp_path / "dp2", [{"video": str(video), "error": "broken"}], HEADER)
     assert not (tmp_path / "dp2").exists()
+
+
+def test_given_species_with_no_event_are_animals_without_a_behaviour(tmp_path: Path, monkeypatch):
+    video = write_video(tmp_path / "clip.mp4", indexed_frames(20, 48, 64), fps=10)
+    write_camtrap_dp(tmp_path / "dp", [hand_record(video)], HEADER, threshold=0.95)  # walking 0.9 is below
+    rows = read_csv(tmp_path / "dp" / "observations.csv")
+    assert [(r["observationType"], r["scientificName"], r["behavior"], r["classificationProbability"]) for r in rows] \
+        == [("animal", "Anas platyrhynchos", "", ""), ("animal", "Rana temporaria", "", "")]
+    assert "no action reached the score threshold 0.95 (best 0.90)" in rows[0]["observationComments"]
+    valid, errors = validate_offline(tmp_path / "dp", tmp_path, monkeypatch)
+    assert valid, errors

@@ -185,35 +185,37 @@ def taxa(record: Record, source: str) -> list[tuple[str | None, float]]:
 
 
 def observation_rows(m: Media, events: Sequence[Event], source: str, threshold: float, common: Row) -> list[Row]:
-    """One row per event and species named; a video with no event gets one row saying that the
-    model saw no behaviour reach the threshold (``unknown``, or ``animal`` when species were given)."""
-    record, start = m.record, m.start
-    species = taxa(record, source)
+    """One row per event and species named. A video with no event gets one row spanning it: of
+    type ``unknown`` (Camtrap DP's word for a classification below a threshold), or ``animal`` with
+    the given species and no behaviour."""
+    species = taxa(m.record, source)
     rows: list[Row] = []
 
-    def add(first_s: float, last_s: float, name: str | None, probability: float, **fields: Any) -> None:
+    def add(first_s: float, last_s: float, name: str | None, probability: float | None, **fields: Any) -> None:
         rows.append({
             **common, "observationID": f"{m.id}-{len(rows) + 1}", "deploymentID": m.deployment, "mediaID": m.id,
-            "eventStart": timestamp(start + timedelta(seconds=math.floor(first_s))),
-            "eventEnd": timestamp(start + timedelta(seconds=math.ceil(last_s))),
-            "observationLevel": "media", "scientificName": name, "classificationProbability": round(probability, 6),
-            **fields,
+            "eventStart": timestamp(m.start + timedelta(seconds=math.floor(first_s))),
+            "eventEnd": timestamp(m.start + timedelta(seconds=math.ceil(last_s))),
+            "observationLevel": "media", "scientificName": name,
+            "classificationProbability": None if probability is None else round(probability, 6), **fields,
         })
 
     for k, e in enumerate(events, 1):
         for name, p in species:
-            note = "" if name is None else f"; species {name} {'given' if source == 'given' else f'predicted {p:.2f}'}"
+            how = "" if name is None else f"; {name} {'given' if source == 'given' else f'predicted {p:.2f}'}"
+            comment = (f"{e.action} from {e.start_s:.1f} s to {e.end_s:.1f} s of the video, score mean "
+                       f"{e.mean_score:.2f} peak {e.peak_score:.2f}{how}")
             add(e.start_s, e.end_s, name, e.mean_score * p, eventID=f"{m.id}-e{k}", observationType="animal",
-                behavior=e.action,
-                observationComments=f"{e.action} from {e.start_s:.1f} s to {e.end_s:.1f} s of the video, score "
-                                    f"mean {e.mean_score:.2f} peak {e.peak_score:.2f}{note}; classificationProbability "
-                                    "is the mean score times the species probability")
+                behavior=e.action, observationComments=comment)
     if not events:
-        best = timeline(record).scores.max()
-        named = species if source == "given" else [(None, 1.0)]  # only a given species is known without a behaviour
-        for name, _ in named:
-            add(0.0, record["duration_s"], name, float(best), observationType="animal" if name else "unknown",
-                observationComments=f"no action reached the score threshold {threshold:g} (best score {best:.2f})")
+        best = float(timeline(m.record).scores.max())
+        note = f"no action reached the score threshold {threshold:g} (best {best:.2f})"
+        if source == "given":
+            for name, _ in species:
+                add(0.0, m.record["duration_s"], name, None, observationType="animal",
+                    observationComments=f"{note}; {name} given")
+        else:
+            add(0.0, m.record["duration_s"], None, best, observationType="unknown", observationComments=note)
     return rows
 
 
@@ -230,7 +232,7 @@ def csv_text(table: str, rows: Iterable[Row]) -> str:
 
 
 def descriptor(media: Sequence[Media], observations: Sequence[Row], header: Mapping[str, Any], created: datetime,
-               location: tuple[float, float] | None) -> dict[str, Any]:
+               threshold: float, location: tuple[float, float] | None) -> dict[str, Any]:
     """``datapackage.json``: what Camtrap DP requires, with every placeholder said in a description."""
     latitude, longitude = location or PLACEHOLDER_LOCATION
     names = sorted({o["scientificName"] for o in observations if o["scientificName"]})
@@ -244,9 +246,11 @@ def descriptor(media: Sequence[Media], observations: Sequence[Row], header: Mapp
         "id": str(uuid.uuid4()),
         "created": timestamp(created),
         "title": f"anim-clip behaviour predictions for {len(media)} video{'s' * (len(media) != 1)}",
-        "description": ("Machine classification of animal behaviour by anim-clip "
-                        f"({classified_by(header)}). scientificName holds the checkpoint's species names as "
-                        "they are, which may be common names. Not known to anim-clip, filled with placeholders: "
+        "description": (f"Machine classification of animal behaviour by anim-clip ({classified_by(header)}). An "
+                        f"observation is a behaviour event (an action's score at least {threshold:g}); its "
+                        "classificationProbability is the event's mean score times the species probability (1 for "
+                        "species given). scientificName holds the checkpoint's species names as they are, which may "
+                        "be common names. Not known to anim-clip, filled with placeholders: "
                         f"{', '.join(unknown)}; replace them before publishing."),
         "contributors": [{"title": "anim-clip (machine classification)", "role": "contributor"}],
         "project": {"title": "anim-clip predictions", "samplingDesign": "opportunistic",
@@ -287,4 +291,4 @@ def write_camtrap_dp(directory: str | Path, records: Iterable[Record], header: M
               "observations": observations}
     written = [atomic_write_text(directory / f"{t}.csv", csv_text(t, tables[t])) for t in TABLES]
     return [atomic_write_json(directory / "datapackage.json",
-                              descriptor(media, observations, header, created, location)), *written]
+                              descriptor(media, observations, header, created, threshold, location)), *written]
