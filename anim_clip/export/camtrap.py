@@ -5,8 +5,8 @@ Camelot, Wildlife Insights, Agouti and GBIF read): ``datapackage.json`` with ``d
 :mod:`anim_clip.export.events`).
 
 Camtrap DP needs what a prediction does not know, filled as follows and said in the files:
-the recording time (the container's ``creation_time`` tag the camera wrote, else the file's
-modification time as Timelapse does, else ``start_time`` for a single video), the location
+the recording time (``start_time`` for a single video, else the container's ``creation_time``
+tag the camera wrote, else the file's modification time as Timelapse takes it), the location
 (``location``, else latitude/longitude 0 flagged as a placeholder) and the project's design
 (placeholders named in ``project.description``). The profile and table schemas of 1.0.2 are
 shipped in ``camtrap_dp/`` (MIT, from github.com/tdwg/camtrap-dp): the CSV columns are read from
@@ -67,6 +67,7 @@ class Media:
 
     record: Record
     id: str
+    folder: Path
     deployment: str
     start: datetime
     time_source: str
@@ -94,13 +95,20 @@ def recording_start(video: Path, start_time: datetime | None = None) -> tuple[da
     may carry the copy's time; in this machine's time zone)."""
     if start_time is not None:
         return aware(start_time), "given start time"
+    tagged = creation_time(video)
+    if tagged is not None:
+        return aware(tagged), "creation_time tag"
+    return aware(datetime.fromtimestamp(video.stat().st_mtime)), "file modification time"
+
+
+def creation_time(video: Path) -> datetime | None:
+    """The container's or its video stream's ``creation_time`` tag, if it has a readable one."""
     try:
         with av.open(str(video)) as container:
             tags = [container.metadata, *(s.metadata for s in container.streams.video)]
-        return aware(datetime.fromisoformat(next(t["creation_time"] for t in tags if t.get("creation_time")))), \
-            "creation_time tag"
-    except (StopIteration, ValueError, av.FFmpegError):
-        return aware(datetime.fromtimestamp(video.stat().st_mtime)), "file modification time"
+        return next((datetime.fromisoformat(t["creation_time"]) for t in tags if t.get("creation_time")), None)
+    except (ValueError, av.FFmpegError):
+        return None
 
 
 def aware(when: datetime) -> datetime:
@@ -118,8 +126,8 @@ def place_media(records: Sequence[Record], start_time: datetime | None) -> list[
         path = Path(record["video"]).absolute()
         folder = path.parent
         start, source = recording_start(path, start_time)
-        media.append(Media(record, short_hash(str(path)), f"{folder.name or 'root'}-{short_hash(str(folder))}",
-                           start, source))
+        media.append(Media(record, short_hash(str(path)), folder,
+                           f"{folder.name or 'root'}-{short_hash(str(folder))}", start, source))
     return media
 
 
@@ -136,12 +144,11 @@ def deployment_rows(media: Sequence[Media], location: tuple[float, float] | None
     for deployment in dict.fromkeys(m.deployment for m in media):
         group = [m for m in media if m.deployment == deployment]
         sources = sorted({m.time_source for m in group})
-        comments = [f"videos of {Path(group[0].record['video']).absolute().parent}",
-                    f"media timestamps from: {', '.join(sources)}"]
+        comments = [f"videos of {group[0].folder}", f"media timestamps from: {', '.join(sources)}"]
         if location is None:
             comments.append("location unknown: latitude and longitude 0 are placeholders")
         rows.append({
-            "deploymentID": deployment, "locationName": Path(group[0].record["video"]).absolute().parent.name,
+            "deploymentID": deployment, "locationName": group[0].folder.name,
             "latitude": latitude, "longitude": longitude,
             "deploymentStart": timestamp(min(m.start for m in group)),
             "deploymentEnd": timestamp(max(m.end for m in group)),
