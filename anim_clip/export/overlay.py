@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import av
-from av.container import InputContainer, OutputContainer
 import numpy as np
+from av.container import InputContainer, OutputContainer
 from PIL import Image, ImageDraw, ImageFont
 
 from anim_clip.errors import VideoDecodeError
@@ -36,7 +36,7 @@ def label_lines(line: Timeline, span: int | None, species: str, top: int = SHOWN
 def label_image(lines: list[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
     """White text on a black box, pasted over the frame's top-left corner."""
     text = "\n".join(lines)
-    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
+    *_, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
     image = Image.new("RGB", (right + 2 * MARGIN, bottom + 2 * MARGIN))
     ImageDraw.Draw(image).multiline_text((MARGIN, MARGIN), text, fill="white", font=font)
     return image
