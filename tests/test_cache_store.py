@@ -30,11 +30,13 @@ from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.features import FrameFeatures
 from anim_clip.ui import console
 
-N, V, T, D, P, W, C, A = 10, 2, 3, 8, 4, 5, 6, 3
+N, V, T, D, P, W, C, A = 10, 2, 3, 8, 4, 5, 3, 3  # C, A: text_features' names
 CLIPS_PER_CHUNK = 3  # chunks [0,3) [3,6) [6,9) [9,10): the last one partial
 CHUNK_BYTES = CLIPS_PER_CHUNK * V * T * D * 2
-CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None},
-          "sampling": {"num_frames": T, "image_size": 224}, "dataset": "demo"}
+CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None, "patches": "fp16",
+                       "embed_dim": D, "patch_shape": [P, W]},
+          "sampling": {"num_frames": T, "image_size": 224, "train_views": V, "test_clips": 1, "test_crops": V},
+          "dataset": "demo"}
 FAILING = {4: "cannot decode video:\n  moov atom   not found"}
 FELL_BACK = 7  # the clip the configured decoder failed on and PyAV decoded
 
@@ -335,7 +337,7 @@ def test_mismatched_config_refused_naming_the_field(full: Path) -> None:
     with pytest.raises(CacheError, match=r"begun by an earlier anim-clip, which did not record sampling\.crop "
                                          r"\(this run: 3, field sampling\.crop\); extract into a new cache path"):
         check_compatible(CONFIG, {**CONFIG, "sampling": {**CONFIG["sampling"], "crop": 3}}, full)
-    check_compatible(CONFIG, {"dataset": "demo", "sampling": {"image_size": 224, "num_frames": T},
+    check_compatible(CONFIG, {"dataset": "demo", "sampling": dict(reversed(CONFIG["sampling"].items())),
                               "backbone": dict(CONFIG["backbone"])}, full)  # key order does not matter
 
 
@@ -412,11 +414,13 @@ def truncate(path: Path) -> None:
 # damage -> (what verify says, the part a reader names)
 DAMAGES = {
     "truncated cls chunk": (lambda p: truncate(p / "train/cls/c/1/0/0/0"),
-                            "split 'train': {p}/train/cls/c/1/0/0/0 cannot be read (ValueError: cannot reshape array of "
-                            "size 72 into shape (3,2,3,8)) (clips 3..5)", "{p}/train/cls cannot be read (ValueError"),
+                            "split 'train': {p}/train/cls/c/1/0/0/0: checksum mismatch, its bytes changed after they "
+                            "were written (clips 3..5: video_03.mp4, video_04.mp4, video_05.mp4)",
+                            "{p}/train/cls/c/1/0/0/0: checksum mismatch, its bytes changed after they were written "
+                            "(clips 3..5: video_03.mp4, video_04.mp4, video_05.mp4)"),
     "truncated done chunk": (lambda p: truncate(p / "train/done/c/0"),
-                             "split 'train': {p}/train/done cannot be read (RuntimeError: Zstd decompression error",
-                             "{p}/train/done cannot be read (RuntimeError"),
+                             "split 'train': {p}/train/done/c/0: checksum mismatch",
+                             "{p}/train/done/c/0: checksum mismatch"),
     "invalid split zarr.json": (lambda p: (p / "train/zarr.json").write_text("{not json"),
                                 "split 'train': {p}/train/zarr.json cannot be read (JSONDecodeError: Expecting property "
                                 "name enclosed in double quotes: line 1 column 2 (char 1))", "{p}/train/zarr.json cannot"),
@@ -452,15 +456,14 @@ def test_damaged_patches_are_refused_as_they_are_read(full: Path) -> None:
     truncate(full / "train/patches/c/7/0/0/0/0")
     split = FeatureCache(full).split("train")
     for clip, view, problem in ((2, 1, f"{full}/train/patches: clip 'video_02.mp4' holds NaN/inf patch tokens"),
-                                (7, 0, f"{full}/train/patches cannot be read (ValueError: cannot reshape")):
+                                (7, 0, f"{full}/train/patches/c/7/0/0/0/0: checksum mismatch, its bytes changed "
+                                       "after they were written (clips 7..7: video_07.mp4)")):
         with pytest.raises(DamagedCache) as refused:
             list(split.patch_loader([(torch.tensor([0, clip]), torch.tensor([0, view]))]))
         assert str(refused.value).startswith(problem)
         assert str(refused.value).endswith(f": the cache is damaged; run `anim-clip cache verify {full}`")
-    problems = verify_cache(full)
-    assert problems[0] == "split 'train': 1 done clips have NaN/inf or missing patches: video_02.mp4"
-    assert problems[1].startswith(f"split 'train': the patches of 1 done clips cannot be read: video_07.mp4 "
-                                  f"({full}/train/patches cannot be read (ValueError: cannot reshape")
+    assert verify_cache(full) == [f"split 'train': {full}/train/patches/c/7/0/0/0/0: checksum mismatch, its bytes "
+                                  "changed after they were written (clips 7..7: video_07.mp4)"]
 
 
 def test_verify_goes_on_past_an_invalid_root(full: Path) -> None:
@@ -468,7 +471,7 @@ def test_verify_goes_on_past_an_invalid_root(full: Path) -> None:
     truncate(full / "train/cls/c/0/0/0/0")
     problems = verify_cache(full)
     assert problems[0].startswith(f"{full}/zarr.json cannot be read (JSONDecodeError")
-    assert problems[1].startswith(f"split 'train': {full}/train/cls/c/0/0/0/0 cannot be read") and len(problems) == 2
+    assert problems[1].startswith(f"split 'train': {full}/train/cls/c/0/0/0/0: checksum mismatch") and len(problems) == 2
     with pytest.raises(DamagedCache, match=r"zarr\.json cannot be read .*: the cache is damaged; run `anim-clip cache verify"):
         FeatureCache(full)
 
