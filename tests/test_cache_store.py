@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -523,3 +524,101 @@ def test_cache_info_summarises(full: Path) -> None:
             console.print(t)
     assert "moov atom" in captured.get()
     assert "MIXED DECODERS" in captured.get() and "decord 8, pyav 1" in " ".join(captured.get().split())
+
+
+# ----------------------------------------------------------------------------------------------
+# integrity: checksums on every chunk, declared shapes checked before any read
+
+ROW_BYTES = V * T * D * 2  # one clip's cls rows in a chunk file (no codec: raw float16, then 4 checksum bytes)
+DAMAGED = "the cache is damaged; run `anim-clip cache verify {p}`"
+
+
+def refusal(read, full: Path) -> str:
+    """The one line ``read()`` is refused with, checked to be a damaged-cache error naming verify."""
+    with pytest.raises(DamagedCache) as refused:
+        read()
+    message = str(refused.value)
+    assert message.endswith(": " + DAMAGED.format(p=full)) and "\n" not in message
+    return message
+
+
+def test_two_clips_swapped_inside_a_cls_chunk_are_refused_naming_the_chunk(full: Path) -> None:
+    file = full / "train/cls/c/0/0/0/0"
+    data = bytearray(file.read_bytes())
+    first, second = data[:ROW_BYTES], data[ROW_BYTES:2 * ROW_BYTES]
+    assert first != second and len(data) == CLIPS_PER_CHUNK * ROW_BYTES + 4
+    data[:ROW_BYTES], data[ROW_BYTES:2 * ROW_BYTES] = second, first  # well-formed, finite, wrong features
+    file.write_bytes(bytes(data))
+    bad = (f"{file}: checksum mismatch, its bytes changed after they were written "
+           "(clips 0..2: video_00.mp4, video_01.mp4, video_02.mp4)")
+    assert refusal(lambda: FeatureCache(full).split("train"), full) == f"{bad}: {DAMAGED.format(p=full)}"
+    assert verify_cache(full) == [f"split 'train': {bad}"]
+
+
+def flip_bit(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+
+
+def test_verify_lists_every_bad_chunk_and_a_writer_refuses_to_build_on_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    with SplitWriter(path, "train") as writer:
+        for i in (0, 1, 3, 4, 5):  # chunk 0 is left incomplete, chunk 1 complete
+            give(writer, i)
+        writer.flush()
+    flip_bit(path / "train/cls/c/0/0/0/0")
+    with SplitWriter(path, "train") as writer:  # resuming chunk 0 reads back its done clips' rows
+        assert refusal(lambda: give(writer, 2), path).startswith(
+            f"{path}/train/cls/c/0/0/0/0: checksum mismatch, its bytes changed after they were written (clips 0..2: ")
+    flip_bit(path / "train/done/c/1")
+    flip_bit(path / "train/clip_ids/c/0")
+    (path / "train/cls/c/1/0/0/0.1f2e.partial").write_bytes(b"a writer killed mid-write")  # not a chunk
+    problems = verify_cache(path)
+    assert [p.split(": checksum mismatch")[0] for p in problems] == [
+        f"split 'train': {path}/train/{name}" for name in ("cls/c/0/0/0/0", "done/c/1", "clip_ids/c/0")]
+    assert problems[0].endswith("(clips 0..2)")  # the clip list itself is damaged: named by index
+
+
+def edit_metadata(node: Path, field: str, value: object) -> None:
+    """Set the dotted ``field`` of the zarr.json of the group or array at ``node``."""
+    meta = json.loads((node / "zarr.json").read_text())
+    *parents, last = field.split(".")
+    target = meta
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    (node / "zarr.json").write_text(json.dumps(meta))
+
+
+# the zarr.json edited, the field, its absurd value, the start of the one line that refuses it
+ABSURD = {
+    "cls shape": ("train/cls", "shape", [10**12, V, T, D],
+                  f"train: cls declares shape ({10**12}, {V}, {T}, {D}), the split's attributes and clip list say "
+                  f"({N}, {V}, {T}, {D})"),
+    "clip list": ("train/clip_ids", "shape", [10**12], f"train: clip_ids declares shape ({10**12},)"),
+    "label width": ("train/targets", "shape", [N, 10**9], f"train: targets declares shape ({N}, {10**9})"),
+    "split dim": ("train", "attributes.dim", 10**6, f"train: attribute dim={10**6}, the cache's signature says {D}"),
+    "text width": ("text/actions/name_embeddings", "shape", [C, 10**12],
+                   f"text/actions: name_embeddings declares shape ({C}, {10**12}), the group's counts"),
+}
+
+
+@pytest.mark.parametrize("edit", ABSURD)
+def test_an_absurd_declared_shape_is_refused_before_any_allocation(full: Path, edit: str) -> None:
+    write_text(full, "actions", text_features(["an animal eats"]))
+    write_text(full, "species", text_features([]))
+    where, field, value, said = ABSURD[edit]
+    edit_metadata(full / where, field, value)
+    cache = FeatureCache(full)
+    read = (lambda: cache.text("actions")) if where.startswith("text") else (lambda: cache.split("train"))
+    assert refusal(read, full).startswith(f"{full}/{said}")
+    problems = verify_cache(full)
+    assert len(problems) == 1 and said.split(": ", 1)[1] in problems[0], problems
+
+
+def test_a_cache_of_the_previous_schema_is_refused_with_rebuild(full: Path) -> None:
+    zarr.open_group(full, mode="r+").attrs["schema_version"] = 2  # no checksums: nothing it holds can be checked
+    with pytest.raises(CacheError, match=r"schema version 2 is not 3, the one this anim_clip reads; rebuild the cache"):
+        FeatureCache(full)
