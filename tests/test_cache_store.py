@@ -515,6 +515,8 @@ def test_cache_info_summarises(full: Path) -> None:
     assert (train["num_clips"], train["done"], train["failed"], train["pending"]) == (N, N, 1, 0)
     assert train["failures"] == [["video_04.mp4", "cannot decode video: moov atom not found"]]
     assert train["arrays"]["cls"]["chunks"] == [CLIPS_PER_CHUNK, V, T, D]
+    assert {name: a["codec"] for name, a in train["arrays"].items()} == {  # every chunk carries its checksum
+        name: "crc32c" if name in ("cls", "patches") else "zstd(3)+crc32c" for name in train["arrays"]}
     assert train["arrays"]["patches"]["bytes"] >= (N - 1) * V * T * P * W * 2 / 2
     assert info["config"] == CONFIG and info["schema_version"] == store.SCHEMA_VERSION
     assert train["decoders"] == info["decoders"] == {"decord": N - 2, "pyav": 1}  # failed clips have none

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import zarr
 from rich.table import Table
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from anim_clip.cache.store import (
     SPECIES_PROBS,
@@ -60,6 +60,8 @@ def _codec(arr: zarr.Array) -> str:
             names.append(f"blosc({c.cname.value},{c.shuffle.value})")
         elif isinstance(c, ZstdCodec):
             names.append(f"zstd({c.level})")
+        elif isinstance(c, Crc32cCodec):
+            names.append("crc32c")
         else:
             names.append(type(c).__name__)
     return "+".join(names) or "none"

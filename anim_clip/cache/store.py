@@ -24,6 +24,12 @@ arrays (``cls``, ``frame_indices``, ``error``, ...) whole from its own buffer, w
 disk for the clips already done, and writes ``done`` after them: so a clip marked done has all its
 data, and its values never change again. The buffer is written when its chunk is complete and at
 least every ``FLUSH_SECONDS``, so a kill loses at most that much work.
+
+Integrity rests on two more. Every chunk of every array ends with the crc32c checksum of its bytes,
+which zarr checks on every read: a chunk changed on disk (a flipped bit, a truncated copy, two
+clips' rows swapped) is refused in one line naming its file and clips. And every array's declared
+shape is checked against the signature, the split's attributes and its clip list before anything
+is read, so an edited ``zarr.json`` cannot make a reader allocate an absurd array.
 """
 
 from __future__ import annotations
