@@ -614,8 +614,10 @@ def test_an_absurd_declared_shape_is_refused_before_any_allocation(full: Path, e
     where, field, value, said = ABSURD[edit]
     edit_metadata(full / where, field, value)
     cache = FeatureCache(full)
-    read = (lambda: cache.text("actions")) if where.startswith("text") else (lambda: cache.split("train"))
-    assert refusal(read, full).startswith(f"{full}/{said}")
+    readers = ([lambda: cache.text("actions")] if where.startswith("text") else
+               [lambda: cache.split("train"), lambda: cache_info(full), lambda: SplitWriter(full, "train")])
+    for read in readers:
+        assert refusal(read, full).startswith(f"{full}/{said}")
     problems = verify_cache(full)
     assert len(problems) == 1 and said.split(": ", 1)[1] in problems[0], problems
 

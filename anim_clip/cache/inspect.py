@@ -21,6 +21,7 @@ from anim_clip.cache.store import (
     TEXT_GROUP,
     FeatureCache,
     TextFeatures,
+    check_declared_shapes,
     checksum_failures,
     class_counts,
     declared_shape_problems,
@@ -110,6 +111,7 @@ def decoders_text(decoders: dict[str, int]) -> str:
 
 def _split_info(path: Path) -> dict[str, Any]:
     attrs = read_group_attrs(path, path.parent)
+    check_declared_shapes(path, attrs, path.parent)
     done, failed, errors = _outcomes(path)
     clip_ids = read_array(path, "clip_ids", path.parent).tolist()
     with reading(path, path.parent):

@@ -471,10 +471,11 @@ def open_arrays(group: Path, names: Iterable[str], cache: Path) -> dict[str, zar
     return arrays
 
 
-def check_declared_shapes(group: Path, arrays: dict[str, zarr.Array], attrs: dict[str, Any], cache: Path) -> None:
-    """Refuse a split whose arrays declare shapes its signature, attributes and clip list do not give,
-    in one line, before any array is read."""
-    shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+def check_declared_shapes(group: Path, attrs: dict[str, Any], cache: Path) -> None:
+    """Refuse the split at ``group`` (attributes ``attrs``) whose arrays declare shapes its signature,
+    attributes and clip list do not give, in one line, before any array is read."""
+    kept = [name for name in ("patches", SPECIES_PROBS) if attrs.get(name)]
+    shapes = {name: tuple(array.shape) for name, array in open_arrays(group, [*SPLIT_ARRAYS, *kept], cache).items()}
     problems = declared_shape_problems(shapes, attrs, read_group_attrs(cache, cache).get("config", {}),
                                        class_counts(cache))
     if problems:
@@ -596,6 +597,7 @@ class SplitWriter:
         self.path = Path(path) / split
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {split!r}; create it first")
+        check_declared_shapes(self.path, read_group_attrs(self.path, Path(path)), Path(path))
         with reading(self.path, Path(path)):
             g = zarr.open_group(self.path, mode="r+")
             self._arrays = {name: g[name] for name in CHUNK_ARRAYS}
@@ -751,8 +753,7 @@ class CachedSplit:
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {name!r}")
         self.attrs: dict[str, Any] = read_group_attrs(self.path, path)
-        kept = [name for name in ("patches", SPECIES_PROBS) if self.attrs.get(name)]
-        check_declared_shapes(self.path, open_arrays(self.path, [*SPLIT_ARRAYS, *kept], path), self.attrs, path)
+        check_declared_shapes(self.path, self.attrs, path)
         read = lambda array: read_array(self.path, array, path)  # noqa: E731
         self.device = torch.device(device or "cpu")
         self.cls = torch.from_numpy(read("cls")).to(self.device)  # (N, V, T, D) float16
