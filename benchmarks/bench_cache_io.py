@@ -2,8 +2,9 @@
 
 fp16 activations have near-random mantissas, so compression buys little; this measures how little
 and at what speed. For ``cls`` and ``patches`` chunks shaped like ViT-B/16 output (D=512, P=196,
-W=768, T=8) it writes and reads each codec of ``anim_clip.cache.store.CODECS`` and reports MB/s
-(of raw fp16) and the compression ratio, on synthetic activations and on a real-ish sample (a
+W=768, T=8) it writes and reads each codec of ``anim_clip.cache.store.CODECS`` as the store chains
+it (then the crc32c checksum every chunk ends with), and "none" without the checksum to price it,
+and reports MB/s (of raw fp16) and the compression ratio, on synthetic activations and on a real-ish sample (a
 random-init ViT-B/16 run on frames of a real video). Then it builds a small cache through the
 public API and times random ``(clip, view)`` patch batches through ``CachedSplit.patch_loader``,
 and the same reads from a one-clip-per-chunk layout for comparison.
@@ -56,6 +57,12 @@ VIDEO = REAL_CLIP
 # a codec is worth it when it saves this share of disk while keeping this share of "none"'s speed
 MIN_SAVING, MIN_SPEED_SHARE = 0.2, 0.5
 MIN_TIMED_MB = 1.0  # smaller samples give a ratio but no meaningful speed
+UNCHECKED = "none, no checksum"  # the cls and patches chain of schema 2: the checksum's cost is "none" minus this
+
+
+def chains() -> dict[str, list]:
+    """zarr ``compressors=`` per codec name: each of ``CODECS`` as the store writes it, and ``UNCHECKED``."""
+    return {**{codec: compressors(codec) for codec in CODECS}, UNCHECKED: list(CODECS["none"])}
 
 
 def synthetic(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -92,10 +99,10 @@ def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[
             for i in range(0, shape[0], chunks[0]) for v in range(0, shape[1], chunks[1])]
 
 
-def timed_run(data: np.ndarray, chunks: tuple[int, ...], codec: str, path: Path) -> tuple[float, float, int]:
+def timed_run(data: np.ndarray, chunks: tuple[int, ...], chain: list, path: Path) -> tuple[float, float, int]:
     """Write chunk by chunk (as the writer does), read chunk by chunk, check: seconds and disk bytes."""
     arr = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float16",
-                            fill_value=np.nan, compressors=compressors(codec))
+                            fill_value=np.nan, compressors=chain)
     slices = chunk_slices(data.shape, chunks)
     start = perf_counter()
     for s in slices:
@@ -103,7 +110,7 @@ def timed_run(data: np.ndarray, chunks: tuple[int, ...], codec: str, path: Path)
     written = perf_counter()
     back = [arr[s] for s in slices]
     read = perf_counter()
-    assert all(np.array_equal(b, data[s]) for b, s in zip(back, slices)), codec
+    assert all(np.array_equal(b, data[s]) for b, s in zip(back, slices)), chain
     disk = disk_bytes(path / "c")
     shutil.rmtree(path)
     return written - start, read - written, disk
@@ -112,11 +119,11 @@ def timed_run(data: np.ndarray, chunks: tuple[int, ...], codec: str, path: Path)
 def measure_all(name: str, data: np.ndarray, chunks: tuple[int, ...], root: Path, repeats: int) -> dict:
     """Median figures per codec; repeats go round the codecs so load changes hit all alike."""
     console.print(f"[bold]{name}[/]: {data.nbytes / MB:.2f} MB in chunks of {chunks}")
-    timed_run(data, chunks, "none", root / "warm-up")  # first array, imports, allocator
-    runs: dict[str, list[tuple[float, float, int]]] = {codec: [] for codec in CODECS}
+    timed_run(data, chunks, compressors("none"), root / "warm-up")  # first array, imports, allocator
+    runs: dict[str, list[tuple[float, float, int]]] = {codec: [] for codec in chains()}
     for r in range(repeats):
-        for codec in CODECS:
-            runs[codec].append(timed_run(data, chunks, codec, root / f"{codec}-{r}"))
+        for i, (codec, chain) in enumerate(chains().items()):
+            runs[codec].append(timed_run(data, chunks, chain, root / f"{i}-{r}"))
     mb = data.nbytes / MB
     return {codec: {"MB": mb, "write_MBps": mb / statistics.median(w for w, _, _ in rs),
                     "read_MBps": mb / statistics.median(r for _, r, _ in rs), "ratio": data.nbytes / rs[0][2]}
@@ -136,7 +143,8 @@ def recommend(figures: dict[str, dict]) -> str:
 def build_cache(root: Path, clips: int, rng: np.random.Generator) -> Path:
     """A cache with ``clips`` clips of V views of patches, written through the public API."""
     path = root / "loader.zarr"
-    create_store(path, {"benchmark": "cache_io"})
+    create_store(path, {"benchmark": "cache_io", "sampling": {"num_frames": T, "train_views": V},  # what readers check
+                        "backbone": {"embed_dim": D, "patches": "fp16", "patch_shape": [P, W]}})
     spec = SplitSpec(clip_ids=[f"clip{i}" for i in range(clips)], targets=np.zeros((clips, 4)),
                      species=np.zeros((clips, 2)), views=V, frames=T, dim=D, view_kind="augmented",
                      patch_shape=(P, W))

@@ -60,7 +60,8 @@ def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, Dataset]:
 def cached_split(root: Path, species: np.ndarray, device: torch.device, seed: int = 0) -> CachedSplitData:
     """A real store holding random features of every clip's 12 views, read onto ``device``."""
     n = len(species)
-    create_store(root, {"benchmark": "eval"})
+    create_store(root, {"benchmark": "eval", "backbone": {"embed_dim": D, "patches": "none"},  # what readers check
+                        "sampling": {"num_frames": T, "test_clips": 4, "test_crops": 3}})
     create_split(root, "test", SplitSpec([f"clip{i:05d}" for i in range(n)], np.zeros((n, 140)), species,
                                          VIEWS, T, D, "4 clips x 3 crops"))
     gen = torch.Generator().manual_seed(seed)

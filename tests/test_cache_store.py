@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -30,11 +31,13 @@ from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.features import FrameFeatures
 from anim_clip.ui import console
 
-N, V, T, D, P, W, C, A = 10, 2, 3, 8, 4, 5, 6, 3
+N, V, T, D, P, W, C, A = 10, 2, 3, 8, 4, 5, 3, 3  # C, A: text_features' names
 CLIPS_PER_CHUNK = 3  # chunks [0,3) [3,6) [6,9) [9,10): the last one partial
 CHUNK_BYTES = CLIPS_PER_CHUNK * V * T * D * 2
-CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None},
-          "sampling": {"num_frames": T, "image_size": 224}, "dataset": "demo"}
+CONFIG = {"backbone": {"model": "ViT-B-16", "pretrained": "openai", "sha256": None, "patches": "fp16",
+                       "embed_dim": D, "patch_shape": [P, W]},
+          "sampling": {"num_frames": T, "image_size": 224, "train_views": V, "test_clips": 1, "test_crops": V},
+          "dataset": "demo"}
 FAILING = {4: "cannot decode video:\n  moov atom   not found"}
 FELL_BACK = 7  # the clip the configured decoder failed on and PyAV decoded
 
@@ -335,7 +338,7 @@ def test_mismatched_config_refused_naming_the_field(full: Path) -> None:
     with pytest.raises(CacheError, match=r"begun by an earlier anim-clip, which did not record sampling\.crop "
                                          r"\(this run: 3, field sampling\.crop\); extract into a new cache path"):
         check_compatible(CONFIG, {**CONFIG, "sampling": {**CONFIG["sampling"], "crop": 3}}, full)
-    check_compatible(CONFIG, {"dataset": "demo", "sampling": {"image_size": 224, "num_frames": T},
+    check_compatible(CONFIG, {"dataset": "demo", "sampling": dict(reversed(CONFIG["sampling"].items())),
                               "backbone": dict(CONFIG["backbone"])}, full)  # key order does not matter
 
 
@@ -412,11 +415,13 @@ def truncate(path: Path) -> None:
 # damage -> (what verify says, the part a reader names)
 DAMAGES = {
     "truncated cls chunk": (lambda p: truncate(p / "train/cls/c/1/0/0/0"),
-                            "split 'train': {p}/train/cls/c/1/0/0/0 cannot be read (ValueError: cannot reshape array of "
-                            "size 72 into shape (3,2,3,8)) (clips 3..5)", "{p}/train/cls cannot be read (ValueError"),
+                            "split 'train': {p}/train/cls/c/1/0/0/0: checksum mismatch, its bytes changed after they "
+                            "were written (clips 3..5: video_03.mp4, video_04.mp4, video_05.mp4)",
+                            "{p}/train/cls/c/1/0/0/0: checksum mismatch, its bytes changed after they were written "
+                            "(clips 3..5: video_03.mp4, video_04.mp4, video_05.mp4)"),
     "truncated done chunk": (lambda p: truncate(p / "train/done/c/0"),
-                             "split 'train': {p}/train/done cannot be read (RuntimeError: Zstd decompression error",
-                             "{p}/train/done cannot be read (RuntimeError"),
+                             "split 'train': {p}/train/done/c/0: checksum mismatch",
+                             "{p}/train/done/c/0: checksum mismatch"),
     "invalid split zarr.json": (lambda p: (p / "train/zarr.json").write_text("{not json"),
                                 "split 'train': {p}/train/zarr.json cannot be read (JSONDecodeError: Expecting property "
                                 "name enclosed in double quotes: line 1 column 2 (char 1))", "{p}/train/zarr.json cannot"),
@@ -452,15 +457,14 @@ def test_damaged_patches_are_refused_as_they_are_read(full: Path) -> None:
     truncate(full / "train/patches/c/7/0/0/0/0")
     split = FeatureCache(full).split("train")
     for clip, view, problem in ((2, 1, f"{full}/train/patches: clip 'video_02.mp4' holds NaN/inf patch tokens"),
-                                (7, 0, f"{full}/train/patches cannot be read (ValueError: cannot reshape")):
+                                (7, 0, f"{full}/train/patches/c/7/0/0/0/0: checksum mismatch, its bytes changed "
+                                       "after they were written (clips 7..7: video_07.mp4)")):
         with pytest.raises(DamagedCache) as refused:
             list(split.patch_loader([(torch.tensor([0, clip]), torch.tensor([0, view]))]))
         assert str(refused.value).startswith(problem)
         assert str(refused.value).endswith(f": the cache is damaged; run `anim-clip cache verify {full}`")
-    problems = verify_cache(full)
-    assert problems[0] == "split 'train': 1 done clips have NaN/inf or missing patches: video_02.mp4"
-    assert problems[1].startswith(f"split 'train': the patches of 1 done clips cannot be read: video_07.mp4 "
-                                  f"({full}/train/patches cannot be read (ValueError: cannot reshape")
+    assert verify_cache(full) == [f"split 'train': {full}/train/patches/c/7/0/0/0/0: checksum mismatch, its bytes "
+                                  "changed after they were written (clips 7..7: video_07.mp4)"]
 
 
 def test_verify_goes_on_past_an_invalid_root(full: Path) -> None:
@@ -468,7 +472,7 @@ def test_verify_goes_on_past_an_invalid_root(full: Path) -> None:
     truncate(full / "train/cls/c/0/0/0/0")
     problems = verify_cache(full)
     assert problems[0].startswith(f"{full}/zarr.json cannot be read (JSONDecodeError")
-    assert problems[1].startswith(f"split 'train': {full}/train/cls/c/0/0/0/0 cannot be read") and len(problems) == 2
+    assert problems[1].startswith(f"split 'train': {full}/train/cls/c/0/0/0/0: checksum mismatch") and len(problems) == 2
     with pytest.raises(DamagedCache, match=r"zarr\.json cannot be read .*: the cache is damaged; run `anim-clip cache verify"):
         FeatureCache(full)
 
@@ -511,6 +515,8 @@ def test_cache_info_summarises(full: Path) -> None:
     assert (train["num_clips"], train["done"], train["failed"], train["pending"]) == (N, N, 1, 0)
     assert train["failures"] == [["video_04.mp4", "cannot decode video: moov atom not found"]]
     assert train["arrays"]["cls"]["chunks"] == [CLIPS_PER_CHUNK, V, T, D]
+    assert {name: a["codec"] for name, a in train["arrays"].items()} == {  # every chunk carries its checksum
+        name: "crc32c" if name in ("cls", "patches") else "zstd(3)+crc32c" for name in train["arrays"]}
     assert train["arrays"]["patches"]["bytes"] >= (N - 1) * V * T * P * W * 2 / 2
     assert info["config"] == CONFIG and info["schema_version"] == store.SCHEMA_VERSION
     assert train["decoders"] == info["decoders"] == {"decord": N - 2, "pyav": 1}  # failed clips have none
@@ -520,3 +526,103 @@ def test_cache_info_summarises(full: Path) -> None:
             console.print(t)
     assert "moov atom" in captured.get()
     assert "MIXED DECODERS" in captured.get() and "decord 8, pyav 1" in " ".join(captured.get().split())
+
+
+# ----------------------------------------------------------------------------------------------
+# integrity: checksums on every chunk, declared shapes checked before any read
+
+ROW_BYTES = V * T * D * 2  # one clip's cls rows in a chunk file (no codec: raw float16, then 4 checksum bytes)
+DAMAGED = "the cache is damaged; run `anim-clip cache verify {p}`"
+
+
+def refusal(read, full: Path) -> str:
+    """The one line ``read()`` is refused with, checked to be a damaged-cache error naming verify."""
+    with pytest.raises(DamagedCache) as refused:
+        read()
+    message = str(refused.value)
+    assert message.endswith(": " + DAMAGED.format(p=full)) and "\n" not in message
+    return message
+
+
+def test_two_clips_swapped_inside_a_cls_chunk_are_refused_naming_the_chunk(full: Path) -> None:
+    file = full / "train/cls/c/0/0/0/0"
+    data = bytearray(file.read_bytes())
+    first, second = data[:ROW_BYTES], data[ROW_BYTES:2 * ROW_BYTES]
+    assert first != second and len(data) == CLIPS_PER_CHUNK * ROW_BYTES + 4
+    data[:ROW_BYTES], data[ROW_BYTES:2 * ROW_BYTES] = second, first  # well-formed, finite, wrong features
+    file.write_bytes(bytes(data))
+    bad = (f"{file}: checksum mismatch, its bytes changed after they were written "
+           "(clips 0..2: video_00.mp4, video_01.mp4, video_02.mp4)")
+    assert refusal(lambda: FeatureCache(full).split("train"), full) == f"{bad}: {DAMAGED.format(p=full)}"
+    assert verify_cache(full) == [f"split 'train': {bad}"]
+
+
+def flip_bit(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+
+
+def test_verify_lists_every_bad_chunk_and_a_writer_refuses_to_build_on_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.zarr"
+    create_store(path, CONFIG)
+    create_split(path, "train", spec())
+    with SplitWriter(path, "train") as writer:
+        for i in (0, 1, 3, 4, 5):  # chunk 0 is left incomplete, chunk 1 complete
+            give(writer, i)
+        writer.flush()
+    flip_bit(path / "train/cls/c/0/0/0/0")
+    with SplitWriter(path, "train") as writer:  # resuming chunk 0 reads back its done clips' rows
+        assert refusal(lambda: give(writer, 2), path).startswith(
+            f"{path}/train/cls/c/0/0/0/0: checksum mismatch, its bytes changed after they were written (clips 0..2: ")
+    flip_bit(path / "train/done/c/1")
+    flip_bit(path / "train/clip_ids/c/0")
+    (path / "train/cls/c/1/0/0/0.1f2e.partial").write_bytes(b"a writer killed mid-write")  # not a chunk
+    problems = verify_cache(path)
+    assert [p.split(": checksum mismatch")[0] for p in problems] == [
+        f"split 'train': {path}/train/{name}" for name in ("cls/c/0/0/0/0", "done/c/1", "clip_ids/c/0")]
+    assert problems[0].endswith("(clips 0..2)")  # the clip list itself is damaged: named by index
+
+
+def edit_metadata(node: Path, field: str, value: object) -> None:
+    """Set the dotted ``field`` of the zarr.json of the group or array at ``node``."""
+    meta = json.loads((node / "zarr.json").read_text())
+    *parents, last = field.split(".")
+    target = meta
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    (node / "zarr.json").write_text(json.dumps(meta))
+
+
+# the zarr.json edited, the field, its absurd value, the start of the one line that refuses it
+ABSURD = {
+    "cls shape": ("train/cls", "shape", [10**12, V, T, D],
+                  f"train: cls declares shape ({10**12}, {V}, {T}, {D}), the split's attributes and clip list say "
+                  f"({N}, {V}, {T}, {D})"),
+    "clip list": ("train/clip_ids", "shape", [10**12], f"train: clip_ids declares shape ({10**12},)"),
+    "label width": ("train/targets", "shape", [N, 10**9], f"train: targets declares shape ({N}, {10**9})"),
+    "split dim": ("train", "attributes.dim", 10**6, f"train: attribute dim={10**6}, the cache's signature says {D}"),
+    "text width": ("text/actions/name_embeddings", "shape", [C, 10**12],
+                   f"text/actions: name_embeddings declares shape ({C}, {10**12}), the group's counts"),
+}
+
+
+@pytest.mark.parametrize("edit", ABSURD)
+def test_an_absurd_declared_shape_is_refused_before_any_allocation(full: Path, edit: str) -> None:
+    write_text(full, "actions", text_features(["an animal eats"]))
+    write_text(full, "species", text_features([]))
+    where, field, value, said = ABSURD[edit]
+    edit_metadata(full / where, field, value)
+    cache = FeatureCache(full)
+    readers = ([lambda: cache.text("actions")] if where.startswith("text") else
+               [lambda: cache.split("train"), lambda: cache_info(full), lambda: SplitWriter(full, "train")])
+    for read in readers:
+        assert refusal(read, full).startswith(f"{full}/{said}")
+    problems = verify_cache(full)
+    assert len(problems) == 1 and said.split(": ", 1)[1] in problems[0], problems
+
+
+def test_a_cache_of_the_previous_schema_is_refused_with_rebuild(full: Path) -> None:
+    zarr.open_group(full, mode="r+").attrs["schema_version"] = 2  # no checksums: nothing it holds can be checked
+    with pytest.raises(CacheError, match=r"schema version 2 is not 3, the one this anim_clip reads; rebuild the cache"):
+        FeatureCache(full)

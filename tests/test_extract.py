@@ -371,3 +371,25 @@ def test_unsafe_checkpoint_is_refused(tmp_path: Path):
         create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(path)))
     with pytest.raises(AnimClipError, match="checkpoint file not found"):
         create_clip(BackboneConfig(model="anim-clip-tiny", pretrained=str(tmp_path / "missing.pt")))
+
+
+def test_an_empty_split_is_refused_naming_its_file_before_anything_is_made(data: Path, tmp_path: Path):
+    annotations = tmp_path / "annotations"
+    shutil.copytree(data, annotations, ignore=shutil.ignore_patterns("videos"))
+    (annotations / "test.txt").write_text("")  # a split that lists no clip: not "processed by an earlier run"
+    out = tmp_path / "cache.zarr"
+    with pytest.raises(ConfigError) as refused:
+        extract(config(data, f"data.annotations={annotations}"), out, progress=False)
+    assert str(refused.value) == (f"split 'test' is empty: no clips listed in {annotations / 'test.txt'}; list its "
+                                  "clips there, or extract only the other splits (--split)")
+    assert not out.exists()
+
+
+def test_a_shard_without_clips_says_so(data: Path, tmp_path: Path):
+    # 16 training and 6 test clips fit in one chunk each: shard 1 of 4 holds none of them
+    with console.capture() as captured:
+        reports = extract(config(data), tmp_path / "cache.zarr", shard=0, num_shards=4, progress=False)
+    said = " ".join(captured.get().split())
+    assert "train [1/4]: no clips in this shard: the split's 16 clips fill fewer chunks than there are shards" in said
+    assert "test [1/4]: no clips in this shard: the split's 6 clips" in said
+    assert "earlier run" not in said and [(r.clips, r.extracted) for r in reports] == [(0, 0), (0, 0)]

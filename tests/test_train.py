@@ -240,19 +240,20 @@ def test_a_damaged_cache_is_one_line_and_verify_lists_it(data: Path, cache: Path
     chunk = damaged / "train" / "cls" / "c" / "0" / "0" / "0" / "0"
     if damage == "truncated chunk":  # as a full disk or an interrupted copy leaves it
         chunk.write_bytes(chunk.read_bytes()[:1000])
-        refused, listed = damaged / "train" / "cls", f"split 'train': {chunk} cannot be read (ValueError: cannot reshape"
+        refused = f"{chunk}: checksum mismatch"
+        listed = f"split 'train': {chunk}: checksum mismatch, its bytes changed after they were written (clips 0.."
     elif damage == "invalid zarr.json":
         (damaged / "test" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
-        refused = damaged / "test" / "zarr.json"
-        listed = f"split 'test': {refused} cannot be read (JSONDecodeError: Unterminated string"
+        refused = f"{damaged / 'test' / 'zarr.json'} "
+        listed = f"split 'test': {refused}cannot be read (JSONDecodeError: Unterminated string"
     else:
         shutil.rmtree(damaged / "train" / "done")
-        refused = damaged / "train" / "done"
-        listed = f"split 'train': {refused} is missing"
+        refused = f"{damaged / 'train' / 'done'} "
+        listed = f"split 'train': {refused}is missing"
     proc = _train_process(data, damaged, tmp_path / "run")
     output = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 2 and "Traceback" not in output, output
-    assert output.strip().splitlines()[-1].startswith(f"error: {refused} ")
+    assert output.strip().splitlines()[-1].startswith(f"error: {refused}")
     assert output.strip().endswith(f": the cache is damaged; run `anim-clip cache verify {damaged}`")
     verify = subprocess.run([sys.executable, "-m", "anim_clip", "cache", "verify", str(damaged)], capture_output=True,
                             text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300)

@@ -6,9 +6,9 @@ decode), frames travel to the model's device as uint8 and are resized, cropped a
 there, and the encoder sees batches of about ``backbone.batch_frames`` frames. The store's writer
 marks a clip ``done`` only after its data is on disk and saves finished clips at least every
 ``store.FLUSH_SECONDS`` (and on Ctrl-C), so killing the process at any moment and running the same
-command again finishes the job, redoing at most that much work and corrupting nothing. The video
-root and files are checked before any weights load, and a split none of whose clips could be made
-is an error, not an empty success. With ``species.model``, the species predictor encodes the same
+command again finishes the job, redoing at most that much work and corrupting nothing. The split
+lists, video root and files are checked before any weights load, and a split that lists no clips,
+or none of whose clips could be made, is an error, not an empty success. With ``species.model``, the species predictor encodes the same
 decoded views (rendered with its own pixels) and each clip's species probabilities are stored with
 its features (:mod:`anim_clip.models.species`).
 """
@@ -154,6 +154,17 @@ def check_videos(dataset: Dataset, splits: tuple[str, ...]) -> None:
                           f"{missing[0]}); they will be recorded as failed[/]", soft_wrap=True, highlight=False)
 
 
+def check_listed(dataset: Dataset, splits: tuple[str, ...], unseen: list[str]) -> None:
+    """Refuse a split with no clips before any weights load: train and eval need the clips of both
+    splits, so an empty one is a wrong split file (or a hold-out of every species), and extracting
+    it would report success for a cache no later command can use."""
+    for split in splits:
+        if not dataset.clips(split):
+            held = " outside data.unseen_species" if split == TRAIN_SPLIT and unseen else ""
+            raise ConfigError(f"split {split!r} is empty: no clips listed in {dataset.files.get(split, '(no file)')}"
+                              f"{held}; list its clips there, or extract only the other splits (--split)")
+
+
 def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -166,6 +177,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     device = device or default_device()
     check_decoder(cfg.sampling.decoder)
     dataset = load_dataset(cfg.data)
+    check_listed(dataset, splits, cfg.data.unseen_species)
     check_videos(dataset, splits)
     if cfg.species.model is not None:
         check_predictor(cfg.species)
@@ -237,6 +249,10 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     clips = dataset.clips(split)
     report = SplitReport(split, len(writer.clips), already_done=len(writer.clips) - len(writer.pending))
     jobs = [(dataset.video_path(clips[i]), i) for i in writer.pending]
+    if not writer.clips:  # more shards than chunks: this one has none (a split is never empty: check_listed)
+        console.print(f"{label}: no clips in this shard: the split's {len(clips)} clips fill fewer chunks than "
+                      "there are shards", soft_wrap=True)
+        return report
     if not jobs:  # a finished split: say so, rather than show an empty bar
         console.print(f"{label}: nothing left to do, all {len(writer.clips)} clips were processed by an earlier run",
                       soft_wrap=True)

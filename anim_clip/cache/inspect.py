@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,20 @@ import numpy as np
 import torch
 import zarr
 from rich.table import Table
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from anim_clip.cache.store import (
     SPECIES_PROBS,
+    SPLIT_ARRAYS,
     TEXT_GROUP,
     FeatureCache,
     TextFeatures,
+    check_declared_shapes,
+    checksum_failures,
+    class_counts,
+    declared_shape_problems,
     group_names,
+    open_arrays,
     manifest_sha256,
     read_array,
     read_group_attrs,
@@ -54,6 +61,8 @@ def _codec(arr: zarr.Array) -> str:
             names.append(f"blosc({c.cname.value},{c.shuffle.value})")
         elif isinstance(c, ZstdCodec):
             names.append(f"zstd({c.level})")
+        elif isinstance(c, Crc32cCodec):
+            names.append("crc32c")
         else:
             names.append(type(c).__name__)
     return "+".join(names) or "none"
@@ -102,6 +111,7 @@ def decoders_text(decoders: dict[str, int]) -> str:
 
 def _split_info(path: Path) -> dict[str, Any]:
     attrs = read_group_attrs(path, path.parent)
+    check_declared_shapes(path, attrs, path.parent)
     done, failed, errors = _outcomes(path)
     clip_ids = read_array(path, "clip_ids", path.parent).tolist()
     with reading(path, path.parent):
@@ -192,7 +202,6 @@ def _clip_list(clip_ids: list[str], indices: np.ndarray) -> str:
     return names + (f" and {len(indices) - SHOWN_CLIPS} more" if len(indices) > SHOWN_CLIPS else "")
 
 
-SPLIT_ARRAYS = ("cls", "done", "error", "decoder", "clip_ids", "frame_indices", "targets", "species")
 WHOLE_ARRAYS = ("done", "error", "decoder", "clip_ids", "frame_indices", "targets", "species")  # cls: a chunk at a time
 
 
@@ -208,18 +217,20 @@ def _open_arrays(path: Path, names: list[str], where: str) -> tuple[dict[str, za
     return arrays, problems
 
 
-def _shape_problems(arrays: dict[str, zarr.Array], attrs: dict[str, Any], where: str) -> list[str]:
-    n, v, t, d = attrs["num_clips"], attrs["num_views"], attrs["frames"], attrs["dim"]
-    expected = {"cls": (n, v, t, d), "done": (n,), "error": (n,), "decoder": (n,), "clip_ids": (n,),
-                "frame_indices": (n, v, t)}
-    if attrs["patches"]:
-        expected["patches"] = (n, v, t, *attrs["patches"])
-    if SPECIES_PROBS in arrays:
-        expected[SPECIES_PROBS] = arrays["species"].shape
-    problems = [f"{where}: {name} has shape {arrays[name].shape}, expected {shape}"
-                for name, shape in expected.items() if arrays[name].shape != shape]
-    problems += [f"{where}: {name} has {arrays[name].shape[0]} rows for {n} clips"
-                 for name in ("targets", "species") if arrays[name].shape[0] != n]
+def _classes(cache: Path) -> dict[str, int]:
+    """``class_counts``, or none known when a text group is damaged (its own check reports it)."""
+    try:
+        return class_counts(cache)
+    except DamagedCache:
+        return {}
+
+
+def _shape_problems(path: Path, arrays: dict[str, zarr.Array], attrs: dict[str, Any], config: dict[str, Any] | None,
+                    where: str) -> list[str]:
+    """The split's declared shapes against the signature, its attributes, the clip list and the text
+    groups, and the per-clip arrays' chunking: all from metadata, before any data is read."""
+    shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+    problems = [f"{where}: {p}" for p in declared_shape_problems(shapes, attrs, config, _classes(path.parent))]
     chunked = [name for name in ("cls", "done", "error", "decoder", "frame_indices", SPECIES_PROBS) if name in arrays]
     chunks = {arrays[name].chunks[0] for name in chunked}
     if len(chunks) > 1:
@@ -280,7 +291,7 @@ def _patch_problems(path: Path, arr: zarr.Array, clips: np.ndarray, clip_ids: li
     cannot be read; one clip at a time."""
     def check(i: int) -> str | None:
         try:
-            with reading(path / "patches", path.parent):
+            with reading(path / "patches", path.parent, [int(i)]):
                 return None if np.isfinite(arr[int(i)]).all() else NONFINITE
         except DamagedCache as e:
             return e.problem
@@ -337,8 +348,13 @@ def _manifest_problem(values: dict[str, np.ndarray], attrs: dict[str, Any], wher
     return []
 
 
-def _verify_split(path: Path, workers: int, predictor: bool | None) -> list[str]:
-    """The split's problems; ``predictor``: whether the root says a species predictor ran (None: unknown)."""
+def _checksum_problems(path: Path, names: Iterable[str], where: str, workers: int) -> list[str]:
+    """Every chunk of the arrays ``names`` of the group ``path`` whose bytes fail their checksum."""
+    return [f"{where}: {failure}" for name in names for failure in checksum_failures(path / name, workers=workers)]
+
+
+def _verify_split(path: Path, workers: int, config: dict[str, Any] | None) -> list[str]:
+    """The split's problems; ``config``: the cache's signature (None: the root cannot be read)."""
     where = f"split {path.name!r}"
     try:
         attrs = read_group_attrs(path, path.parent)
@@ -352,12 +368,13 @@ def _verify_split(path: Path, workers: int, predictor: bool | None) -> list[str]
     arrays, problems = _open_arrays(path, [*SPLIT_ARRAYS, *optional], where)
     if (path / "patches").is_dir() and not attrs["patches"]:
         problems.append(f"{where}: holds patches although its attributes say it has none")
+    predictor = None if config is None else "species" in config
     if predictor is not None and predictor != bool(attrs.get(SPECIES_PROBS)):
         problems.append(f"{where}: {'holds no' if predictor else 'holds'} {SPECIES_PROBS} although the cache was "
                         f"extracted {'with' if predictor else 'without'} a species predictor")
     if problems:
         return problems
-    problems = _shape_problems(arrays, attrs, where)
+    problems = _shape_problems(path, arrays, attrs, config, where) or _checksum_problems(path, arrays, where, workers)
     if problems:
         return problems
     values, problems = _read_whole(path, where)
@@ -381,33 +398,37 @@ def _verify_text(text: TextFeatures, attrs: dict[str, Any], where: str) -> list[
     return problems
 
 
-def _text_problems(path: Path, kind: str) -> list[str]:
+def _text_problems(path: Path, kind: str, workers: int) -> list[str]:
     where = f"text {kind!r}"
+    dest = path / TEXT_GROUP / kind
     try:
-        return _verify_text(read_text(path, kind), read_group_attrs(path / TEXT_GROUP / kind, path), where)
+        names = [a.name for a in dest.iterdir() if (a / "zarr.json").is_file()]
+        problems = _checksum_problems(dest, open_arrays(dest, names, path), where, workers)
+        return problems or _verify_text(read_text(path, kind), read_group_attrs(path / TEXT_GROUP / kind, path), where)
     except DamagedCache as e:
         return [f"{where}: {e.problem}"]
 
 
 def verify_cache(path: str | Path, workers: int = 4) -> list[str]:
-    """Every problem found (empty = OK): attributes, shapes, chunk alignment, done vs data, finiteness,
-    species probabilities (finite, summing to 1), and every part that cannot be read.
+    """Every problem found (empty = OK): attributes, declared shapes, chunk alignment, every chunk
+    whose bytes fail their checksum, done vs data, finiteness, species probabilities (finite, summing
+    to 1), and every part that cannot be read.
 
-    Reads every done clip's features once, a chunk at a time, so it takes about as long as one
-    pass over the cache.
+    Reads every chunk file once for its checksum, then every done clip's features a chunk at a time,
+    so it takes about as long as two passes over the cache.
     """
     path = Path(path)
-    predictor = None
+    config = None
     try:
         attrs = read_root_attrs(path)
         problems = [f"root attribute {key!r} is missing" for key in ROOT_KEYS if key not in attrs]
-        predictor = "species" in attrs.get("config", {})
+        config = attrs.get("config", {})
     except DamagedCache as e:  # the splits may still be sound: check them too
         problems = [e.problem]
     except CacheError as e:
         return [str(e)]
     for split in split_names(path):
-        problems += _verify_split(path / split, workers, predictor)
+        problems += _verify_split(path / split, workers, config)
     for kind in group_names(path / TEXT_GROUP):
-        problems += _text_problems(path, kind)
+        problems += _text_problems(path, kind, workers)
     return problems

@@ -24,6 +24,12 @@ arrays (``cls``, ``frame_indices``, ``error``, ...) whole from its own buffer, w
 disk for the clips already done, and writes ``done`` after them: so a clip marked done has all its
 data, and its values never change again. The buffer is written when its chunk is complete and at
 least every ``FLUSH_SECONDS``, so a kill loses at most that much work.
+
+Integrity rests on two more. Every chunk of every array ends with the crc32c checksum of its bytes,
+which zarr checks on every read: a chunk changed on disk (a flipped bit, a truncated copy, two
+clips' rows swapped) is refused in one line naming its file and clips. And every array's declared
+shape is checked against the signature, the split's attributes and its clip list before anything
+is read, so an edited ``zarr.json`` cannot make a reader allocate an absurd array.
 """
 
 from __future__ import annotations
@@ -48,17 +54,18 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 import torch
 import zarr
 from zarr.buffer.cpu import NDBuffer
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from anim_clip import __version__
 from anim_clip.errors import CacheError, DamagedCache
 from anim_clip.models.features import FrameFeatures
 
-SCHEMA_VERSION = 2  # 2: the per-clip decoder
+SCHEMA_VERSION = 3  # 2: the per-clip decoder; 3: every chunk ends with its crc32c checksum
 CHUNK_BYTES = 2 << 20  # target size of a cls chunk: loaded whole, so a few MB keeps reads efficient
 MAX_ERROR_CHARS = 200
 TEXT_GROUP = "text"
@@ -79,11 +86,14 @@ CODECS: dict[str, tuple[Any, ...]] = {
 }
 CLS_CODEC = "none"
 PATCH_CODEC = "none"
+SMALL_CODEC = "zstd"  # flags, strings, labels, text: zarr's own default (zstd at its default level, 3)
+SHOWN_CLIPS = 3
 
 
-def compressors(name: str) -> list[Any] | None:
-    """zarr's ``compressors=`` argument for a codec name of ``CODECS``."""
-    return list(CODECS[name]) or None
+def compressors(name: str) -> list[Any]:
+    """zarr's ``compressors=`` argument for a codec name of ``CODECS``: its codecs, then the crc32c
+    checksum of the stored bytes that every read checks, so a chunk changed on disk is refused."""
+    return [*CODECS[name], Crc32cCodec()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,13 +172,75 @@ def unreadable(path: Path, error: Exception) -> str:
     return f"{path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"
 
 
+def chunk_files(array: Path, first: Iterable[int] | None = None) -> list[tuple[tuple[int, ...], Path]]:
+    """Coordinates and file of the chunks on disk of the array at ``array`` (zarr v3's default keys,
+    ``c/i/j/...``), all or those whose first coordinate is in ``first``, in order."""
+    root = array / "c"
+    tops = [root / str(i) for i in first] if first is not None else list(root.iterdir()) if root.is_dir() else []
+    found = []
+    for top in tops:
+        for file in [top] if top.is_file() else top.rglob("*"):
+            parts = file.relative_to(root).parts  # a writer's leftover temporary (``0.<hex>.partial``) is no chunk
+            if file.is_file() and all(part.isdigit() for part in parts):
+                found.append((tuple(map(int, parts)), file))
+    return sorted(found)
+
+
+def chunk_intact(file: Path) -> bool:
+    """Whether the crc32c checksum a chunk file ends with matches the bytes before it."""
+    data = file.read_bytes()
+    return len(data) >= 4 and google_crc32c.value(data[:-4]) == int.from_bytes(data[-4:], "little")
+
+
+def _held(group: Path, start: int, stop: int) -> str:
+    """What rows ``start..stop-1`` of an array of ``group`` are: clips, by name when the clip list is readable."""
+    if not (group / "clip_ids").is_dir():
+        return f"rows {start}..{stop - 1}"
+    try:
+        ids = zarr.open_array(group / "clip_ids", mode="r")[start:stop].tolist()
+    except DAMAGE:
+        return f"clips {start}..{stop - 1}"
+    more = f" and {len(ids) - SHOWN_CLIPS} more" if len(ids) > SHOWN_CLIPS else ""
+    return f"clips {start}..{stop - 1}: {', '.join(ids[:SHOWN_CLIPS])}{more}"
+
+
+def checksum_failures(array: Path, first: Iterable[int] | None = None, workers: int = 1) -> list[str]:
+    """One line per chunk of the array at ``array`` (all, or those whose first coordinate is in
+    ``first``) whose bytes no longer match their checksum, naming the file and the clips it holds."""
+    with ThreadPoolExecutor(workers) as pool:
+        chunks = chunk_files(array, first)
+        bad = [(coords, file) for (coords, file), ok in zip(chunks, pool.map(chunk_intact, (f for _, f in chunks)))
+               if not ok]
+    if not bad:
+        return []
+    meta = zarr.open_array(array, mode="r")
+    rows, total = meta.chunks[0], meta.shape[0]
+    return [f"{file}: checksum mismatch, its bytes changed after they were written "
+            f"({_held(array.parent, coords[0] * rows, min((coords[0] + 1) * rows, total))})" for coords, file in bad]
+
+
+def _damage(path: Path, error: Exception, first: Iterable[int] | None) -> str:
+    """What is wrong with the part of a store at ``path``: the first chunk that fails its checksum
+    when ``path`` is an array, else ``unreadable``."""
+    if (path / "c").is_dir():
+        try:
+            failures = checksum_failures(path, first)
+        except DAMAGE:  # its metadata is damaged too: say what the read said
+            failures = []
+        if failures:
+            return failures[0]
+    return unreadable(path, error)
+
+
 @contextmanager
-def reading(path: Path, cache: Path) -> Iterator[None]:
-    """Turn the errors of a damaged store at ``path`` into one line naming it and the check to run."""
+def reading(path: Path, cache: Path, first: Iterable[int] | None = None) -> Iterator[None]:
+    """Turn the errors of a damaged store at ``path`` into one line naming it (for an array whose
+    chunk fails its checksum: the chunk file and its clips; ``first``: the chunks along the first
+    axis that were read, all if None) and the check to run."""
     try:
         yield
     except DAMAGE as e:
-        raise DamagedCache(cache, unreadable(path, e)) from e
+        raise DamagedCache(cache, _damage(path, e, first)) from e
 
 
 def read_array(group: Path, name: str, cache: Path, rows: int | slice = slice(None)) -> np.ndarray:
@@ -299,23 +371,28 @@ def _build_split(tmp: Path, spec: SplitSpec) -> None:
         p, w = spec.patch_shape
         g.create_array("patches", shape=(n, v, t, p, w), chunks=(1, 1, t, p, w), dtype="float16",
                        fill_value=np.nan, compressors=compressors(PATCH_CODEC))
-    g.create_array("frame_indices", shape=(n, v, t), chunks=(cpc, v, t), dtype="int32", fill_value=-1)
-    g.create_array("done", shape=(n,), chunks=(cpc,), dtype=bool, fill_value=False)
-    g.create_array("error", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
-    g.create_array("decoder", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
+    small = compressors(SMALL_CODEC)
+    g.create_array("frame_indices", shape=(n, v, t), chunks=(cpc, v, t), dtype="int32", fill_value=-1,
+                   compressors=small)
+    g.create_array("done", shape=(n,), chunks=(cpc,), dtype=bool, fill_value=False, compressors=small)
+    g.create_array("error", shape=(n,), chunks=(cpc,), dtype=str, fill_value="", compressors=small)
+    g.create_array("decoder", shape=(n,), chunks=(cpc,), dtype=str, fill_value="", compressors=small)
     if spec.species_probs:
         a = spec.species.shape[1]
-        g.create_array(SPECIES_PROBS, shape=(n, a), chunks=(cpc, a), dtype="float32", fill_value=np.nan)
+        g.create_array(SPECIES_PROBS, shape=(n, a), chunks=(cpc, a), dtype="float32", fill_value=np.nan,
+                       compressors=small)
     _write_strings(g, "clip_ids", spec.clip_ids)
     for name, a in spec.arrays().items():
         rows = _rows_per_chunk(a[:1].nbytes)
-        g.create_array(name, shape=a.shape, chunks=(min(rows, max(n, 1)), *a.shape[1:]), dtype=a.dtype)
+        g.create_array(name, shape=a.shape, chunks=(min(rows, max(n, 1)), *a.shape[1:]), dtype=a.dtype,
+                       compressors=small)
         if n:
             g[name][...] = a
 
 
 def _write_strings(group: zarr.Group, name: str, strings: Sequence[str]) -> None:
-    arr = group.create_array(name, shape=(len(strings),), chunks=(max(len(strings), 1),), dtype=str)
+    arr = group.create_array(name, shape=(len(strings),), chunks=(max(len(strings), 1),), dtype=str,
+                             compressors=compressors(SMALL_CODEC))
     if strings:
         arr[...] = np.array(strings, dtype=np.dtypes.StringDType())
 
@@ -329,6 +406,80 @@ def create_split(path: str | Path, split: str, spec: SplitSpec) -> None:
     if not _is_group(dest):
         _publish(dest, lambda tmp: _build_split(tmp, spec))
     check_compatible(read_group_attrs(dest, path), spec.attributes(), f"{path} split {split!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# declared shapes: checked before anything is read, so an edited zarr.json cannot make a reader allocate
+
+
+SPLIT_ARRAYS = ("cls", "done", "error", "decoder", "clip_ids", "frame_indices", "targets", "species")
+LABELS = {"targets": "actions", "species": "species"}  # label array -> the text group naming its classes
+
+
+def _signed_attributes(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The split attributes the cache's signature fixes: views, frames, embedding width, patch grid."""
+    backbone, sampling = config.get("backbone", {}), config.get("sampling", {})
+    views = (sampling.get("train_views") if attrs.get("view_kind") == "augmented"
+             else sampling.get("test_clips", 0) * sampling.get("test_crops", 0))
+    patches = backbone.get("patch_shape") if backbone.get("patches", "none") != "none" else None
+    return {"num_views": views, "frames": sampling.get("num_frames"), "dim": backbone.get("embed_dim"),
+            "patches": patches}
+
+
+def declared_shape_problems(shapes: dict[str, tuple[int, ...]], attrs: dict[str, Any],
+                            config: dict[str, Any] | None, classes: dict[str, int]) -> list[str]:
+    """What is wrong with a split's declared shapes (``shapes``: array -> shape in its zarr.json):
+    its attributes against the signature ``config`` (None: unreadable, not compared), every array
+    against the attributes and the clip list, the label widths against the text groups' ``classes``
+    (kind -> names, for the groups there are)."""
+    if config is not None:
+        wrong = [f"attribute {key}={attrs.get(key)!r}, the cache's signature says {value!r}"
+                 for key, value in _signed_attributes(attrs, config).items() if attrs.get(key) != value]
+        if wrong:
+            return wrong
+    n, v, t, d = (attrs.get(key) for key in ("num_clips", "num_views", "frames", "dim"))
+    if not all(isinstance(x, int) for x in (n, v, t, d)):
+        return [f"attributes num_clips={n!r}, num_views={v!r}, frames={t!r}, dim={d!r} are not all numbers"]
+    expected: dict[str, tuple[int | None, ...]] = {
+        "cls": (n, v, t, d), "done": (n,), "error": (n,), "decoder": (n,), "clip_ids": (n,), "frame_indices": (n, v, t),
+        **{name: (n, classes.get(kind)) for name, kind in LABELS.items()}}
+    if attrs.get("patches"):
+        expected["patches"] = (n, v, t, *attrs["patches"])
+    if SPECIES_PROBS in shapes:
+        expected[SPECIES_PROBS] = expected["species"]
+    return [f"{name} declares shape {shapes[name]}, the split's attributes and clip list say "
+            f"{tuple('any' if e is None else e for e in shape)}"
+            for name, shape in expected.items() if name in shapes and not _fits(shapes[name], shape)]
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def class_counts(cache: Path) -> dict[str, int]:
+    """How many classes each text group of the cache names (a group not there yet is left out)."""
+    return {kind: read_group_attrs(cache / TEXT_GROUP / kind, cache).get("num_names")
+            for kind in group_names(cache / TEXT_GROUP)}
+
+
+def open_arrays(group: Path, names: Iterable[str], cache: Path) -> dict[str, zarr.Array]:
+    """The group's arrays ``names``, opened (their metadata read, no data); missing or invalid is one CacheError."""
+    arrays = {}
+    for name in names:
+        with reading(group / name, cache):
+            arrays[name] = zarr.open_array(group / name, mode="r")
+    return arrays
+
+
+def check_declared_shapes(group: Path, attrs: dict[str, Any], cache: Path) -> None:
+    """Refuse the split at ``group`` (attributes ``attrs``) whose arrays declare shapes its signature,
+    attributes and clip list do not give, in one line, before any array is read."""
+    kept = [name for name in ("patches", SPECIES_PROBS) if attrs.get(name)]
+    shapes = {name: tuple(array.shape) for name, array in open_arrays(group, [*SPLIT_ARRAYS, *kept], cache).items()}
+    problems = declared_shape_problems(shapes, attrs, read_group_attrs(cache, cache).get("config", {}),
+                                       class_counts(cache))
+    if problems:
+        raise DamagedCache(cache, f"{group}: {problems[0]}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +520,8 @@ def _build_text(tmp: Path, text: TextFeatures) -> None:
     for name, tensor in (("name_embeddings", text.name_embeddings),
                          ("description_embeddings", text.description_embeddings), ("owner", text.owner)):
         a = tensor.detach().cpu().numpy().astype(np.int64 if name == "owner" else np.float32)
-        arr = g.create_array(name, shape=a.shape, chunks=(max(a.shape[0], 1), *a.shape[1:]), dtype=a.dtype)
+        arr = g.create_array(name, shape=a.shape, chunks=(max(a.shape[0], 1), *a.shape[1:]), dtype=a.dtype,
+                             compressors=compressors(SMALL_CODEC))
         if a.size:
             arr[...] = a
 
@@ -386,10 +538,25 @@ def write_text(path: str | Path, kind: str, text: TextFeatures) -> None:
     check_compatible(read_group_attrs(dest, path), text.attributes(), f"{path} text {kind!r}")
 
 
+def _check_text_shapes(path: Path, dest: Path) -> None:
+    """Refuse text arrays whose declared shapes the group's counts and the signature's width do not
+    give, before any is read."""
+    attrs = read_group_attrs(dest, path)
+    c, s = attrs.get("num_names"), attrs.get("num_descriptions")
+    d = read_group_attrs(path, path).get("config", {}).get("backbone", {}).get("embed_dim")
+    expected = {"names": (c,), "name_embeddings": (c, d), "descriptions": (s,), "description_embeddings": (s, d),
+                "owner": (s,)}
+    for name, array in open_arrays(dest, expected, path).items():
+        if tuple(array.shape) != expected[name]:
+            raise DamagedCache(path, f"{dest}: {name} declares shape {tuple(array.shape)}, the group's counts and "
+                                     f"the cache's signature say {expected[name]}")
+
+
 def read_text(path: Path, kind: str) -> TextFeatures:
     dest = path / TEXT_GROUP / kind
     if not _is_group(dest):
         raise CacheError(f"cache {path} has no {kind!r} text embeddings")
+    _check_text_shapes(path, dest)
     read = lambda name: read_array(dest, name, path)  # noqa: E731
     return TextFeatures(
         names=read("names").tolist(),
@@ -430,6 +597,7 @@ class SplitWriter:
         self.path = Path(path) / split
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {split!r}; create it first")
+        check_declared_shapes(self.path, read_group_attrs(self.path, Path(path)), Path(path))
         with reading(self.path, Path(path)):
             g = zarr.open_group(self.path, mode="r+")
             self._arrays = {name: g[name] for name in CHUNK_ARRAYS}
@@ -441,7 +609,8 @@ class SplitWriter:
         self.clips_per_chunk = self._done.chunks[0]
         self.clips = shard_range(self.num_clips, shard, num_shards, self.clips_per_chunk)
         self._lock = _lock_chunks(Path(path), split, self.clips, self.clips_per_chunk)
-        done = self._done[self.clips.start:self.clips.stop]
+        with reading(self.path / "done", Path(path)):
+            done = self._done[self.clips.start:self.clips.stop]
         self.pending = [i for i, d in zip(self.clips, done) if not d]
         self._todo = set(self.pending)
         self._buffers: dict[int, _ChunkBuffer] = {}
@@ -473,9 +642,12 @@ class SplitWriter:
         """The chunk as on disk, with the rows of clips not done reset (a crash may have left data there)."""
         start = chunk * self.clips_per_chunk
         stop = min(start + self.clips_per_chunk, self.num_clips)
-        done = self._done[start:stop]
-        rows = {name: array[start:stop] for name, array in self._arrays.items()}
+        with reading(self.path / "done", self.path.parent, [chunk]):
+            done = self._done[start:stop]
+        rows = {}
         for name, array in self._arrays.items():
+            with reading(self.path / name, self.path.parent, [chunk]):
+                rows[name] = array[start:stop]
             rows[name][~done] = array.fill_value
         return _ChunkBuffer(start, rows, done, set(), {start + i for i in np.flatnonzero(~done)})
 
@@ -581,6 +753,7 @@ class CachedSplit:
         if not _is_group(self.path):
             raise CacheError(f"cache {path} has no split {name!r}")
         self.attrs: dict[str, Any] = read_group_attrs(self.path, path)
+        check_declared_shapes(self.path, self.attrs, path)
         read = lambda array: read_array(self.path, array, path)  # noqa: E731
         self.device = torch.device(device or "cpu")
         self.cls = torch.from_numpy(read("cls")).to(self.device)  # (N, V, T, D) float16
@@ -658,7 +831,7 @@ class _PatchBatch:
 
     def read(self, j: int) -> None:
         try:  # decoded straight into the batch: no extra copy
-            with reading(self.split.path / "patches", self.split.path.parent):
+            with reading(self.split.path / "patches", self.split.path.parent, [int(self.clips[j])]):
                 self.split._patches.get_basic_selection(
                     (int(self.clips[j]), int(self.picks[j])), out=NDBuffer.from_numpy_array(self.out[j]))
             if not np.isfinite(self.out[j]).all():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,7 @@ class Dataset:
     splits: dict[str, list[Clip]]
     release_graph: SpeciesActionGraph | None
     root: Path | None
+    files: dict[str, Path] = field(default_factory=dict)  # split -> the file that lists its clips
 
     @property
     def num_actions(self) -> int:
@@ -241,7 +242,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         release_graph = SpeciesActionGraph.from_lists((ids for _, ids in rows), len(actions))
 
     dataset = Dataset(cfg.name, actions, species, splits, release_graph,
-                      Path(cfg.root).expanduser() if cfg.root else None)
+                      Path(cfg.root).expanduser() if cfg.root else None, split_paths)
     _hold_out_unseen(dataset, cfg.unseen_species)
     return dataset
 
