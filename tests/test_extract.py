@@ -340,6 +340,24 @@ def test_clips_decord_cannot_read_are_decoded_by_pyav_said_and_recorded(data: Pa
             f"pyav {counts['pyav']}") in log
 
 
+def test_portrait_phone_clips_are_extracted_upright(data: Path, tmp_path: Path):
+    # stored sideways with a 90° / 270° display matrix, or stored upright: the same views of the
+    # same pixels (lossless FFV1 RGB), so the same features; decord turns them itself
+    sideways, upright = copy_videos(data, tmp_path / "sideways"), copy_videos(data, tmp_path / "upright")
+    stored = indexed_frames(16, 120, 160)
+    for clip, degrees in zip(sorted(p.name for p in sideways.glob("test*.mp4"))[:2], (90, 270)):
+        write_video(sideways / clip, stored, codec="ffv1", pix_fmt="bgr0", rotation=degrees)
+        write_video(upright / clip, np.ascontiguousarray(np.rot90(stored, degrees // 90, axes=(1, 2))),
+                    codec="ffv1", pix_fmt="bgr0")
+    caches = [tmp_path / f"{videos.name}.zarr" for videos in (sideways, upright)]
+    for videos, out in zip((sideways, upright), caches):
+        extract(config(data, f"data.root={videos}"), out, ("test",), progress=False)
+    a, b = arrays(caches[0], "test"), arrays(caches[1], "test")
+    assert a["done"].all() and a["decoder"].tolist() == ["decord"] * len(a["decoder"])
+    for name in ("frame_indices", "cls"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_decoder_without_a_gpu_is_refused_before_anything_is_written(data: Path, tmp_path: Path):
     with pytest.raises(DecoderUnavailable, match="torch sees none"):

@@ -194,6 +194,21 @@ def test_unknown_backend(video_dir):
         open_video(video_dir / "plain.mp4", "opencv")
 
 
+@pytest.mark.parametrize("backend", decoders())
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotation_metadata_gives_the_frames_a_player_shows(tmp_path, backend, degrees):
+    # a portrait phone clip is stored sideways with a display matrix; lossless FFV1 RGB, so the
+    # upright frames come back to the bit
+    stored = indexed_frames(12, 120, 160)
+    upright = np.ascontiguousarray(np.rot90(stored, degrees // 90, axes=(1, 2)))
+    path = write_video(tmp_path / "portrait.mp4", stored, codec="ffv1", pix_fmt="bgr0", rotation=degrees)
+    with open_video(path, backend) as video:
+        assert (video.height, video.width) == upright.shape[1:3]
+        frames = video.get_frames(np.array([7, 0, 11, 7]))
+        assert video.decoder == backend
+    np.testing.assert_array_equal(frames.cpu().numpy(), upright[[7, 0, 11, 7]])
+
+
 def _bad_files(root: Path, good: Path, faststart: Path) -> dict[str, Path]:
     avi = root / "gop5.avi"
     return {
