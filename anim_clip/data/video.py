@@ -109,12 +109,12 @@ class _Scan:
 
 def _quarter_turns(stream: av.VideoStream, packet: av.Packet | None) -> int | None:
     """The display rotation, in counterclockwise quarter turns, that the decoder attaches to the
-    stream's first frame (the container's display matrix); None until a frame comes out of it.
-    A first frame that cannot be decoded says 0: the decoders then report the file themselves."""
+    stream's first frame (the container's display matrix); None until a frame comes out of it. A
+    packet that cannot be decoded gives none (the decoders report the file themselves if it matters)."""
     try:
         frames = stream.decode(packet)
     except av.error.FFmpegError:
-        return 0
+        return None
     return round(frames[0].rotation / 90) % 4 if frames else None
 
 
