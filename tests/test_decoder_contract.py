@@ -1,12 +1,15 @@
 """One decoder contract: a cached run decodes as its cache's clips were decoded (its config and
 checkpoints record the cache's decoder, so predict and eval --videos decode the same way), and a
-run asking for another decoder than its cache's is refused naming both."""
+run asking for another decoder than its cache's is refused naming both; and what that checkpoint
+predicts on a portrait phone clip, whichever decoder reads it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from videos import indexed_frames, write_video
 
 from anim_clip.cache.extract import extract
 from anim_clip.config import load_config
@@ -38,11 +41,19 @@ def pyav_cache(data: Path, tmp_path_factory) -> Path:
     return out
 
 
-def test_a_cached_run_records_its_caches_decoder_and_predicts_with_it(data: Path, pyav_cache: Path, tmp_path: Path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def pyav_run(data: Path, pyav_cache: Path, tmp_path_factory) -> tuple[Path, str]:
+    """A run trained on the PyAV cache with the default config, and what it said."""
+    out = tmp_path_factory.mktemp("pyav-run") / "run"
     with console.capture() as captured:
         train(demo_config(data, OVERRIDES), cache=pyav_cache, out=out, progress=False)
-    assert f"sampling.decoder=pyav: the decoder cache {pyav_cache} was decoded with" in " ".join(captured.get().split())
+    return out, " ".join(captured.get().split())
+
+
+def test_a_cached_run_records_its_caches_decoder_and_predicts_with_it(data: Path, pyav_cache: Path,
+                                                                      pyav_run: tuple[Path, str]):
+    out, said = pyav_run
+    assert f"sampling.decoder=pyav: the decoder cache {pyav_cache} was decoded with" in said
     assert load_config(RunDir(out).config).sampling.decoder == "pyav"
     checkpoint = load_checkpoint(RunDir(out).last)
     assert checkpoint.config.sampling.decoder == "pyav"
@@ -60,3 +71,19 @@ def test_a_run_asking_for_another_decoder_than_its_caches_is_refused(data: Path,
     assert not (tmp_path / "run").exists()
     train(demo_config(data, [*OVERRIDES, "sampling.decoder=pyav"]), cache=pyav_cache, out=tmp_path / "asked",
           progress=False)  # asking for the cache's own decoder is fine
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_a_portrait_clip_is_scored_as_the_same_clip_stored_upright(pyav_run: tuple[Path, str], tmp_path: Path,
+                                                                   decoder: str):
+    # predict plans its views on the displayed frame; lossless FFV1 RGB, so the same pixels
+    stored = indexed_frames(16, 120, 160)
+    sideways = write_video(tmp_path / "sideways.mp4", stored, codec="ffv1", pix_fmt="bgr0", rotation=90)
+    upright = write_video(tmp_path / "upright.mp4", np.ascontiguousarray(np.rot90(stored, axes=(1, 2))),
+                          codec="ffv1", pix_fmt="bgr0")
+    predictor = Predictor(load_checkpoint(RunDir(pyav_run[0]).last), device="cpu", decoder=decoder)
+    a, b = predictor.predict(sideways), predictor.predict(upright)
+    assert a.error is None and b.error is None
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.scores, predictor.predict(write_video(tmp_path / "stored.mp4", stored, codec="ffv1",
+                                                                      pix_fmt="bgr0")).scores)
