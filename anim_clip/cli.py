@@ -182,13 +182,15 @@ def cache_info_cmd(
 @cache_app.command("verify")
 def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder.")]) -> None:
     """Check a cache: shapes, finite values of every done clip, done flags, metadata. Exit code 0 = sound."""
-    from anim_clip.cache.inspect import verify_cache
+    from anim_clip.cache.inspect import cache_warnings, verify_cache
 
     problems = verify_cache(path)
     for problem in problems:
         console.print(f"[red]problem:[/] {problem}", soft_wrap=True, highlight=False)
     if problems:
         raise typer.Exit(1)
+    for warning in cache_warnings(path):  # a mixed cache is sound: said, exit code 0
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"[green]{path}: OK[/]")
 
 

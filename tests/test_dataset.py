@@ -129,6 +129,34 @@ def test_clips_outside_the_root_are_refused_unless_allowed(tmp_path, clip):
     assert ds.video_path(ds.clips("train")[1]) == tmp_path / "videos" / clip
 
 
+@pytest.mark.parametrize("clip", ["link.mp4", "linked/a.mp4"])
+def test_symbolic_links_leading_outside_the_root_are_refused_unless_allowed(tmp_path, clip):
+    videos, outside = tmp_path / "videos", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.mp4").write_bytes(b"not anyone's to read")
+    videos.mkdir()
+    (videos / "link.mp4").symlink_to(outside / "a.mp4")
+    (videos / "linked").symlink_to(outside)
+    cfg = _csv_dataset(tmp_path, f"path,actions\nb.mp4,Run\n{clip},Rest\n", "path,actions\nc.mp4,Run\n")
+    with pytest.raises(DatasetFormatError, match=f"symbolic link to {outside / 'a.mp4'}, outside data.root; "
+                                                 "move it under data.root, or set data.allow_outside_root=true") as err:
+        load_dataset(cfg)
+    assert err.value.line == 3 and "train.csv" in str(err.value)
+    cfg.allow_outside_root = True
+    ds = load_dataset(cfg)
+    assert ds.video_path(ds.clips("train")[1]).resolve() == outside / "a.mp4"
+
+
+def test_symbolic_links_inside_the_root_and_a_linked_root_are_accepted(tmp_path):
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "a.mp4").write_bytes(b"")
+    (real / "alias.mp4").symlink_to(real / "sub" / "a.mp4")
+    (tmp_path / "videos").symlink_to(real)  # data.root itself is a link
+    cfg = _csv_dataset(tmp_path, "path,actions\nalias.mp4,Run\nsub/b.mp4,Rest\n", "path,actions\nc.mp4,Run\n")
+    assert [c.path for c in load_dataset(cfg).clips("train")] == ["alias.mp4", "sub/b.mp4"]
+
+
 @pytest.mark.parametrize(
     "train, test, where, agree",
     [

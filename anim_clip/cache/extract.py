@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from rich.markup import escape
 
-from anim_clip.cache.inspect import cache_decoders, decoders_text, mixed_decoders_note
+from anim_clip.cache.inspect import SHOWN_FAILURES, cache_decoders, decoders_text, mixed_decoders_note
 from anim_clip.cache.store import (
     SplitSpec,
     SplitWriter,
@@ -121,12 +121,26 @@ class SplitReport:
     clips: int
     already_done: int = 0
     extracted: int = 0
-    failed: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (clip, reason) of the clips that failed this run
     decoders: Counter = field(default_factory=Counter)  # clips extracted this run, per decoder that decoded them
     frames: int = 0
     seconds: float = 0.0
     bytes_written: int = 0  # growth of the split on disk during this run
     interrupted: bool = False
+
+    @property
+    def failed(self) -> Counter:
+        """Clips that failed this run, per reason."""
+        return Counter(reason for _, reason in self.failures)
+
+    def failures_note(self, out: Path) -> str | None:
+        """The failed clips by name and reason (the first :data:`SHOWN_FAILURES`), None when none failed."""
+        if not self.failures:
+            return None
+        shown = "; ".join(f"{clip}: {reason}" for clip, reason in self.failures[:SHOWN_FAILURES])
+        more = len(self.failures) - SHOWN_FAILURES
+        rest = f"; and {more} more (all in `anim-clip cache info {out} --json`)" if more > 0 else ""
+        return f"failed {self.split} clips ({len(self.failures)}): {shown}{rest}"
 
     def row(self) -> list[Any]:
         rate = self.extracted / self.seconds if self.seconds else 0.0
@@ -218,6 +232,8 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
         with SplitWriter(out, split, shard, num_shards) as writer:
             reports.append(_extract_split(writer, dataset, split, cfg, out, f"{split} [{shard + 1}/{num_shards}]",
                                           workers, device, encoder, notice, progress))
+        if (failures := reports[-1].failures_note(out)) is not None:
+            console.print(f"[yellow]{escape(failures)}[/]", soft_wrap=True, highlight=False)
         if reports[-1].interrupted:
             break
         _check_some_usable(out, split, writer.clips)
@@ -267,8 +283,8 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
             for clip, features in encoder.encode(_decoded(pool, jobs, split, cfg, device, depth=2 * workers)):
                 if features is None:
                     writer.fail(clip.index, clip.error)
-                    report.failed[clip.error] += 1
-                    bar.update(task, total=len(jobs) - sum(report.failed.values()))  # the rates count extracted clips only
+                    report.failures.append((clips[clip.index].path, clip.error))
+                    bar.update(task, total=len(jobs) - len(report.failures))  # the rates count extracted clips only
                     continue
                 notice(clip.fallback)
                 writer.write(clip.index, features, clip.frame_indices, clip.decoder)

@@ -6,10 +6,15 @@ A cache is used only if it holds what the run asks for: features of the same bac
 sampling, the same vocabularies, every clip of the run with the same labels, finite values, and
 (unless the user allows otherwise) every clip extracted; and, for a run whose head conditions on
 a separate species predictor (``species.model``), that predictor's probabilities. Anything else is
-refused before training, naming the first difference."""
+refused before training, naming the first difference.
+
+A cached run decodes as its cache did (:func:`with_cache_decoder`): its config, and so every
+checkpoint it saves, records the cache's ``sampling.decoder``, which ``eval --videos`` and
+``predict`` then decode with (``frames.with_decoder``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import torch
 
 from anim_clip.cache.extract import config_signature, species_signature
 from anim_clip.cache.store import SPECIES_PROBS, CachedSplit, FeatureCache, TextFeatures, check_compatible
-from anim_clip.config import Config
+from anim_clip.config import Config, SamplingConfig
 from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.backbone import check_backbone, resolve_weights
@@ -53,6 +58,23 @@ def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
                             "extract with --set backbone.patches=fp16")
     if conditions_on_predictor(cfg):
         check_species_predictor(cfg, cache)
+
+
+def with_cache_decoder(cfg: Config, cache_path: str | Path) -> Config:
+    """``cfg`` decoding with the decoder the cache's clips were decoded with, said aloud when the
+    config named none (the default, decord); a config asking for another one is refused naming both,
+    since the run's checkpoints would predict with pixels the head never saw."""
+    cache = FeatureCache(cache_path)
+    cached, asked = cache.config["sampling"].get("decoder"), cfg.sampling.decoder
+    if cached is None or asked == cached:
+        return cfg
+    if asked != SamplingConfig.decoder:
+        raise CacheError(f"cache {cache.path} was decoded with sampling.decoder={cached}, this run asks for {asked}: "
+                         f"drop that setting (the run then decodes as its cache did), or extract with "
+                         f"sampling.decoder={asked} into another cache")
+    console.print(f"sampling.decoder={cached}: the decoder cache {cache.path} was decoded with (recorded in the run's "
+                  "config, so its checkpoints predict with it)", soft_wrap=True, highlight=False)
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, decoder=cached))
 
 
 def check_species_predictor(cfg: Config, cache: FeatureCache) -> None:

@@ -171,16 +171,30 @@ def _file(cfg: DataConfig, folder: Path, key: str) -> Path | None:
     return None if name is None else folder / name
 
 
-def _check_clip_paths(entries: dict[str, list[SplitEntry]], files: dict[str, Path], allow_outside_root: bool) -> None:
+def _outside_root(clip: str, root: Path | None, real_root: Path | None) -> str | None:
+    """How ``clip`` (normalised) leaves ``root``: by its text, or through a symbolic link (followed
+    without opening anything; ``real_root`` is the root resolved), or None when it stays inside."""
+    if posixpath.isabs(clip) or clip.split("/")[0] == "..":
+        return "lies outside data.root"
+    if root is None:
+        return None
+    target = (root / clip).resolve()
+    return None if target.is_relative_to(real_root) else f"is a symbolic link to {target}, outside data.root"
+
+
+def _check_clip_paths(entries: dict[str, list[SplitEntry]], files: dict[str, Path], root: Path | None,
+                      allow_outside_root: bool) -> None:
     """Every clip once, under ``data.root``: a clip listed twice would count twice in training and
     in the metrics (or leak test clips into training) whether or not its labels agree, and a path
-    leaving the root reads videos nobody meant to list."""
+    leaving the root, in its text or through a symbolic link, reads videos nobody meant to list."""
     seen: dict[str, tuple[Path, SplitEntry]] = {}
+    real_root = None if root is None else root.resolve()
     for split, split_entries in entries.items():
         for e in split_entries:
             clip = posixpath.normpath(e.path)
-            if not allow_outside_root and (posixpath.isabs(clip) or clip.split("/")[0] == ".."):
-                raise DatasetFormatError(files[split], f"clip {e.path!r} lies outside data.root; move it under "
+            outside = None if allow_outside_root else _outside_root(clip, root, real_root)
+            if outside is not None:
+                raise DatasetFormatError(files[split], f"clip {e.path!r} {outside}; move it under "
                                                        "data.root, or set data.allow_outside_root=true", e.line)
             if clip in seen:
                 first, earlier = seen[clip]
@@ -211,7 +225,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     reader = {"ak": read_ak_split, "mammalnet": read_id_split, "lote": read_id_split, "csv": read_csv_split}[cfg.format]
     split_paths = {s: _file(cfg, folder, s) for s in SPLITS}
     entries = {s: reader(p) for s, p in split_paths.items()}
-    _check_clip_paths(entries, split_paths, cfg.allow_outside_root)
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    _check_clip_paths(entries, split_paths, root, cfg.allow_outside_root)
 
     labels_path, species_path = _file(cfg, folder, "labels"), _file(cfg, folder, "species")
     if labels_path is not None:
@@ -241,8 +256,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                 raise DatasetFormatError(relation_path, f"species {name!r} where the species list has {species[i]!r}", i + 1)
         release_graph = SpeciesActionGraph.from_lists((ids for _, ids in rows), len(actions))
 
-    dataset = Dataset(cfg.name, actions, species, splits, release_graph,
-                      Path(cfg.root).expanduser() if cfg.root else None, split_paths)
+    dataset = Dataset(cfg.name, actions, species, splits, release_graph, root, split_paths)
     _hold_out_unseen(dataset, cfg.unseen_species)
     return dataset
 

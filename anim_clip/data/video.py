@@ -22,8 +22,18 @@ conversions differ. So the configured decoder is part of a cache's signature, an
 records which decoder decoded each clip. NVDEC converts colour on the GPU its own way, which
 torchcodec documents as slightly different.
 
-Every file is first demuxed once with PyAV, every packet of its first video stream without
-decoding (:func:`_scan`), whichever backend then decodes it. That pass is cheap next to decoding and gives what the headers alone cannot:
+A clip from a phone held upright is stored sideways, with a display matrix (the mp4 ``rotate``)
+saying how to turn it. Every backend returns frames the way a player shows them, upright, and
+``height`` and ``width`` are the displayed ones, so views are planned on what the viewer sees:
+decord and torchcodec (0.11 on) turn the frames themselves, for PyAV (and an older torchcodec)
+:meth:`VideoFile.get_frames` turns them, by the counterclockwise quarter turns :func:`_scan` reads
+from the first decoded frame (rounded to a multiple of 90°, as torchcodec does; a mirroring matrix
+is not undone). torchcodec-cuda relies on torchcodec's own rotation on the GPU, untested on a
+machine without one: a 90° or 270° turn it did not make fails the shape check, a 180° one would not.
+
+Every file is first demuxed once with PyAV, every packet of its first video stream, decoding only
+its first frame, for the display rotation (:func:`_scan`), whichever backend then decodes it. That
+pass is cheap next to decoding and gives what the headers alone cannot:
 a file holding fewer packets than its container declares (``stream.frames``), or holding a packet
 cut short, is truncated and rejected at open, before any decoder returns half-decoded frames; a
 stream with no packets has zero frames. The frame count is the number of packets, which is also
@@ -83,12 +93,29 @@ class _Scan:
     dts: list[int | None]
     keyframes: np.ndarray
     fps: float
-    height: int
+    height: int  # as coded, before the display rotation
     width: int
+    turns: int  # counterclockwise quarter turns that show the frames upright
 
     @property
     def num_frames(self) -> int:
         return len(self.pts)
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """``(height, width)`` as displayed."""
+        return (self.width, self.height) if self.turns % 2 else (self.height, self.width)
+
+
+def _quarter_turns(stream: av.VideoStream, packet: av.Packet | None) -> int | None:
+    """The display rotation, in counterclockwise quarter turns, that the decoder attaches to the
+    stream's first frame (the container's display matrix); None until a frame comes out of it. A
+    packet that cannot be decoded gives none (the decoders report the file themselves if it matters)."""
+    try:
+        frames = stream.decode(packet)
+    except av.error.FFmpegError:
+        return None
+    return round(frames[0].rotation / 90) % 4 if frames else None
 
 
 def _scan(path: Path) -> _Scan:
@@ -98,6 +125,7 @@ def _scan(path: Path) -> _Scan:
             raise VideoDecodeError(path, "no video stream")
         stream = container.streams.video[0]
         pts, dts, keyframes = [], [], []
+        turns = None
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream flush packet
                 continue
@@ -108,6 +136,8 @@ def _scan(path: Path) -> _Scan:
             pts.append(packet.pts)
             dts.append(packet.dts)
             keyframes.append(packet.is_keyframe)
+            if turns is None:
+                turns = _quarter_turns(stream, packet)
         if not pts:
             raise VideoDecodeError(path, "the video stream has zero frames")
         if stream.frames > len(pts):
@@ -116,6 +146,8 @@ def _scan(path: Path) -> _Scan:
                 f"truncated: the container declares {stream.frames} frames "
                 f"but holds only {len(pts)}",
             )
+        if turns is None:  # no frame came out yet: flush the decoder
+            turns = _quarter_turns(stream, None) or 0
         rate = stream.average_rate or stream.guessed_rate
         return _Scan(
             pts=pts,
@@ -124,6 +156,7 @@ def _scan(path: Path) -> _Scan:
             fps=float(rate) if rate else 0.0,
             height=stream.height,
             width=stream.width,
+            turns=turns,
         )
 
 
@@ -131,7 +164,7 @@ class VideoFile(ABC):
     """An open video file: its metadata and random access to its frames.
 
     ``fps`` is the container's average frame rate (0.0 when it declares none); ``height`` and
-    ``width`` are the decoded frame size. ``decoder`` names the backend whose pixels
+    ``width`` are the displayed frame size (module docstring: rotation). ``decoder`` names the backend whose pixels
     ``get_frames`` returns; ``fallback`` is None, or why the configured decoder failed on this
     file and PyAV decodes it instead.
     """
@@ -140,12 +173,15 @@ class VideoFile(ABC):
     decoder: str
     fallback: str | None = None
 
-    def __init__(self, path: Path, num_frames: int, fps: float, height: int, width: int):
+    def __init__(self, path: Path, num_frames: int, fps: float, height: int, width: int, turns: int = 0):
+        """``height`` × ``width`` is what :meth:`_decode` returns; ``get_frames`` turns it
+        counterclockwise by ``turns`` quarter turns, the display rotation the backend leaves undone."""
         self.path = path
         self.num_frames = num_frames
         self.fps = fps
-        self.height = height
-        self.width = width
+        self._decoded_size = (height, width)
+        self.turns = turns
+        self.height, self.width = (width, height) if turns % 2 else (height, width)
 
     def get_frames(self, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` as uint8 ``(len(indices), H, W, 3)`` RGB on :attr:`device`, in the given order.
@@ -164,12 +200,14 @@ class VideoFile(ABC):
             )
         unique, inverse = np.unique(indices, return_inverse=True)
         frames = self._decode(unique.astype(np.int64))
-        if tuple(frames.shape) != (len(unique), self.height, self.width, 3):
+        if tuple(frames.shape) != (len(unique), *self._decoded_size, 3):
             raise VideoDecodeError(
                 self.path,
                 f"decoded frames have shape {tuple(frames.shape[1:])}, expected "
-                f"{(self.height, self.width, 3)}",
+                f"{(*self._decoded_size, 3)}",
             )
+        if self.turns:
+            frames = torch.rot90(frames, self.turns, dims=(1, 2)).contiguous()
         if len(unique) == len(indices) and (unique == indices).all():
             return frames
         return frames[torch.from_numpy(inverse.reshape(-1)).to(frames.device)]
@@ -195,7 +233,8 @@ class VideoFile(ABC):
 
 
 class DecordVideo(VideoFile):
-    """decord's ``VideoReader`` on the CPU (the release's decoder, docs/method.md §4.4)."""
+    """decord's ``VideoReader`` on the CPU (the release's decoder, docs/method.md §4.4); it turns
+    frames upright itself."""
 
     decoder = "decord"
 
@@ -204,7 +243,7 @@ class DecordVideo(VideoFile):
             self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         except _DECORD_ERRORS as error:
             raise VideoDecodeError(path, _decord_reason(error)) from error
-        super().__init__(path, len(self._reader), self._reader.get_avg_fps(), scan.height, scan.width)
+        super().__init__(path, len(self._reader), self._reader.get_avg_fps(), *scan.upright)
 
     def _decode(self, indices: np.ndarray) -> torch.Tensor:
         try:
@@ -261,7 +300,7 @@ class PyAVVideo(VideoFile):
     decoder = "pyav"
 
     def __init__(self, path: Path, scan: _Scan, threads: int):
-        super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
+        super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width, scan.turns)
         self._threads = threads
         self._container, self._stream = self._open()
         self._index = _SeekIndex.build(scan)
@@ -275,13 +314,14 @@ class PyAVVideo(VideoFile):
         return container, stream
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        height, width = self._decoded_size
+        return frame.to_ndarray(format="rgb24", width=width, height=height)
 
     def _missing(self, index: int) -> VideoDecodeError:
         return VideoDecodeError(self.path, f"frame {index} could not be decoded")
 
     def _decode(self, indices: np.ndarray) -> torch.Tensor:
-        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+        out = np.empty((len(indices), *self._decoded_size, 3), dtype=np.uint8)
         with _av_errors(self.path):
             if self._index is None:
                 self._decode_from_start(indices, out)
@@ -363,7 +403,10 @@ class TorchcodecVideo(VideoFile):
                                           dimension_order="NHWC", num_ffmpeg_threads=threads)
         except (RuntimeError, ValueError) as error:
             raise VideoDecodeError(path, self._reason(error)) from error
-        super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width)
+        if hasattr(self._decoder.metadata, "rotation"):  # torchcodec 0.11 on turns frames upright
+            super().__init__(path, scan.num_frames, scan.fps, *scan.upright)
+        else:
+            super().__init__(path, scan.num_frames, scan.fps, scan.height, scan.width, scan.turns)
         self.device = device
         self.decoder = backend
 

@@ -41,7 +41,7 @@ from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.models.species import conditions_on_predictor
-from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text
+from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text, with_cache_decoder
 from anim_clip.train.cached import CachedTrainData
 from anim_clip.runtime.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
@@ -198,6 +198,8 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
                             "species.model=null (predicted species: the head's own zero-shot)")
     if cfg.train.mode == "cached" and init_head is not None:
         raise AnimClipError("--init-head warm-starts end-to-end training (--mode e2e) from a cached run's head")
+    if cfg.train.mode == "cached":  # before the resume check: a resumed run recorded the cache's decoder too
+        cfg = with_cache_decoder(cfg, cache)
     dist = setup_distributed(device)
     run = RunDir(out)
     run.check(resume)
