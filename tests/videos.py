@@ -78,15 +78,20 @@ def write_video(
     keyframe_interval: int | None = None,
     options: dict[str, str] | None = None,
     pix_fmt: str = "yuv420p",
+    rotation: int = 0,
 ) -> Path:
     """Encode uint8 ``(T, H, W, 3)`` RGB frames; the container follows the file suffix.
 
     ``options`` go to the muxer (e.g. ``{"movflags": "faststart"}`` puts the mp4 index first).
+    ``rotation`` (counterclockwise degrees) goes in the display matrix, as a phone records portrait
+    video: stored sideways, shown upright.
     """
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         if codec == "mpeg4":
             stream.bit_rate = 4_000_000  # the default is too coarse for the intensity code
         if keyframe_interval is not None:
