@@ -21,6 +21,9 @@ from videos import indexed_frames, write_truncated, write_video
 
 from anim_clip.cache.store import FeatureCache
 from anim_clip.cli import app
+from anim_clip.config import BackboneConfig
+from anim_clip.errors import ConfigError
+from anim_clip.models.backbone import resolve_weights
 
 SECTION = re.search(r"^### Your own videos\n(.*?)^### ", (ROOT / "README.md").read_text(), re.S | re.M).group(1)
 README_DATA = "/data/mine"  # where the section's config points; the tests substitute their folder
@@ -68,10 +71,10 @@ def folder(tmp_path_factory) -> Path:
     mine = work / "mine"
     (mine / "videos" / "clips").mkdir(parents=True)
     for i, (path, encoder, pix_fmt, (height, width), rotation) in enumerate(CLIPS):
-        frames = np.roll(indexed_frames(12, height, width), 9 * i, axis=2)  # each clip its own pixels
+        frames = np.roll(indexed_frames(8, height, width), 9 * i, axis=2)  # each clip its own pixels
         write_video(mine / "videos" / path, frames, codec=encoder, pix_fmt=pix_fmt, rotation=rotation)
     for i, path in enumerate(PLAIN):
-        write_video(mine / "videos" / path, np.roll(indexed_frames(12, 112, 112), -9 * i, axis=1))
+        write_video(mine / "videos" / path, np.roll(indexed_frames(8, 112, 112), -9 * i, axis=1))
     write_truncated(mine / "videos" / CLIPS[0][0], mine / "videos" / TRUNCATED, keep=0.3)
 
     header, *rows = block("csv").splitlines()
@@ -141,3 +144,25 @@ def test_the_config_as_written_is_refused_offline_in_one_line(folder: Path, tmp_
                    "backbone.model=anim-clip-tiny with backbone.pretrained=demo-world"):
         assert choice in line
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_weights_in_the_hugging_face_cache_are_used_offline(folder: Path, tmp_path: Path):
+    """Offline, weights already in the hub's cache are not refused: open_clip loads that file (here
+    a damaged one, so the load itself fails, naming the weights, instead of a download refusal)."""
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"not weights")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    config = tmp_path / "as-written.yaml"
+    config.write_text(block("yaml").replace(README_DATA, str(folder / "mine")))
+    proc = run_cli("extract", str(config), "--out", str(tmp_path / "x.zarr"), check=False,
+                   wrap=["env", "HF_HUB_OFFLINE=1", f"HF_HOME={tmp_path / 'hf'}"])
+    assert proc.returncode == 2 and "cannot download" not in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("error: cannot load 'ViT-B-16' weights 'openai'"), proc.stdout
+
+
+def test_an_unknown_tag_is_refused_listing_the_models_tags():
+    with pytest.raises(ConfigError, match=r"backbone.pretrained: 'opena' is neither a file nor an open_clip tag of "
+                                          r"'ViT-B-16' \(its tags: openai, laion400m_e31, "):
+        resolve_weights(BackboneConfig(model="ViT-B-16", pretrained="opena"))

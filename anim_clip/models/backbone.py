@@ -105,6 +105,7 @@ def _model_config(model: str, section: str) -> dict:
     """The architecture open_clip builds for ``model`` (``model_cfg``), refused in one line if unreadable."""
     import open_clip
 
+    check_downloadable(model, None, section)  # an hf-hub: model's config comes from the hub
     try:
         found = open_clip.get_model_config(model)
     except Exception as e:  # an unreadable local config; no hub access or no such repository
@@ -187,14 +188,14 @@ def _tag_source(model: str, tag: str) -> dict:
     return open_clip.get_pretrained_cfg(model, tag)
 
 
-def _hub_files(cfg: BackboneConfig, pretrained: str | None) -> tuple[str, list[str]] | None:
+def _hub_files(model: str, pretrained: str | None) -> tuple[str, list[str]] | None:
     """The Hugging Face repository, and the files in it (any one will do), that open_clip downloads
-    for ``cfg``: an ``hf-hub:`` model's config, or a tag's weights; None when nothing comes from the hub."""
+    for ``model``: an ``hf-hub:`` model's config, or a tag's weights; None when nothing comes from the hub."""
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives  # the files open_clip itself tries
 
-    if cfg.model.startswith(HF_HUB):
-        return cfg.model.removeprefix(HF_HUB), [LOCAL_CONFIG]
-    source = _tag_source(cfg.model, pretrained).get("hf_hub", "") if pretrained else ""
+    if model.startswith(HF_HUB):
+        return model.removeprefix(HF_HUB), [LOCAL_CONFIG]
+    source = _tag_source(model, pretrained).get("hf_hub", "") if pretrained else ""
     if not source:
         return None
     repo, filename = os.path.split(source)
@@ -212,11 +213,11 @@ def _offline_choices(section: str) -> str:
             f"or, to try the pipeline, {trial}")
 
 
-def check_downloadable(cfg: BackboneConfig, pretrained: str | None, section: str = "backbone") -> None:
+def check_downloadable(model: str, pretrained: str | None, section: str = "backbone") -> None:
     """Refuse at once, in one line naming the offline choices, what open_clip would download from the
     Hugging Face hub when it is neither in the hub's local cache nor reachable (offline, no network,
     the hub failing), instead of letting the download retry for about a minute and then fail."""
-    found = _hub_files(cfg, pretrained)
+    found = _hub_files(model, pretrained)
     if found is None:
         return
     import huggingface_hub
@@ -231,7 +232,7 @@ def check_downloadable(cfg: BackboneConfig, pretrained: str | None, section: str
         return
     except Exception as e:  # offline mode, no network, a hub error, a gated or missing repository
         reason = "HF_HUB_OFFLINE is set" if isinstance(e, OfflineModeIsEnabled) else _first_line(e)
-        what = cfg.model if cfg.model.startswith(HF_HUB) else f"the {pretrained!r} weights of {cfg.model!r}"
+        what = model if model.startswith(HF_HUB) else f"the {pretrained!r} weights of {model!r}"
         raise AnimClipError(f"cannot download {what} from the Hugging Face hub ({repo}: {reason}); "
                             f"{_offline_choices(section)}") from None
 
@@ -274,7 +275,7 @@ def create_clip(cfg: BackboneConfig, *, load_weights: bool = True,
 
     check_backbone(cfg, section)
     pretrained, info = resolve_weights(cfg, section) if load_weights else (None, WeightsInfo(cfg.model, None, None))
-    check_downloadable(cfg, pretrained, section)
+    check_downloadable(cfg.model, pretrained, section)
     try:
         # random weights are seeded: a resumed or sharded extraction must see the same model
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_logging():
