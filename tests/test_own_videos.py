@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import av
@@ -21,8 +22,8 @@ from videos import indexed_frames, write_truncated, write_video
 
 from anim_clip.cache.store import FeatureCache
 from anim_clip.cli import app
-from anim_clip.config import BackboneConfig
-from anim_clip.errors import ConfigError
+from anim_clip.config import BackboneConfig, load_config
+from anim_clip.errors import AnimClipError, ConfigError
 from anim_clip.models.backbone import resolve_weights
 
 SECTION = re.search(r"^### Your own videos\n(.*?)^### ", (ROOT / "README.md").read_text(), re.S | re.M).group(1)
@@ -117,7 +118,8 @@ def test_the_sections_commands_run_offline_on_every_kind_of_clip(folder: Path, m
             else:
                 assert bool(features.float().isfinite().all()), clip_id
     assert list(failed) == [TRUNCATED] and failed[TRUNCATED].strip()
-    assert set(cache.split("train").clip_ids) | set(cache.split("test").clip_ids) == {p for p, *_ in CLIPS} | set(PLAIN) | {TRUNCATED}
+    every_clip = {path for path, *_ in CLIPS} | set(PLAIN) | {TRUNCATED}
+    assert set(cache.split("train").clip_ids) | set(cache.split("test").clip_ids) == every_clip
 
     report = json.loads((folder / "runs" / "mine" / "eval.json").read_text())
     assert np.isfinite(report["mAP"])
@@ -166,3 +168,16 @@ def test_an_unknown_tag_is_refused_listing_the_models_tags():
     with pytest.raises(ConfigError, match=r"backbone.pretrained: 'opena' is neither a file nor an open_clip tag of "
                                           r"'ViT-B-16' \(its tags: openai, laion400m_e31, "):
         resolve_weights(BackboneConfig(model="ViT-B-16", pretrained="opena"))
+
+
+def test_the_sections_weights_file_is_a_backbone_file_of_the_same_model(folder: Path, tmp_path: Path):
+    """The section's first offline choice, its indented YAML added to its config: the same ViT-B/16
+    (and QuickGELU) with its weights read from that file, never a download (here the file is absent)."""
+    snippet = re.search(r"^( +)```yaml\n(.*?)^\1```", SECTION, re.S | re.M).group(2)
+    config = tmp_path / "with-a-file.yaml"
+    config.write_text(block("yaml").replace(README_DATA, str(folder / "mine")) + textwrap.dedent(snippet))
+    cfg = load_config(config)
+    assert (cfg.backbone.model, cfg.backbone.quick_gelu) == ("ViT-B-16", True)
+    with pytest.raises(AnimClipError, match=r"^/models/vit-b-16-openai/open_clip_model.safetensors: checkpoint file "
+                                            r"not found \(backbone.pretrained\)$"):
+        resolve_weights(cfg.backbone)
