@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ TINY_PREPROCESS = {"mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bilinea
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 LOCAL_CONFIG = "open_clip_config.json"
+PROBE_SECONDS = 10  # one look at the hub before open_clip's download, which retries for about a minute
 
 
 @lru_cache(maxsize=1)
@@ -103,6 +105,7 @@ def _model_config(model: str, section: str) -> dict:
     """The architecture open_clip builds for ``model`` (``model_cfg``), refused in one line if unreadable."""
     import open_clip
 
+    check_downloadable(model, None, section)  # an hf-hub: model's config comes from the hub
     try:
         found = open_clip.get_model_config(model)
     except Exception as e:  # an unreadable local config; no hub access or no such repository
@@ -169,13 +172,80 @@ def resolve_weights(cfg: BackboneConfig, section: str = "backbone") -> tuple[str
         if not path.is_file():
             raise AnimClipError(f"{path}: checkpoint file not found ({section}.pretrained)")
         return str(path), WeightsInfo(cfg.model, str(path), file_sha256(path))
+    if not _tag_source(cfg.model, pretrained):
+        import open_clip
+
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.model)) or "none"
+        raise ConfigError(f"{section}.pretrained: {pretrained!r} is neither a file nor an open_clip tag of "
+                          f"{cfg.model!r} (its tags: {tags}; {SHIPPED_TAG} for {TINY_MODEL}; null for random weights)")
     return pretrained, WeightsInfo(cfg.model, pretrained, None)
+
+
+def _tag_source(model: str, tag: str) -> dict:
+    """open_clip's record of where ``model``'s ``tag`` weights come from (empty when it knows no such tag)."""
+    import open_clip
+
+    return open_clip.get_pretrained_cfg(model, tag)
+
+
+def _hub_files(model: str, pretrained: str | None) -> tuple[str, list[str]] | None:
+    """The Hugging Face repository, and the files in it (any one will do), that open_clip downloads
+    for ``model``: an ``hf-hub:`` model's config, or a tag's weights; None when nothing comes from the hub."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives  # the files open_clip itself tries
+
+    if model.startswith(HF_HUB):
+        return model.removeprefix(HF_HUB), [LOCAL_CONFIG]
+    source = _tag_source(model, pretrained).get("hf_hub", "") if pretrained else ""
+    if not source:
+        return None
+    repo, filename = os.path.split(source)
+    filename = filename or HF_WEIGHTS_NAME
+    return repo, [*_get_safe_alternatives(filename), filename]
+
+
+def _offline_choices(section: str) -> str:
+    """What runs without the hub, as the config keys to set."""
+    trial = f"{section}.model={TINY_MODEL} with {section}.pretrained={SHIPPED_TAG}"
+    if section == "backbone":
+        trial += " and sampling.image_size=64 (as the shipped own-videos config does)"
+    return (f"offline, set {section}.pretrained=/path/to/weights.safetensors (a downloaded weights file), "
+            f"{section}.model=local-dir:/path with {section}.pretrained=null (a downloaded open_clip folder), "
+            f"or, to try the pipeline, {trial}")
+
+
+def check_downloadable(model: str, pretrained: str | None, section: str = "backbone") -> None:
+    """Refuse at once, in one line naming the offline choices, what open_clip would download from the
+    Hugging Face hub when it is neither in the hub's local cache nor reachable (offline, no network,
+    the hub failing), instead of letting the download retry for about a minute and then fail."""
+    found = _hub_files(model, pretrained)
+    if found is None:
+        return
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
+
+    repo, files = found
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, name), str) for name in files):
+        return
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[-1]), timeout=PROBE_SECONDS)
+    except EntryNotFoundError:  # the hub answers; open_clip picks among the repository's files
+        return
+    except Exception as e:  # offline mode, no network, a hub error, a gated or missing repository
+        reason = "HF_HUB_OFFLINE is set" if isinstance(e, OfflineModeIsEnabled) else _first_line(e)
+        what = model if model.startswith(HF_HUB) else f"the {pretrained!r} weights of {model!r}"
+        raise AnimClipError(f"cannot download {what} from the Hugging Face hub ({repo}: {reason}); "
+                            f"{_offline_choices(section)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 @contextmanager
 def _quiet_logging():
-    """open_clip logs "initialized randomly" on the root logger; random weights get our own louder warning."""
-    logging.disable(logging.WARNING)
+    """open_clip logs "initialized randomly" on the root logger (random weights get our own louder
+    warning), and logs each error it then raises, which our one-line refusal already says."""
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
@@ -205,6 +275,7 @@ def create_clip(cfg: BackboneConfig, *, load_weights: bool = True,
 
     check_backbone(cfg, section)
     pretrained, info = resolve_weights(cfg, section) if load_weights else (None, WeightsInfo(cfg.model, None, None))
+    check_downloadable(cfg.model, pretrained, section)
     try:
         # random weights are seeded: a resumed or sharded extraction must see the same model
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_logging():
@@ -221,8 +292,7 @@ def create_clip(cfg: BackboneConfig, *, load_weights: bool = True,
             raise AnimClipError(f"{source}: weights do not fit {cfg.model!r} ({str(e).splitlines()[0]})") from None
         if info.sha256 is not None:  # a local file
             raise load_refusal(source, e) from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AnimClipError(f"cannot load {cfg.model!r} weights {source!r}: {reason}") from None
+        raise AnimClipError(f"cannot load {cfg.model!r} weights {source!r}: {_first_line(e)}") from None
     return model.eval(), info
 
 
