@@ -153,6 +153,7 @@ def main() -> None:
         Path(result).write_text(json.dumps(measure(mode, Path(checkpoint), Path(season), Path(out), int(workers))))
         return
     seconds, sizes, pool_size = (2.0, [6], 3) if args.quick else (10.0, args.sizes, args.pool)
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_predict_"))
     pool = make_pool(work / f"pool-{seconds:g}s", pool_size, seconds, 1280, 720)
     checkpoint = make_checkpoint(work)
@@ -175,7 +176,7 @@ def main() -> None:
                   "keyframe_every_s": KEYFRAME_S, "distinct": pool_size,
                   "note": f"{pool_size} distinct clips hard-linked to N distinct paths"},
         "model": "head on anim-clip-tiny (demo-world weights), 8 frames x 1 clip x 1 crop, CPU",
-        "workers": args.workers, "torch_threads": torch.get_num_threads(),
+        "workers": args.workers, "torch_threads": torch.get_num_threads(), "load_average_at_start": round(load, 2),
         "rows": rows, "peak_rss_growth": None if growth is None else round(growth, 3)}
     if args.quick:  # a check of the script, not a figure
         print(json.dumps(results, indent=2))

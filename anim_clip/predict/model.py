@@ -10,6 +10,10 @@ on all of its length rather than on T frames spread over it. Species not named b
 predicted: by the checkpoint's separate species predictor (``species.model``) when its config has
 one, from the same views rendered with the predictor's own pixels, its probabilities averaged over
 them; else zero-shot by the head.
+
+Many videos are scored as one stream (:meth:`Predictor.stream`): decoding threads run ahead
+(:mod:`anim_clip.predict.stream`) and the segments of any videos share the tower's batches, so
+neither the number nor the length of the videos sets the memory used.
 """
 
 from __future__ import annotations
