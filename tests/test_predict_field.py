@@ -121,7 +121,8 @@ def test_shards_merged_give_the_rows_of_one_process(head_ckpt: Path, season: Pat
         run_predict(head_ckpt, [season], out=sharded, device="cpu", shard=(i, 3), workers=1)
         assert len(Journal.read(sharded / f"predictions.part-{i + 1}-of-3.jsonl").records) == len(range(i, 8, 3))
     assert not (sharded / "predictions.csv").exists()  # a shard writes its part only
-    assert merge_predictions(sharded) == 0
+    merged = run_cli("predict-merge", str(sharded))
+    assert "8/8 videos predicted" in merged.stdout
     merged, single = rows(sharded / "predictions.csv"), rows(one / "predictions.csv")
     assert [r["video"] for r in merged] == [r["video"] for r in single] and len(merged) == 8
     for a, b in zip(merged, single):
