@@ -106,7 +106,7 @@ def check_settings(found: Iterable[Journal], settings: dict[str, Any]) -> None:
                    for key in dict.fromkeys([*journal.settings, *settings])
                    if journal.settings.get(key) != settings.get(key)]
         raise AnimClipError(f"{journal.path} holds predictions made with other settings ({'; '.join(changed)}); "
-                            f"predict into another --out, or delete {journal.path.parent} to start over")
+                            f"predict into another --out, or delete {journal.path.name} there to start over")
 
 
 def missing_parts(found: Iterable[Journal]) -> list[str]:

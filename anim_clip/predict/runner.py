@@ -47,8 +47,8 @@ def report_skipped(skipped: list[tuple[Path, str]]) -> None:
         return
     named = "; ".join(f"{path} ({why})" for path, why in skipped[:SKIPPED_SHOWN])
     more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
-    console.print(f"[yellow]skipped {len(skipped)} path{'s' * (len(skipped) != 1)} that are not videos: "
-                  f"{escape(named)}{more}[/]", soft_wrap=True, highlight=False)
+    what = "1 path that is not a video" if len(skipped) == 1 else f"{len(skipped)} paths that are not videos"
+    console.print(f"[yellow]skipped {what}: {escape(named)}{more}[/]", soft_wrap=True, highlight=False)
 
 
 def run_predict(model: str | Path, inputs: Sequence[str | Path] = (), *, out: str | Path, list_file: Path | None = None,
@@ -96,8 +96,9 @@ def _todo(found: Inputs, index: int, count: int, scored: set[str], journal: Jour
     todo = [(i, v) for i, v in share if str(v) not in scored]
     where = f"shard {index + 1}/{count}: " if count > 1 else ""
     if len(todo) < len(share):
-        console.print(f"{where}{len(share) - len(todo)} of {len(share)} videos already scored in {escape(str(journal.path))}; "
-                      f"scoring the other {len(todo)}", soft_wrap=True, highlight=False)
+        rest = f"scoring the other {len(todo)}" if todo else "nothing left to score"
+        console.print(f"{where}{len(share) - len(todo)} of {len(share)} videos already scored in "
+                      f"{escape(str(journal.path.parent))}; {rest}", soft_wrap=True, highlight=False)
     return todo
 
 
