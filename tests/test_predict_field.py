@@ -125,6 +125,7 @@ def test_shards_merged_give_the_rows_of_one_process(head_ckpt: Path, season: Pat
     assert "8/8 videos predicted" in merged.stdout
     merged, single = rows(sharded / "predictions.csv"), rows(one / "predictions.csv")
     assert [r["video"] for r in merged] == [r["video"] for r in single] and len(merged) == 8
+    assert {r["species_source"] for r in merged} == {"predicted"} and all(r["species"].count(":") == 3 for r in merged)
     for a, b in zip(merged, single):
         assert [a[k] for k in a if not k.startswith("score") and k != "species"] == \
                [b[k] for k in b if not k.startswith("score") and k != "species"]

@@ -79,6 +79,7 @@ class VideoPrediction:
     fps: float = 0.0
     error: str | None = None
     frames_used: int = 0  # frames decoded for it (a frame shared by overlapping windows counts in each)
+    species_source: Literal["oracle", "predicted", "none"] = "none"  # where ``species`` came from
 
     @property
     def duration_s(self) -> float:
@@ -332,7 +333,8 @@ class Predictor:
         species = np.stack([state.species[k] for k in range(len(opened.segments))])
         windows = [Window(a, b, scores) for (a, b, _, _), scores in zip(opened.segments, actions)] if windowed else []
         return VideoPrediction(state.path, self.actions, actions.mean(0), self._species_report(species.mean(0)),
-                               windows, opened.num_frames, opened.fps, frames_used=state.frames_used)
+                               windows, opened.num_frames, opened.fps, frames_used=state.frames_used,
+                               species_source=self.species.source)
 
     def _species_report(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
         """Oracle: the species given; predicted: the most probable ones; none: nothing."""

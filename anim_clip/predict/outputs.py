@@ -41,8 +41,7 @@ def _top_json(pairs: list[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"action": name, "score": _rounded(score)} for name, score in pairs]
 
 
-def prediction_record(prediction: VideoPrediction, top_k: int, species_source: str = "none",
-                      index: int | None = None) -> dict[str, Any]:
+def prediction_record(prediction: VideoPrediction, top_k: int, index: int | None = None) -> dict[str, Any]:
     """One video's entry of ``predictions.json`` (and line of the journal): ``status`` ok or
     failed, ``species_source`` given, predicted or none, ``index`` its place among the inputs."""
     record: dict[str, Any] = {"video": str(prediction.video), "error": prediction.error,
@@ -58,7 +57,7 @@ def prediction_record(prediction: VideoPrediction, top_k: int, species_source: s
         "frames": prediction.num_frames, "fps": _rounded(prediction.fps), "duration_s": _rounded(prediction.duration_s),
         "frames_used": prediction.frames_used,
         "species": [{"name": name, "probability": _rounded(p)} for name, p in prediction.species],
-        "species_source": SPECIES_SOURCE[species_source],
+        "species_source": SPECIES_SOURCE[prediction.species_source],
         "top": _top_json(prediction.top(top_k)),
         "scores": {name: _rounded(s) for name, s in zip(prediction.actions, prediction.scores)},
         "windows": windows,

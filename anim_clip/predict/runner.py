@@ -116,7 +116,7 @@ def _score(predictor: Predictor, journal: Journal, todo: list[tuple[int, Path]],
 
         for i, prediction in predictor.stream([v for _, v in todo], window=window, stride=stride, workers=workers,
                                               on_segment=counted if window is not None else None):
-            journal.append(prediction_record(prediction, top_k, predictor.species.source, todo[i][0]))
+            journal.append(prediction_record(prediction, top_k, todo[i][0]))
             if prediction.error is not None:
                 console.print(f"[bold red]error:[/] {escape(prediction.error)}", soft_wrap=True, highlight=False)
             elif tables:
