@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +209,22 @@ def test_a_long_clip_is_decoded_window_by_window_in_bounded_memory(head_ckpt: Pa
     timeline = rows(out / "timeline.csv")
     assert len(timeline) == 59 and {r["video"] for r in timeline} == {str(long)}
     assert (out / "timeline_long.png").stat().st_size > 0
+
+
+def test_decoding_ahead_keeps_order_surfaces_a_worker_bug_and_stops_when_left():
+    def decode(n: int, put) -> None:
+        if n == 3:
+            raise RuntimeError("a bug in a decoding thread")
+        for k in range(n):
+            put((n, k))
+
+    assert list(DecodeAhead(decode, [2, 0, 1], workers=2)) == [(0, (2, 0)), (0, (2, 1)), (2, (1, 0))]
+    with pytest.raises(RuntimeError, match="a bug in a decoding thread"):
+        list(DecodeAhead(decode, [1, 3, 1], workers=2))
+    threads = threading.active_count()
+    endless = iter(DecodeAhead(lambda n, put: [put(k) for k in range(10**9)], [0, 1, 2], workers=2))
+    for _, item in endless:
+        if item == 5:
+            break
+    endless.close()  # the consumer leaves: the workers, blocked on full queues, stop and are joined
+    assert threading.active_count() == threads
