@@ -101,6 +101,7 @@ def test_a_changed_setting_or_checkpoint_is_refused_naming_it(head_ckpt: Path, s
     videos = [season / "cam0" / "clip00.mp4"]
     out = tmp_path / "out"
     run_predict(head_ckpt, videos, out=out, species=["Duck"], device="cpu")
+    run_predict(head_ckpt, videos, out=out, species=["duck "], device="cpu")  # the same species, spelt otherwise
     with pytest.raises(AnimClipError, match=r"other settings \(--top-k 5 -> 3\); predict into another --out"):
         run_predict(head_ckpt, videos, out=out, species=["Duck"], top_k=3, device="cpu")
     with pytest.raises(AnimClipError, match=r"--species \['Duck'\] -> \['Fox'\]"):

@@ -28,13 +28,15 @@ TABLES_SHOWN = 10  # a run scoring more videos prints no table per video: predic
 SKIPPED_SHOWN = 5  # paths that are not videos named one by one; the rest counted
 
 
-def run_settings(predictor: Predictor, species: Sequence[str] | None, window: float | None,
-                 stride: float | None, top_k: int) -> dict[str, Any]:
-    """Everything a video's record depends on, named as the user sets it: a journal written with
-    other values is refused rather than mixed with new scores."""
+def run_settings(predictor: Predictor, window: float | None, stride: float | None, top_k: int) -> dict[str, Any]:
+    """Everything a video's record depends on, named as the user sets it and resolved (species as
+    the checkpoint spells them, views and decoder as used): a journal written with other values is
+    refused rather than mixed with new scores."""
     s = predictor.cfg.sampling
+    vector = predictor.species.vector
+    given = [] if vector is None else [predictor.species_names[i] for i in vector.nonzero().flatten().tolist()]
     return {
-        "checkpoint sha256": file_sha256(predictor.ckpt.path), "--species": sorted(species or []),
+        "checkpoint sha256": file_sha256(predictor.ckpt.path), "--species": given,
         "species source": predictor.species.source, "--window": window,
         "--stride": None if window is None else resolve_stride(window, stride),
         "--clips": s.test_clips, "--crops": s.test_crops, "--decoder": s.decoder, "--top-k": top_k,
@@ -75,7 +77,7 @@ def run_predict(model: str | Path, inputs: Sequence[str | Path] = (), *, out: st
         if note:
             console.print(f"[yellow]{note}[/]", soft_wrap=True)
     out = Path(out)
-    settings = run_settings(predictor, species, window, stride, top_k)
+    settings = run_settings(predictor, window, stride, top_k)
     existing = journals(out)
     check_settings(existing, settings)
     journal = next((j for j in existing if j.path == journal_path(out, index, count)), None) or \
