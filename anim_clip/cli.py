@@ -274,8 +274,10 @@ def sweep_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="An anim-clip checkpoint from `anim-clip train`: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],
-    videos: Annotated[list[Path], typer.Argument(help="Video files to score (mp4, avi, mov, ...; any length).")],
+    model: Annotated[Path, typer.Argument(help="A run directory from `anim-clip train` (its last.pt, or best.pt with --weights best) or a checkpoint file: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Video files (mp4, avi, mov, ...; any length) and folders, searched recursively for videos.")] = None,
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="A text file naming videos or folders, one a line (relative to the file's folder; # comments).")] = None,
+    weights: Annotated[str, typer.Option(help="In a run directory: last or best.")] = "last",
     species: Annotated[Optional[list[str]], typer.Option("--species", help="A species in the videos, named as in the checkpoint's vocabulary (repeatable): the head conditions on it instead of predicting it.")] = None,
     predict_species: Annotated[bool, typer.Option("--predict-species", help="Predict the species zero-shot from the frames and report them (the default when no --species is given).")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="Actions shown per video (and per window in predictions.json).")] = 5,
@@ -284,16 +286,36 @@ def predict_cmd(
     clips: Annotated[Optional[int], typer.Option("--clips", help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
     crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
     decoder: Annotated[Optional[str], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding threads, each decoding one video ahead of the image tower.")] = 4,
+    shard: Annotated[Optional[str], typer.Option(help="Score only shard i of n (e.g. 2/4, a Slurm array task) into its own journal; default: one shard per torchrun rank. Then `anim-clip predict-merge OUT`.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.json (and the timeline files); created.")] = Path("predictions"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.jsonl (the journal), predictions.json, predictions.csv and the timeline files; created.")] = Path("predictions"),
 ) -> None:
-    """Score videos with a trained checkpoint: the top actions of each (softmax averaged over its test
-    views) as a table and predictions.json; with --window, action scores over time. Exit code 1 if a video failed."""
+    """Score videos with a trained checkpoint: the top actions and species of each (softmax averaged over its test
+    views) as predictions.csv and predictions.json; with --window, action scores over time. Each video is journaled
+    as it finishes: running the same command again scores only the videos left. Exit code 1 if a video failed."""
     from anim_clip.predict import run_predict
 
-    failed = run_predict(checkpoint, videos, out=out, top_k=top_k, species=species, predict_species=predict_species,
-                         window=window, stride=stride, clips=clips, crops=crops, device=device, decoder=decoder)
+    if weights not in ("last", "best"):
+        raise AnimClipError(f"--weights must be last or best, not {weights!r}")
+    if not inputs and list_file is None:
+        raise AnimClipError("no videos: name video files or folders, or give --list FILE")
+    failed = run_predict(model, inputs or [], out=out, list_file=list_file, weights=weights, top_k=top_k,
+                         species=species, predict_species=predict_species, window=window, stride=stride, clips=clips,
+                         crops=crops, device=device, decoder=decoder, workers=workers, shard=_parse_shard(shard))
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command("predict-merge")
+def predict_merge_cmd(
+    out: Annotated[Path, typer.Argument(help="The --out folder the shards of `anim-clip predict --shard i/n` (or torchrun ranks) wrote their journals into.")],
+) -> None:
+    """Make predictions.json, predictions.csv (and the timeline files) from every journal in OUT: the parts of a
+    sharded predict, one row per video. Exit code 1 if a video failed."""
+    from anim_clip.predict import merge_predictions
+
+    if merge_predictions(out):
         raise typer.Exit(1)
 
 

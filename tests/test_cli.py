@@ -113,7 +113,7 @@ BARS = {
     "demo": (dict(unit="clips"), "demo clips", 336, 29.0),
     "describe": (dict(unit="classes", per="min"), "describing species", 125, 0.2),
     "predict": (dict(unit="videos"), "predict", 1000, 3.2),
-    "predict windows": (dict(unit="windows"), "[12/40] a_long_video_file_name_from_a_camera_trap.mp4", 999, 25.0),
+    "predict --window": (dict(unit="videos"), "predict (123456 windows)", 1000, 3.2),
     "pretrain-tiny": (dict(unit="frames"), "rendering captioned frames", 12256, 1234.5),
     "sweep": (dict(unit="runs"), "sweep", 48, 0.1),
 }

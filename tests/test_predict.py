@@ -268,7 +268,8 @@ def test_missing_and_broken_videos_are_reported_and_the_others_predicted(head_ck
     assert record["views"] == {"frames": T, "clips": 1, "crops": 1, "image_size": 64}
     entries = record["videos"]
     assert [e["video"] for e in entries] == [str(p) for p in paths]
-    assert entries[1] == {"video": str(missing), "error": f"{missing}: cannot decode video: file not found"}
+    assert entries[1] == {"video": str(missing), "error": f"{missing}: cannot decode video: file not found",
+                          "status": "failed", "index": 1}
     assert entries[2]["error"].startswith(f"{broken}: cannot decode video")
     for entry in (entries[0], entries[3]):
         assert entry["error"] is None and entry["species"] == [{"name": "Duck", "probability": 1.0}]

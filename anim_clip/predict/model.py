@@ -1,4 +1,4 @@
-"""``anim-clip predict``: a trained checkpoint on a user's own videos.
+"""A trained checkpoint on a user's own videos: the scores of each.
 
 Each video (any container the decoders read, any length) is one segment, or with a window a
 series of overlapping segments. A segment gets the checkpoint's test views (clips × crops,
@@ -10,14 +10,16 @@ on all of its length rather than on T frames spread over it. Species not named b
 predicted: by the checkpoint's separate species predictor (``species.model``) when its config has
 one, from the same views rendered with the predictor's own pixels, its probabilities averaged over
 them; else zero-shot by the head.
+
+Many videos are scored as one stream (:meth:`Predictor.stream`): decoding threads run ahead
+(:mod:`anim_clip.predict.stream`) and the segments of any videos share the tower's batches, so
+neither the number nor the length of the videos sets the memory used.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import difflib
-import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +27,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from rich.console import Group
-from rich.progress import Progress
-from rich.text import Text
 from torch import Tensor
 
 from anim_clip.config import Config
@@ -36,19 +35,13 @@ from anim_clip.data.video import FallbackNotice, VideoFile, open_video
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.scoring import score_views
 from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder
-from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
 from anim_clip.models.checkpoint import Checkpoint, head_and_tower, load_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.species import species_predictor
+from anim_clip.predict.stream import DecodeAhead
 from anim_clip.runtime.distributed import default_device
-from anim_clip.ui import console, progress_bar, table
 
 SPECIES_SHOWN = 3  # predicted species reported per video
-PLOTTED_ACTIONS = 5  # actions drawn in colour and named in a timeline plot
-JSON_NAME = "predictions.json"
-CSV_NAME = "timeline.csv"
-
-Report = Callable[[int, int], None]  # (segments done, segments in all) of the current video
 
 
 @dataclass(frozen=True)
@@ -85,6 +78,8 @@ class VideoPrediction:
     num_frames: int = 0
     fps: float = 0.0
     error: str | None = None
+    frames_used: int = 0  # frames decoded for it (a frame shared by overlapping windows counts in each)
+    species_source: Literal["oracle", "predicted", "none"] = "none"  # where ``species`` came from
 
     @property
     def duration_s(self) -> float:
@@ -175,6 +170,30 @@ def frame_range(start_s: float, end_s: float, fps: float, num_frames: int) -> tu
     return first, max(first + 1, min(round(end_s * fps), num_frames))
 
 
+@dataclass
+class Opened:
+    """A video open for scoring: the segments its decoding thread will send, after this."""
+
+    num_frames: int
+    fps: float
+    segments: list[tuple[float, float, int, int]]  # (start_s, end_s, first frame, stop frame)
+
+
+@dataclass
+class _Scoring:
+    """One video's segments scored so far, until all have come back from the tower."""
+
+    path: Path
+    opened: Opened | None = None
+    actions: dict[int, np.ndarray] = field(default_factory=dict)
+    species: dict[int, np.ndarray] = field(default_factory=dict)
+    frames_used: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.opened is not None and len(self.actions) == len(self.opened.segments)
+
+
 class Predictor:
     """A checkpoint ready to score videos: tower, head, view plan and species input, built once."""
 
@@ -202,6 +221,7 @@ class Predictor:
             self.species_predictor = predictor.to(self.device).eval()
         self.head = head.to(self.device).eval()
         self.tower = tower.to(self.device).eval()
+        self.encoder = FrameEncoder(self.tower, self.device, self.cfg, self.species_predictor)
         self.num_frames = head.dims["num_frames"]
         self.fallbacks = FallbackNotice()
 
@@ -212,28 +232,69 @@ class Predictor:
             "checkpoint": str(self.ckpt.path), "kind": self.ckpt.kind,
             "backbone": {"model": self.cfg.backbone.model, "weights": self.weights},
             "views": {"frames": self.num_frames, "clips": s.test_clips, "crops": s.test_crops, "image_size": s.image_size},
+            "decoder": s.decoder,
+            "actions": self.actions,
             "species_source": self.species.source, "species_note": self.species.note,
             "species_predictor": None if self.species_weights is None else
             {"model": self.species.predictor, "weights": self.species_weights.pretrained or "random"},
         }
 
-    def predict(self, path: str | Path, *, window: float | None = None, stride: float | None = None,
-                report: Report | None = None) -> VideoPrediction:
+    def predict(self, path: str | Path, *, window: float | None = None, stride: float | None = None) -> VideoPrediction:
         """Scores of one video; a video that cannot be decoded comes back with ``error`` set."""
-        path = Path(path)
+        [(_, prediction)] = self.stream([Path(path)], window=window, stride=stride, workers=1)
+        return prediction
+
+    def stream(self, videos: Sequence[Path], *, window: float | None = None, stride: float | None = None,
+               workers: int = 4, on_segment: Callable[[], None] | None = None) -> Iterator[tuple[int, VideoPrediction]]:
+        """``(index in videos, prediction)`` of every video as it finishes (not in order): videos are
+        decoded in ``workers`` threads (:class:`DecodeAhead`) and their segments, of any video, go
+        through the tower together in batches of about ``backbone.batch_frames`` frames."""
+        stride = None if window is None else resolve_stride(window, stride)
+        scoring: dict[int, _Scoring] = {}
+        owner: dict[int, tuple[int, int]] = {}  # a segment's number in the stream -> (video, segment)
+
+        def segments() -> Iterator[DecodedClip]:
+            decoding = DecodeAhead(lambda path, put: self._decode_video(path, window, stride, put), videos, workers)
+            for number, (v, item) in enumerate(decoding):
+                state = scoring.setdefault(v, _Scoring(videos[v]))
+                if isinstance(item, Opened):
+                    state.opened = item
+                    continue
+                owner[number], item.index = (v, item.index), number
+                yield item
+
+        for clip, features in self.encoder.encode(segments()):
+            v, segment = owner.pop(clip.index)
+            state = scoring.get(v)
+            if state is None:  # a segment of a video that failed further on
+                continue
+            if features is None:
+                del scoring[v]
+                yield v, VideoPrediction(state.path, self.actions, error=clip.error)
+                continue
+            self.fallbacks(clip.fallback)
+            scored = score_views(self.head, features, self._given(features), self.cfg)
+            state.actions[segment] = scored.scores.mean(0).cpu().numpy()
+            state.species[segment] = scored.species.mean(0).float().cpu().numpy()
+            state.frames_used += len(np.unique(clip.frame_indices))
+            if on_segment is not None:
+                on_segment()
+            if state.done:
+                del scoring[v]
+                yield v, self._prediction(state, window is not None)
+
+    def _decode_video(self, path: Path, window: float | None, stride: float | None, put: Callable[[object], None]) -> None:
+        """In a decoding thread: the video's :class:`Opened`, then each segment's decoded views; a
+        video that cannot be decoded sends one clip carrying the error instead."""
         s = self.cfg.sampling
         try:
             with open_video(path, s.decoder, s.decode_threads, self.device) as video:
                 segments = self._segments(video, window, stride)
-                ranges = [(first, stop) for _, _, first, stop in segments]
-                actions, species = self._score_segments(video, ranges, report or (lambda done, total: None))
-                num_frames, fps = video.num_frames, video.fps
-                self.fallbacks(video.fallback)
+                put(Opened(video.num_frames, video.fps, segments))
+                for index, (_, _, first, stop) in enumerate(segments):
+                    put(self.decode(video, first, stop, index))
         except VideoDecodeError as e:
-            return VideoPrediction(path, self.actions, error=str(e))
-        windows = [Window(a, b, scores) for (a, b, _, _), scores in zip(segments, actions)] if window else []
-        return VideoPrediction(path, self.actions, actions.mean(0), self._species_report(species.mean(0)),
-                               windows, num_frames, fps)
+            put(DecodedClip(-1, error=str(e)))
 
     def _segments(self, video: VideoFile, window: float | None,
                   stride: float | None) -> list[tuple[float, float, int, int]]:
@@ -252,28 +313,28 @@ class Predictor:
                            s.image_size, s.resize)
         return decode_views(video, index, views, first)
 
-    def encode(self, decoded: Iterable[DecodedClip]) -> Iterator[tuple[FrameFeatures, Tensor | None]]:
-        """Each decoded segment's features, and the species vector ``(A,)`` its views are given: the
-        species named, or the species predictor's probabilities averaged over the views; None when
-        the head predicts them itself or takes none."""
-        for _, features in FrameEncoder(self.tower, self.device, self.cfg, self.species_predictor).encode(decoded):
-            vector = features.species.mean(0) if self.species_predictor is not None else self.species.vector
-            yield features, None if vector is None else vector.to(self.device)
+    def _given(self, features: FrameFeatures) -> Tensor | None:
+        """The species vector every view of a segment is given: the species named, or the species
+        predictor's probabilities averaged over the views; None when the head predicts them itself
+        or takes none."""
+        vector = features.species.mean(0) if self.species_predictor is not None else self.species.vector
+        return None if vector is None else vector.to(self.device).expand(features.cls.shape[0], -1)
 
-    def _score_segments(self, video: VideoFile, ranges: list[tuple[int, int]],
-                        report: Report) -> tuple[np.ndarray, np.ndarray]:
-        """``(S, C)`` scores and ``(S, A)`` species vectors used, each averaged over a segment's
-        views; segments are decoded one at a time and encoded in batches of about
-        ``backbone.batch_frames`` frames."""
-        decoded = (self.decode(video, first, stop, index) for index, (first, stop) in enumerate(ranges))
-        actions, species = [], []
-        for features, vector in self.encode(decoded):
-            given = None if vector is None else vector.expand(features.cls.shape[0], -1)
-            scored = score_views(self.head, features, given, self.cfg)
-            actions.append(scored.scores.mean(0))
-            species.append(scored.species.mean(0))
-            report(len(actions), len(ranges))
-        return torch.stack(actions).cpu().numpy(), torch.stack(species).float().cpu().numpy()
+    def encode(self, decoded: Iterable[DecodedClip]) -> Iterator[tuple[FrameFeatures, Tensor | None]]:
+        """Each decoded segment's features, and the species vector ``(A,)`` its views are given."""
+        for _, features in self.encoder.encode(decoded):
+            given = self._given(features)
+            yield features, None if given is None else given[0]
+
+    def _prediction(self, state: _Scoring, windowed: bool) -> VideoPrediction:
+        """A finished video's scores: the mean over its segments (and each window's, with a window)."""
+        opened = state.opened
+        actions = np.stack([state.actions[k] for k in range(len(opened.segments))])
+        species = np.stack([state.species[k] for k in range(len(opened.segments))])
+        windows = [Window(a, b, scores) for (a, b, _, _), scores in zip(opened.segments, actions)] if windowed else []
+        return VideoPrediction(state.path, self.actions, actions.mean(0), self._species_report(species.mean(0)),
+                               windows, opened.num_frames, opened.fps, frames_used=state.frames_used,
+                               species_source=self.species.source)
 
     def _species_report(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
         """Oracle: the species given; predicted: the most probable ones; none: nothing."""
@@ -296,167 +357,13 @@ def _with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
     return dataclasses.replace(cfg, sampling=views)
 
 
-def _task_report(bar: Progress, description: str) -> Report:
-    """A bar row for one video's windows, sized once the video is open and its windows known."""
-    task = bar.add_task(description, total=None)
-    return lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def iter_predictions(predictor: Predictor, videos: Sequence[str | Path], *, window: float | None = None,
-                     stride: float | None = None, progress: bool = True) -> Iterator[VideoPrediction]:
-    """Predict ``videos`` one by one, with one bar over the videos, or one per video over its windows."""
-    stride = None if window is None else resolve_stride(window, stride)
-    with progress_bar("windows" if window else "videos", disable=not progress) as bar:
-        overall = None if window else bar.add_task("predict", total=len(videos))
-        for n, video in enumerate(videos, 1):
-            report = _task_report(bar, f"[{n}/{len(videos)}] {Path(video).name}") if window else None
-            yield predictor.predict(video, window=window, stride=stride, report=report)
-            if overall is not None:
-                bar.advance(overall)
-
-
 def predict_videos(checkpoint: str | Path | Checkpoint, videos: Sequence[str | Path], *,
                    species: Sequence[str] | None = None, predict_species: bool = False,
                    window: float | None = None, stride: float | None = None, clips: int | None = None,
                    crops: int | None = None, device: str | torch.device | None = None, decoder: str | None = None,
-                   progress: bool = False) -> list[VideoPrediction]:
-    """Score every video with ``checkpoint`` (see :class:`Predictor` and :func:`iter_predictions`)."""
+                   workers: int = 2) -> list[VideoPrediction]:
+    """Score every video with ``checkpoint`` (see :class:`Predictor`), in the order given."""
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
                           device=device, decoder=decoder)
-    return list(iter_predictions(predictor, videos, window=window, stride=stride, progress=progress))
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-
-def _rounded(x: float) -> float:
-    return round(float(x), 6)
-
-
-def _top_json(pairs: list[tuple[str, float]]) -> list[dict[str, Any]]:
-    return [{"action": name, "score": _rounded(score)} for name, score in pairs]
-
-
-def prediction_record(prediction: VideoPrediction, top_k: int) -> dict[str, Any]:
-    """One video's entry of ``predictions.json``."""
-    record: dict[str, Any] = {"video": str(prediction.video), "error": prediction.error}
-    if prediction.error is not None:
-        return record
-    windows = [{"start_s": _rounded(w.start_s), "end_s": _rounded(w.end_s),
-                "top": _top_json([(prediction.actions[i], w.scores[i]) for i in np.argsort(-w.scores)[:top_k]]),
-                "scores": {name: _rounded(s) for name, s in zip(prediction.actions, w.scores)}}
-               for w in prediction.windows]
-    return {
-        **record,
-        "frames": prediction.num_frames, "fps": _rounded(prediction.fps), "duration_s": _rounded(prediction.duration_s),
-        "species": [{"name": name, "probability": _rounded(p)} for name, p in prediction.species],
-        "top": _top_json(prediction.top(top_k)),
-        "scores": {name: _rounded(s) for name, s in zip(prediction.actions, prediction.scores)},
-        "windows": windows,
-    }
-
-
-def write_json(path: str | Path, predictions: Sequence[VideoPrediction], header: dict[str, Any], top_k: int) -> Path:
-    return atomic_write_json(path, {**header, "videos": [prediction_record(p, top_k) for p in predictions]})
-
-
-def write_timeline_csv(path: str | Path, predictions: Sequence[VideoPrediction]) -> Path:
-    """``video, start_s, end_s`` then one score column per action, one row per window."""
-    rows = [p for p in predictions if p.windows]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["video", "start_s", "end_s", *rows[0].actions])
-    for p in rows:
-        for w in p.windows:
-            writer.writerow([str(p.video), f"{w.start_s:.3f}", f"{w.end_s:.3f}", *(f"{s:.6f}" for s in w.scores)])
-    return atomic_write_text(path, buffer.getvalue())
-
-
-def plot_timeline(path: str | Path, prediction: VideoPrediction, top: int = PLOTTED_ACTIONS) -> Path:
-    """Action scores over time (at window centres): the ``top`` actions that peak highest in
-    colour and named, the rest in grey. Drawn with the Agg canvas, so no display is needed."""
-    from matplotlib.figure import Figure
-
-    scores = np.stack([w.scores for w in prediction.windows])
-    centres = [(w.start_s + w.end_s) / 2 for w in prediction.windows]
-    named = np.argsort(-scores.max(axis=0), kind="stable")[:top]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for c in np.setdiff1d(np.arange(scores.shape[1]), named):
-        ax.plot(centres, scores[:, c], color="0.8", linewidth=0.8)
-    for c in named:
-        ax.plot(centres, scores[:, c], marker="o", markersize=3, label=prediction.actions[c])
-    ax.set(xlim=(0, prediction.duration_s), ylim=(0, 1), xlabel="time (s, window centre)", ylabel="score",
-           title=f"{prediction.video.name}: action scores over time")
-    ax.legend(loc="upper right", fontsize="small")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-
-
-def timeline_plot_names(predictions: Sequence[VideoPrediction]) -> list[str]:
-    """``timeline_<video stem>.png`` per video, numbered where two videos share a stem."""
-    stems = [p.video.stem for p in predictions]
-    return [f"timeline_{stem}.png" if stems.count(stem) == 1 else f"timeline_{stem}_{i}.png"
-            for i, stem in enumerate(stems, 1)]
-
-
-def write_outputs(out: str | Path, predictions: Sequence[VideoPrediction], header: dict[str, Any],
-                  top_k: int) -> list[Path]:
-    """``predictions.json``; with windows also ``timeline.csv`` and a plot per video."""
-    out = Path(out)
-    written = [write_json(out / JSON_NAME, predictions, header, top_k)]
-    if any(p.windows for p in predictions):
-        written.append(write_timeline_csv(out / CSV_NAME, predictions))
-        written += [plot_timeline(out / name, p) for p, name in zip(predictions, timeline_plot_names(predictions))
-                    if p.windows]
-    return written
-
-
-def species_text(prediction: VideoPrediction, source: str) -> str:
-    """The species a video was scored as: those given (``--species``) by name, predicted ones with
-    their probability, whatever its value (a certain prediction is still a prediction)."""
-    if source == "oracle":
-        return ", ".join(name for name, _ in prediction.species) + " (given)"
-    return ", ".join(f"{name} {p:.2f}" for name, p in prediction.species) or "none"
-
-
-def prediction_table(prediction: VideoPrediction, top_k: int, species_source: str) -> Group:
-    """A line naming the video and the species it was scored as (too long for a table title),
-    then a table of the top actions."""
-    species = species_text(prediction, species_source)
-    count = len(prediction.windows)
-    extent = f", {count} window{'s' * (count != 1)}" if count else ""
-    heading = Text.assemble((prediction.video.name, "bold"), f" ({prediction.duration_s:.1f} s{extent}), species: {species}")
-    rows = [(name, f"{score:.3f}") for name, score in prediction.top(top_k)]
-    return Group(heading, table(f"top {len(rows)} actions", ["action", "score"], rows))
-
-
-def run_predict(checkpoint: str | Path, videos: Sequence[str | Path], *, out: str | Path, top_k: int = 5,
-                species: Sequence[str] | None = None, predict_species: bool = False, window: float | None = None,
-                stride: float | None = None, clips: int | None = None, crops: int | None = None,
-                device: str | None = None, decoder: str | None = None) -> int:
-    """What ``anim-clip predict`` does: print a table per video as it is scored, write the files
-    (also on Ctrl-C, for the videos done); returns how many videos failed."""
-    if top_k < 1:
-        raise AnimClipError(f"--top-k must be at least 1, got {top_k}")
-    predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
-                          device=device, decoder=decoder)
-    for note in (demo_world_note(predictor.cfg, predictor.actions, predictor.species_names), predictor.species.note):
-        if note:
-            console.print(f"[yellow]{note}[/]", soft_wrap=True)
-    predictions: list[VideoPrediction] = []
-    try:
-        for prediction in iter_predictions(predictor, videos, window=window, stride=stride,
-                                           progress=len(videos) > 1 or window is not None):
-            predictions.append(prediction)
-            if prediction.error is not None:
-                console.print(f"[bold red]error:[/] {prediction.error}", soft_wrap=True, highlight=False)
-            else:
-                console.print(prediction_table(prediction, top_k, predictor.species.source))
-    finally:
-        header = {**predictor.describe(), "window": None if window is None else
-                  {"length_s": window, "stride_s": resolve_stride(window, stride)}}
-        written = write_outputs(out, predictions, header, top_k) if predictions else []
-    failed = sum(p.error is not None for p in predictions)
-    console.print(f"{len(predictions) - failed}/{len(videos)} videos predicted -> "
-                  f"{', '.join(str(p) for p in written) or 'nothing written'}", soft_wrap=True)
-    return failed
+    done = dict(predictor.stream([Path(v) for v in videos], window=window, stride=stride, workers=workers))
+    return [done[i] for i in range(len(videos))]
