@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,13 @@ AllowIncompleteOpt = Annotated[bool, typer.Option("--allow-incomplete", help="Us
 DEFAULT_DEMO_DIR = Path("demo-out")
 
 
+def _positive_seconds(value: float | None) -> float | None:
+    """A number of seconds must be finite and above zero (NaN slips past typer's ``min=``)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"expected a positive number of seconds, got {value}")
+    return value
+
+
 def _load(config: str, overrides: list[str] | None):
     from anim_clip.config import load_config
 
@@ -39,11 +47,11 @@ def _load(config: str, overrides: list[str] | None):
 @app.command("make-demo-data")
 def make_demo_data_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into (created; reused when complete).")],
-    train_clips: Annotated[int, typer.Option(help="Training clips to generate.")] = 240,
-    test_clips: Annotated[int, typer.Option(help="Test clips to generate.")] = 96,
-    frames: Annotated[int, typer.Option(help="Frames per clip.")] = 32,
-    size: Annotated[int, typer.Option(help="Frame width and height in pixels.")] = 112,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 0,
+    train_clips: Annotated[int, typer.Option(min=1, help="Training clips to generate.")] = 240,
+    test_clips: Annotated[int, typer.Option(min=1, help="Test clips to generate.")] = 96,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 32,
+    size: Annotated[int, typer.Option(min=32, help="Frame width and height in pixels (even).")] = 112,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: the same seed gives the same dataset.")] = 0,
 ) -> None:
     """Generate the procedural demo dataset: real H.264 clips of animals whose actions differ in motion,
     with label, species, relation and split files in the Animal Kingdom release format."""
@@ -88,10 +96,11 @@ def describe_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for actions.csv and species.csv (id,name,description; K rows per class).")],
     base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (ollama).")],
     model: Annotated[str, typer.Option(help="Model name the endpoint serves.")],
-    k: Annotated[int, typer.Option("-k", help="Descriptions per class (the release's loader expects 50).")] = 50,
+    k: Annotated[int, typer.Option("-k", min=1, help="Descriptions per class (the release's loader expects 50).")] = 50,
     kind: Annotated[str, typer.Option(help="What to describe: actions, species or both.")] = "both",
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or written).")] = "OPENAI_API_KEY",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Response cache (default: OUT/.cache); cached requests are never sent again.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one request may take in all, reply included (a server that stalls or trickles is cut off, then retried).", callback=_positive_seconds)] = 120.0,
     set_: SetOpt = None,
 ) -> None:
     """Write K short visual descriptions per action and per species with an LLM; resumable and cached."""
@@ -101,7 +110,7 @@ def describe_cmd(
     if kind not in ("actions", "species", "both"):
         raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
     dataset = load_dataset(_load(config, set_).data)
-    client = ChatClient(base_url, model, api_key_env=api_key_env, cache_dir=cache_dir or out_dir / ".cache")
+    client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, cache_dir=cache_dir or out_dir / ".cache")
     jobs = {"actions": ("action", dataset.actions), "species": ("species", dataset.species)}
     for name in (["actions", "species"] if kind == "both" else [kind]):
         what, names = jobs[name]
@@ -133,7 +142,7 @@ def extract_cmd(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Splits to extract (repeatable; default: train and test).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Extract only shard i of n (e.g. 2/4) into the same store; default: one shard per torchrun rank.")] = None,
     workers: Annotated[int, typer.Option(
-        help="Decoding threads running ahead of the encoder. The decoder is sampling.decoder: decord (default), "
+        min=1, help="Decoding threads running ahead of the encoder. The decoder is sampling.decoder: decord (default), "
              "pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU).")] = 4,
     set_: SetOpt = None,
 ) -> None:
@@ -243,8 +252,8 @@ def sweep_cmd(
     cache: Annotated[Path, typer.Option(help="The feature cache every run trains on.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run directory per combination and seed, comparison.csv/json.")],
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="An axis of the grid, e.g. --grid model.refine=on,off (repeatable; every combination runs).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
-    parallel: Annotated[int, typer.Option(help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
     allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
 ) -> None:
@@ -252,8 +261,6 @@ def sweep_cmd(
     comparison table (mean ± std over seeds) and write it as CSV and JSON. Re-running continues an interrupted sweep."""
     from anim_clip.train.sweep import run_sweep
 
-    if seeds < 1 or parallel < 1:
-        raise AnimClipError("--seeds and --parallel must be at least 1")
     run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete)
 
 
@@ -263,10 +270,10 @@ def predict_cmd(
     videos: Annotated[list[Path], typer.Argument(help="Video files to score (mp4, avi, mov, ...; any length).")],
     species: Annotated[Optional[list[str]], typer.Option("--species", help="A species in the videos, named as in the checkpoint's vocabulary (repeatable): the head conditions on it instead of predicting it.")] = None,
     predict_species: Annotated[bool, typer.Option("--predict-species", help="Predict the species zero-shot from the frames and report them (the default when no --species is given).")] = False,
-    top_k: Annotated[int, typer.Option("--top-k", help="Actions shown per video (and per window in predictions.json).")] = 5,
-    window: Annotated[Optional[float], typer.Option("--window", help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
-    stride: Annotated[Optional[float], typer.Option("--stride", help="Seconds between window starts (default: half the window).")] = None,
-    clips: Annotated[Optional[int], typer.Option("--clips", help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Actions shown per video (and per window in predictions.json).")] = 5,
+    window: Annotated[Optional[float], typer.Option("--window", callback=_positive_seconds, help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
+    stride: Annotated[Optional[float], typer.Option("--stride", callback=_positive_seconds, help="Seconds between window starts (default: half the window).")] = None,
+    clips: Annotated[Optional[int], typer.Option("--clips", min=1, help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
     crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
     decoder: Annotated[Optional[str], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
@@ -285,10 +292,10 @@ def predict_cmd(
 @app.command("pretrain-tiny")
 def pretrain_tiny_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the weights (default: the file shipped in the package, anim_clip/assets).")] = None,
-    frames: Annotated[int, typer.Option(help="Captioned demo-world frames to render for training.")] = 12000,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 500,
-    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per step (the contrastive loss's negatives).")] = 192,
-    seed: Annotated[int, typer.Option(help="Random seed: frames, initialisation and batches.")] = 0,
+    frames: Annotated[int, typer.Option(min=1, help="Captioned demo-world frames to render for training.")] = 12000,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(min=2, help="Image-caption pairs per step (the contrastive loss's negatives).")] = 192,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: frames, initialisation and batches.")] = 0,
 ) -> None:
     """Train the tiny CLIP (anim-clip-tiny) contrastively on rendered demo-world frames captioned with species,
     colour, size, position, facing and pose words; the demo and tests use the weights this writes."""
@@ -353,7 +360,7 @@ def convert_release_cmd(
 @app.command("demo")
 def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo's data, cache and run (reused when run again).")] = DEFAULT_DEMO_DIR,
-    seed: Annotated[int, typer.Option(help="Random seed of the generated dataset.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed of the generated dataset.")] = 0,
     set_: SetOpt = None,
 ) -> None:
     """Run the whole pipeline on the embedded demo dataset (generated on the fly, no download): data, feature
