@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import math
+import signal
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -110,6 +112,8 @@ def describe_cmd(
     if kind not in ("actions", "species", "both"):
         raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
     dataset = load_dataset(_load(config, set_).data)
+    started = time.time()
+    _interruption.kept = lambda: f"{_written_since(out_dir, started)}; run the same command again to go on"
     client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, cache_dir=cache_dir or out_dir / ".cache")
     jobs = {"actions": ("action", dataset.actions), "species": ("species", dataset.species)}
     for name in (["actions", "species"] if kind == "both" else [kind]):
@@ -152,10 +156,12 @@ def extract_cmd(
     from anim_clip.ui import table
 
     index, count = _parse_shard(shard)
+    _interruption.kept = lambda: f"{out} keeps every clip extracted so far; run the same command again to resume"
     reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
     console.print(table("extraction", ["split", "clips", "done before", "extracted", "decoded by", "failed", "failure reasons",
                                        "MB written", "clips/s", "frames/s"], [r.row() for r in reports]))
-    if any(r.interrupted for r in reports):
+    if any(r.interrupted for r in reports):  # extract said what it kept
+        _interruption.kept = None
         raise typer.Exit(130)
 
 
@@ -211,6 +217,7 @@ def train_cmd(
     if mode is not None and mode not in ("cached", "e2e"):
         raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
+    _interruption.kept = lambda: _run_kept(out)
     result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
                    allow_incomplete=allow_incomplete, allow_config_change=allow_config_change)
     if os.environ.get("RANK", "0") == "0":
@@ -283,6 +290,8 @@ def predict_cmd(
     views) as a table and predictions.json; with --window, action scores over time. Exit code 1 if a video failed."""
     from anim_clip.predict import run_predict
 
+    started = time.time()
+    _interruption.kept = lambda: _written_since(out, started)
     failed = run_predict(checkpoint, videos, out=out, top_k=top_k, species=species, predict_species=predict_species,
                          window=window, stride=stride, clips=clips, crops=crops, device=device, decoder=decoder)
     if failed:
@@ -371,11 +380,56 @@ def demo_cmd(
     run_demo(out_dir, seed, set_)
 
 
+class _Interruption:
+    """Ctrl-C and SIGTERM alike raise ``KeyboardInterrupt`` where the program is, so the same code
+    keeps the work done (extract's flush, predict's files, atomic writes' clean-up); ``main()``
+    then says in one line what the command kept (``kept``, set by the command) and exits with
+    128 + the signal (130, 143)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.kept: Callable[[], str] | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def report(self) -> None:
+        kept = self.kept() if self.kept is not None else None
+        if kept is not None:
+            console.print(f"[yellow]interrupted ({signal.Signals(self.signal or signal.SIGINT).name}): {escape(kept)}[/]",
+                          soft_wrap=True, highlight=False)
+        sys.exit(128 + (self.signal or signal.SIGINT))
+
+
+_interruption = _Interruption()
+
+
+def _run_kept(out: Path) -> str:
+    """What an interrupted ``train`` leaves: the last finished epoch's ``last.pt``, if any."""
+    from anim_clip.runtime.rundir import RunDir
+
+    run = RunDir(out)
+    epochs = [r["epoch"] for r in run.records() if r.get("kind") == "epoch"]
+    if run.last.exists() and epochs:
+        return f"{run.last} holds epoch {epochs[-1]}; continue with --resume"
+    return f"no epoch finished, so {out} holds no new checkpoint"
+
+
+def _written_since(folder: Path, started: float) -> str:
+    """The files of ``folder`` this command wrote (all writes are whole files or whole lines)."""
+    written = sorted(p for p in folder.glob("*") if p.is_file() and p.stat().st_mtime >= started) if folder.is_dir() else []
+    return f"kept {', '.join(str(p) for p in written)}" if written else f"nothing written to {folder}"
+
+
 def main() -> None:
     """Entry point: user errors, and a file the system will not read or write (read-only folder,
-    full disk, quota), become one red line and exit code 2, never a traceback."""
+    full disk, quota), become one red line and exit code 2, never a traceback; Ctrl-C and SIGTERM
+    one line saying what was kept (:class:`_Interruption`)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interruption)
     try:
-        app()
+        app()  # typer turns a KeyboardInterrupt into exit code 130
     except AnimClipError as e:
         _error(str(e))
     except OSError as e:
@@ -384,9 +438,10 @@ def main() -> None:
         if e.errno in _REFUSED_WRITES:  # from a library's own writes (zarr chunks), which name no file
             _error(f"{e.strerror}, writing this command's output")
         raise
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except (SystemExit, KeyboardInterrupt):
+        if _interruption.signal is not None:
+            _interruption.report()
+        raise
 
 
 _REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
