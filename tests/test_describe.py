@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+import signal
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from processes import ROOT
 
 from anim_clip.data.describe import ChatClient, describe_classes, fit_context, parse_descriptions
 from anim_clip.data.descriptions import CONTEXT_LENGTH, load_descriptions, token_count
@@ -37,6 +41,8 @@ class FakeServer(ThreadingHTTPServer):
         self.raw: bytes | None = None  # a whole 200 body instead of a chat completion
         self.redirect: tuple[int, str] | None = None  # (status, Location) answered to every request
         self.per_reply = 4
+        self.stall_from: int | None = None  # requests from this number on get no answer until `released`
+        self.released = threading.Event()
         self.lock = threading.Lock()
 
     @property
@@ -66,6 +72,8 @@ class Handler(BaseHTTPRequestHandler):
             status = self.server.failures.pop(0) if self.server.failures else self.server.reject
         if number == 1 and self.server.delay_first:
             time.sleep(self.server.delay_first)
+        if self.server.stall_from is not None and number >= self.server.stall_from:
+            self.server.released.wait(60)
         if self.path != "/v1/chat/completions":
             status = 404
         if self.server.redirect:
@@ -106,6 +114,7 @@ def serving() -> Iterator[FakeServer]:
     try:
         yield srv
     finally:
+        srv.released.set()
         srv.shutdown()
         srv.server_close()
 
@@ -404,3 +413,29 @@ def test_a_malformed_reply_is_one_line_and_not_cached(server, tmp_path, key, rep
     assert f"unexpected reply from {server.base_url}/chat/completions: {message}" in str(err.value)
     assert "\n" not in str(err.value) and len(server.requests) == 1  # not retried
     assert not list((tmp_path / "cache").glob("*.json"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_describe_says_what_it_kept(server, tmp_path, key, signum):
+    """A real `anim-clip describe` stopped while waiting for its third class: the two finished
+    classes are kept, said in one line, and the exit code is 128 + the signal."""
+    server.stall_from = 3  # one request per class (k=2, 4 per reply): the third class never comes
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "anim_clip", "describe", "lote", "--out", str(out), "--kind",
+                             "actions", "-k", "2", "--base-url", server.base_url, "--model", "m",
+                             "--api-key-env", "ANIM_CLIP_TEST_KEY"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(server.requests) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.requests) == 3, proc.communicate()[0]
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (f"interrupted ({signal.Signals(signum).name}): kept {out / 'actions.csv'}; "
+                                               "run the same command again to go on")
+    rows = read_csv(out / "actions.csv")
+    assert rows[0] == ["id", "name", "description"] and [r[0] for r in rows[1:]] == ["0", "0", "1", "1"]
