@@ -6,7 +6,6 @@ import errno
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -112,8 +111,7 @@ def describe_cmd(
     if kind not in ("actions", "species", "both"):
         raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
     dataset = load_dataset(_load(config, set_).data)
-    started = time.time()
-    _interruption.kept = lambda: f"{_written_since(out_dir, started)}; run the same command again to go on"
+    _interruption.kept = _files_written(out_dir, "; run the same command again to go on")
     client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, cache_dir=cache_dir or out_dir / ".cache")
     jobs = {"actions": ("action", dataset.actions), "species": ("species", dataset.species)}
     for name in (["actions", "species"] if kind == "both" else [kind]):
@@ -160,8 +158,8 @@ def extract_cmd(
     reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
     console.print(table("extraction", ["split", "clips", "done before", "extracted", "decoded by", "failed", "failure reasons",
                                        "MB written", "clips/s", "frames/s"], [r.row() for r in reports]))
-    if any(r.interrupted for r in reports):  # extract said what it kept
-        _interruption.kept = None
+    if any(r.interrupted for r in reports):
+        _interruption.kept = None  # extract said what it kept
         raise typer.Exit(130)
 
 
@@ -290,8 +288,7 @@ def predict_cmd(
     views) as a table and predictions.json; with --window, action scores over time. Exit code 1 if a video failed."""
     from anim_clip.predict import run_predict
 
-    started = time.time()
-    _interruption.kept = lambda: _written_since(out, started)
+    _interruption.kept = _files_written(out)
     failed = run_predict(checkpoint, videos, out=out, top_k=top_k, species=species, predict_species=predict_species,
                          window=window, stride=stride, clips=clips, crops=crops, device=device, decoder=decoder)
     if failed:
@@ -388,38 +385,50 @@ class _Interruption:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self.kept: Callable[[], str] | None = None
+        self.kept: Callable[[], str] | None = lambda: ""  # None: the command said it itself
 
     def __call__(self, signum: int, frame: object) -> None:
         self.signal = signum
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    def report(self) -> None:
-        kept = self.kept() if self.kept is not None else None
-        if kept is not None:
-            console.print(f"[yellow]interrupted ({signal.Signals(self.signal or signal.SIGINT).name}): {escape(kept)}[/]",
+    def report(self, signum: int) -> None:
+        for each in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut this line
+            signal.signal(each, signal.SIG_IGN)
+        if self.kept is not None:
+            kept = self.kept()
+            console.print(f"[yellow]interrupted ({signal.Signals(signum).name}){': ' + escape(kept) if kept else ''}[/]",
                           soft_wrap=True, highlight=False)
-        sys.exit(128 + (self.signal or signal.SIGINT))
+        sys.exit(128 + signum)
 
 
 _interruption = _Interruption()
 
 
 def _run_kept(out: Path) -> str:
-    """What an interrupted ``train`` leaves: the last finished epoch's ``last.pt``, if any."""
+    """What an interrupted ``train`` leaves: ``last.pt`` and its epoch (read from the checkpoint:
+    the log's line of an epoch comes just before its checkpoint)."""
+    from anim_clip.models.checkpoint import load_checkpoint
     from anim_clip.runtime.rundir import RunDir
 
-    run = RunDir(out)
-    epochs = [r["epoch"] for r in run.records() if r.get("kind") == "epoch"]
-    if run.last.exists() and epochs:
-        return f"{run.last} holds epoch {epochs[-1]}; continue with --resume"
-    return f"no epoch finished, so {out} holds no new checkpoint"
+    last = RunDir(out).last
+    if not last.exists():
+        return f"no epoch finished, so {out} holds no checkpoint"
+    return f"{last} holds epoch {load_checkpoint(last).extra['train_state']['epoch']}; continue with --resume"
 
 
-def _written_since(folder: Path, started: float) -> str:
-    """The files of ``folder`` this command wrote (all writes are whole files or whole lines)."""
-    written = sorted(p for p in folder.glob("*") if p.is_file() and p.stat().st_mtime >= started) if folder.is_dir() else []
-    return f"kept {', '.join(str(p) for p in written)}" if written else f"nothing written to {folder}"
+def _files_written(folder: Path, hint: str = "") -> Callable[[], str]:
+    """What an interrupted command kept in ``folder``: the files it wrote or changed since now (all
+    writes are whole files or whole lines)."""
+    before = _modified(folder)
+
+    def kept() -> str:
+        written = sorted(p for p, t in _modified(folder).items() if before.get(p) != t)
+        return (f"kept {', '.join(str(p) for p in written)}" if written else f"nothing written to {folder}") + hint
+    return kept
+
+
+def _modified(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()} if folder.is_dir() else {}
 
 
 def main() -> None:
@@ -440,7 +449,7 @@ def main() -> None:
         raise
     except (SystemExit, KeyboardInterrupt):
         if _interruption.signal is not None:
-            _interruption.report()
+            _interruption.report(_interruption.signal)
         raise
 
 
