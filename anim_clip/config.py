@@ -277,7 +277,7 @@ def _in_range(value: Any, section: type, name: str, key: str) -> Any:
     bounds = next(f for f in dataclasses.fields(section) if f.name == name).metadata.get("range")
     numbers = value if isinstance(value, tuple) else (value,)
     if bounds is not None and any(v is not None and v not in bounds for v in numbers):
-        raise ConfigError(f"'{key}': {value!r} is out of range; it must be {bounds}")
+        raise ConfigError(f"'{key}': {value!r} is out of range; {'each' if isinstance(value, tuple) else 'it'} must be {bounds}")
     return value
 
 

@@ -100,7 +100,7 @@ def test_saved_config_round_trips(tmp_path):
         ("train.epochs=0", "'train.epochs': 0 is out of range; it must be >= 1"),
         ("train.batch_size=-2", "'train.batch_size': -2 is out of range; it must be >= 1"),
         ("train.val_fraction=1", "'train.val_fraction': 1.0 is out of range; it must be >= 0 and < 1"),
-        ("train.betas=[0.9, 1.5]", "'train.betas': (0.9, 1.5) is out of range; it must be >= 0 and < 1"),
+        ("train.betas=[0.9, 1.5]", "'train.betas': (0.9, 1.5) is out of range; each must be >= 0 and < 1"),
         ("train.seed=-1", "'train.seed': -1 is out of range; it must be >= 0 and <= 4294967295"),
         ("train.grad_clip=0", "'train.grad_clip': 0.0 is out of range; it must be > 0"),
         ("train.num_workers=-1", "'train.num_workers': -1 is out of range; it must be >= 0"),
