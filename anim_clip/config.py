@@ -155,7 +155,8 @@ class TrainConfig:
     seed: int = ranged(1024, low=0, high=2**32 - 1)
     deterministic: bool = False
     num_workers: int = ranged(4, low=0)  # 0: decode in the main process
-    val_fraction: float = ranged(0.0, low=0, high=1, open_high=True)  # hold out this share of training clips for per-epoch selection (best.pt)
+    # hold out this share of training clips for per-epoch selection (best.pt)
+    val_fraction: float = ranged(0.0, low=0, high=1, open_high=True)
     log_every: int = ranged(20, low=1)  # optimiser steps between lines of metrics.jsonl
 
 
@@ -277,7 +278,8 @@ def _in_range(value: Any, section: type, name: str, key: str) -> Any:
     bounds = next(f for f in dataclasses.fields(section) if f.name == name).metadata.get("range")
     numbers = value if isinstance(value, tuple) else (value,)
     if bounds is not None and any(v is not None and v not in bounds for v in numbers):
-        raise ConfigError(f"'{key}': {value!r} is out of range; {'each' if isinstance(value, tuple) else 'it'} must be {bounds}")
+        which = "each" if isinstance(value, tuple) else "it"
+        raise ConfigError(f"'{key}': {value!r} is out of range; {which} must be {bounds}")
     return value
 
 

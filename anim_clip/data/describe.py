@@ -30,8 +30,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.client import HTTPException
 from functools import partial
+from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Literal
 
