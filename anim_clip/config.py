@@ -140,7 +140,7 @@ class TrainConfig:
     batch_size: int = ranged(16, low=1)
     accumulation: int = ranged(4, low=1)
     lr: float = ranged(8e-6, low=0)  # backbone (e2e mode)
-    head_lr: float = ranged(8e-5, low=0, open_low=True)  # message tokens, MIT, prompts, graph
+    head_lr: float = ranged(8e-5, low=0)  # message tokens, MIT, prompts, graph (0: kept as loaded, e2e)
     min_lr: float = ranged(8e-8, low=0)
     warmup_epochs: float = ranged(5.0, low=0)
     weight_decay: float = ranged(1e-3, low=0)

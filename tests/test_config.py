@@ -96,7 +96,7 @@ def test_saved_config_round_trips(tmp_path):
     "override, message",
     [
         ("train.lr=-1e-4", "'train.lr': -0.0001 is out of range; it must be >= 0"),  # gradient ascent
-        ("train.head_lr=0", "'train.head_lr': 0.0 is out of range; it must be > 0"),
+        ("train.head_lr=-8e-5", "'train.head_lr': -8e-05 is out of range; it must be >= 0"),
         ("train.epochs=0", "'train.epochs': 0 is out of range; it must be >= 1"),
         ("train.batch_size=-2", "'train.batch_size': -2 is out of range; it must be >= 1"),
         ("train.val_fraction=1", "'train.val_fraction': 1.0 is out of range; it must be >= 0 and < 1"),
