@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import math
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -43,6 +45,13 @@ AllowIncompleteOpt = Annotated[bool, typer.Option("--allow-incomplete", help="Us
 DEFAULT_DEMO_DIR = Path("demo-out")
 
 
+def _positive_seconds(value: float | None) -> float | None:
+    """A number of seconds must be finite and above zero (NaN slips past typer's ``min=``)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"expected a positive number of seconds, got {value}")
+    return value
+
+
 def _load(config: str, overrides: list[str] | None):
     from anim_clip.config import load_config
 
@@ -52,11 +61,11 @@ def _load(config: str, overrides: list[str] | None):
 @app.command("make-demo-data")
 def make_demo_data_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into (created; reused when complete).")],
-    train_clips: Annotated[int, typer.Option(help="Training clips to generate.")] = 240,
-    test_clips: Annotated[int, typer.Option(help="Test clips to generate.")] = 96,
-    frames: Annotated[int, typer.Option(help="Frames per clip.")] = 32,
-    size: Annotated[int, typer.Option(help="Frame width and height in pixels.")] = 112,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 0,
+    train_clips: Annotated[int, typer.Option(min=1, help="Training clips to generate.")] = 240,
+    test_clips: Annotated[int, typer.Option(min=1, help="Test clips to generate.")] = 96,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 32,
+    size: Annotated[int, typer.Option(min=32, help="Frame width and height in pixels (even).")] = 112,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: the same seed gives the same dataset.")] = 0,
 ) -> None:
     """Generate the procedural demo dataset: real H.264 clips of animals whose actions differ in motion,
     with label, species, relation and split files in the Animal Kingdom release format."""
@@ -101,10 +110,11 @@ def describe_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for actions.csv and species.csv (id,name,description; K rows per class).")],
     base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (ollama).")],
     model: Annotated[str, typer.Option(help="Model name the endpoint serves.")],
-    k: Annotated[int, typer.Option("-k", help="Descriptions per class (the release's loader expects 50).")] = 50,
+    k: Annotated[int, typer.Option("-k", min=1, help="Descriptions per class (the release's loader expects 50).")] = 50,
     kind: Annotated[str, typer.Option(help="What to describe: actions, species or both.")] = "both",
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or written).")] = "OPENAI_API_KEY",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Response cache (default: OUT/.cache); cached requests are never sent again.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one request may take in all, reply included (a server that stalls or trickles is cut off, then retried).", callback=_positive_seconds)] = 120.0,
     set_: SetOpt = None,
 ) -> None:
     """Write K short visual descriptions per action and per species with an LLM; resumable and cached."""
@@ -114,7 +124,8 @@ def describe_cmd(
     if kind not in ("actions", "species", "both"):
         raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
     dataset = load_dataset(_load(config, set_).data)
-    client = ChatClient(base_url, model, api_key_env=api_key_env, cache_dir=cache_dir or out_dir / ".cache")
+    _interruption.kept = _files_written(out_dir, "; run the same command again to go on")
+    client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, cache_dir=cache_dir or out_dir / ".cache")
     jobs = {"actions": ("action", dataset.actions), "species": ("species", dataset.species)}
     for name in (["actions", "species"] if kind == "both" else [kind]):
         what, names = jobs[name]
@@ -146,7 +157,7 @@ def extract_cmd(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Splits to extract (repeatable; default: train and test).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Extract only shard i of n (e.g. 2/4) into the same store; default: one shard per torchrun rank.")] = None,
     workers: Annotated[int, typer.Option(
-        help="Decoding threads running ahead of the encoder. The decoder is sampling.decoder: decord (default), "
+        min=1, help="Decoding threads running ahead of the encoder. The decoder is sampling.decoder: decord (default), "
              "pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU).")] = 4,
     set_: SetOpt = None,
 ) -> None:
@@ -156,10 +167,12 @@ def extract_cmd(
     from anim_clip.ui import table
 
     index, count = _parse_shard(shard)
+    _interruption.kept = lambda: f"{out} keeps every clip extracted so far; run the same command again to resume"
     reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
     console.print(table("extraction", ["split", "clips", "done before", "extracted", "decoded by", "failed", "failure reasons",
                                        "MB written", "clips/s", "frames/s"], [r.row() for r in reports]))
     if any(r.interrupted for r in reports):
+        _interruption.kept = None  # extract said what it kept
         raise typer.Exit(130)
 
 
@@ -217,6 +230,7 @@ def train_cmd(
     if mode is not None and mode not in ("cached", "e2e"):
         raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
+    _interruption.kept = lambda: _run_kept(out)
     result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
                    allow_incomplete=allow_incomplete, allow_config_change=allow_config_change)
     if os.environ.get("RANK", "0") == "0":
@@ -258,8 +272,8 @@ def sweep_cmd(
     cache: Annotated[Path, typer.Option(help="The feature cache every run trains on.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run directory per combination and seed, comparison.csv/json.")],
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="An axis of the grid, e.g. --grid model.refine=on,off (repeatable; every combination runs).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
-    parallel: Annotated[int, typer.Option(help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
     allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
 ) -> None:
@@ -267,8 +281,6 @@ def sweep_cmd(
     comparison table (mean ± std over seeds) and write it as CSV and JSON. Re-running continues an interrupted sweep."""
     from anim_clip.train.sweep import run_sweep
 
-    if seeds < 1 or parallel < 1:
-        raise AnimClipError("--seeds and --parallel must be at least 1")
     run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete)
 
 
@@ -280,13 +292,13 @@ def predict_cmd(
     weights: Annotated[str, typer.Option(help="In a run directory: last or best.")] = "last",
     species: Annotated[Optional[list[str]], typer.Option("--species", help="A species in the videos, named as in the checkpoint's vocabulary (repeatable): the head conditions on it instead of predicting it.")] = None,
     predict_species: Annotated[bool, typer.Option("--predict-species", help="Predict the species zero-shot from the frames and report them (the default when no --species is given).")] = False,
-    top_k: Annotated[int, typer.Option("--top-k", help="Actions shown per video (and per window in predictions.json).")] = 5,
-    window: Annotated[Optional[float], typer.Option("--window", help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
-    stride: Annotated[Optional[float], typer.Option("--stride", help="Seconds between window starts (default: half the window).")] = None,
-    clips: Annotated[Optional[int], typer.Option("--clips", help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Actions shown per video (and per window in predictions.json).")] = 5,
+    window: Annotated[Optional[float], typer.Option("--window", callback=_positive_seconds, help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
+    stride: Annotated[Optional[float], typer.Option("--stride", callback=_positive_seconds, help="Seconds between window starts (default: half the window).")] = None,
+    clips: Annotated[Optional[int], typer.Option("--clips", min=1, help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
     crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
     decoder: Annotated[Optional[str], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding threads, each decoding one video ahead of the image tower.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Decoding threads, each decoding one video ahead of the image tower.")] = 4,
     shard: Annotated[Optional[str], typer.Option(help="Score only shard i of n (e.g. 2/4, a Slurm array task) into its own journal; default: one shard per torchrun rank. Then `anim-clip predict-merge OUT`.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.jsonl (the journal), predictions.json, predictions.csv and the timeline files; created.")] = Path("predictions"),
@@ -300,6 +312,7 @@ def predict_cmd(
         raise AnimClipError(f"--weights must be last or best, not {weights!r}")
     if not inputs and list_file is None:
         raise AnimClipError("no videos: name video files or folders, or give --list FILE")
+    _interruption.kept = _files_written(out)
     failed = run_predict(model, inputs or [], out=out, list_file=list_file, weights=weights, top_k=top_k,
                          species=species, predict_species=predict_species, window=window, stride=stride, clips=clips,
                          crops=crops, device=device, decoder=decoder, workers=workers, shard=_parse_shard(shard))
@@ -322,10 +335,10 @@ def predict_merge_cmd(
 @app.command("pretrain-tiny")
 def pretrain_tiny_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the weights (default: the file shipped in the package, anim_clip/assets).")] = None,
-    frames: Annotated[int, typer.Option(help="Captioned demo-world frames to render for training.")] = 12000,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 500,
-    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per step (the contrastive loss's negatives).")] = 192,
-    seed: Annotated[int, typer.Option(help="Random seed: frames, initialisation and batches.")] = 0,
+    frames: Annotated[int, typer.Option(min=1, help="Captioned demo-world frames to render for training.")] = 12000,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(min=2, help="Image-caption pairs per step (the contrastive loss's negatives).")] = 192,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: frames, initialisation and batches.")] = 0,
 ) -> None:
     """Train the tiny CLIP (anim-clip-tiny) contrastively on rendered demo-world frames captioned with species,
     colour, size, position, facing and pose words; the demo and tests use the weights this writes."""
@@ -390,7 +403,7 @@ def convert_release_cmd(
 @app.command("demo")
 def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo's data, cache and run (reused when run again).")] = DEFAULT_DEMO_DIR,
-    seed: Annotated[int, typer.Option(help="Random seed of the generated dataset.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed of the generated dataset.")] = 0,
     set_: SetOpt = None,
 ) -> None:
     """Run the whole pipeline on the embedded demo dataset (generated on the fly, no download): data, feature
@@ -401,11 +414,68 @@ def demo_cmd(
     run_demo(out_dir, seed, set_)
 
 
+class _Interruption:
+    """Ctrl-C and SIGTERM alike raise ``KeyboardInterrupt`` where the program is, so the same code
+    keeps the work done (extract's flush, predict's files, atomic writes' clean-up); ``main()``
+    then says in one line what the command kept (``kept``, set by the command) and exits with
+    128 + the signal (130, 143)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.kept: Callable[[], str] | None = lambda: ""  # None: the command said it itself
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def report(self, signum: int) -> None:
+        for each in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut this line
+            signal.signal(each, signal.SIG_IGN)
+        if self.kept is not None:
+            kept = self.kept()
+            console.print(f"[yellow]interrupted ({signal.Signals(signum).name}){': ' + escape(kept) if kept else ''}[/]",
+                          soft_wrap=True, highlight=False)
+        sys.exit(128 + signum)
+
+
+_interruption = _Interruption()
+
+
+def _run_kept(out: Path) -> str:
+    """What an interrupted ``train`` leaves: ``last.pt`` and its epoch (read from the checkpoint:
+    the log's line of an epoch comes just before its checkpoint)."""
+    from anim_clip.models.checkpoint import load_checkpoint
+    from anim_clip.runtime.rundir import RunDir
+
+    last = RunDir(out).last
+    if not last.exists():
+        return f"no epoch finished, so {out} holds no checkpoint"
+    return f"{last} holds epoch {load_checkpoint(last).extra['train_state']['epoch']}; continue with --resume"
+
+
+def _files_written(folder: Path, hint: str = "") -> Callable[[], str]:
+    """What an interrupted command kept in ``folder``: the files it wrote or changed since now (all
+    writes are whole files or whole lines)."""
+    before = _modified(folder)
+
+    def kept() -> str:
+        written = sorted(p for p, t in _modified(folder).items() if before.get(p) != t)
+        return (f"kept {', '.join(str(p) for p in written)}" if written else f"nothing written to {folder}") + hint
+    return kept
+
+
+def _modified(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()} if folder.is_dir() else {}
+
+
 def main() -> None:
     """Entry point: user errors, and a file the system will not read or write (read-only folder,
-    full disk, quota), become one red line and exit code 2, never a traceback."""
+    full disk, quota), become one red line and exit code 2, never a traceback; Ctrl-C and SIGTERM
+    one line saying what was kept (:class:`_Interruption`)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interruption)
     try:
-        app()
+        app()  # typer turns a KeyboardInterrupt into exit code 130
     except AnimClipError as e:
         _error(str(e))
     except OSError as e:
@@ -414,9 +484,10 @@ def main() -> None:
         if e.errno in _REFUSED_WRITES:  # from a library's own writes (zarr chunks), which name no file
             _error(f"{e.strerror}, writing this command's output")
         raise
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except (SystemExit, KeyboardInterrupt):
+        if _interruption.signal is not None:
+            _interruption.report(_interruption.signal)
+        raise
 
 
 _REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}

@@ -2,7 +2,8 @@
 
 A config is built from (1) the dataclass defaults, (2) a YAML file (a path, or the name of a
 file shipped in ``anim_clip/configs``), (3) ``--set section.key=value`` overrides, in that order.
-Every value is checked against its field's type; an unknown key is reported with the closest
+Every value is checked against its field's type and allowed range (``ranged``, one place:
+``_in_range``), NaN and inf are refused, and an unknown key is reported with the closest
 known one. The resolved config is saved beside every result so a run can be reproduced.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,31 @@ from anim_clip.io import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting allows (each of a tuple's); a bound is kept unless ``open_*``."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low}"
+        high = None if self.high is None else f"{'<' if self.open_high else '<='} {self.high}"
+        return " and ".join(b for b in (low, high) if b)
+
+
+def ranged(default: Any, **bounds: Any) -> Any:
+    """A dataclass field whose value(s) must lie in ``Range(**bounds)``, checked as the config loads."""
+    return field(default=default, metadata={"range": Range(**bounds)})
 
 
 @dataclass
@@ -51,16 +78,16 @@ class DataConfig:
 class SamplingConfig:
     """How frames are taken from a video and turned into model input (docs/method.md §4.4, §4.5)."""
 
-    num_frames: int = 8
+    num_frames: int = ranged(8, low=1)
     decoder: Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"] = "decord"  # torchcodec-cuda: NVDEC on the GPU
-    decode_threads: int = 1
-    image_size: int = 224
-    resize: int = 256  # short side before cropping (train, 1-crop test)
+    decode_threads: int = ranged(1, low=1)
+    image_size: int = ranged(224, low=1)
+    resize: int = ranged(256, low=1)  # short side before cropping (train, 1-crop test)
     # model = the backbone's own statistics; clip, imagenet (the release's, D5) or [[mean x3], [std x3]] override them
     normalization: Literal["model", "clip", "imagenet"] | tuple[Triple, Triple] = "model"
     interpolation: Literal["model", "bilinear", "bicubic"] = "model"  # resizing; model = the backbone's own
-    train_views: int = 4  # augmented views cached per training clip
-    test_clips: int = 1  # temporal views per test clip
+    train_views: int = ranged(4, low=1)  # augmented views cached per training clip
+    test_clips: int = ranged(1, low=1)  # temporal views per test clip
     test_crops: Literal[1, 3] = 1  # spatial views per test clip
 
 
@@ -73,7 +100,7 @@ class BackboneConfig:
     quick_gelu: bool = True  # force QuickGELU (the OpenAI weights need it); false = the model config's activation
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, and for the head on CPUs with bf16 units
     patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
-    batch_frames: int = 256  # frames per forward pass during extraction
+    batch_frames: int = ranged(256, low=1)  # frames per forward pass during extraction
     compile: bool = False
 
 
@@ -91,9 +118,9 @@ class SpeciesConfig:
 class ModelConfig:
     """The Animal-CLIP head; defaults reproduce the release (docs/method.md Appendix C)."""
 
-    mit_layers: int = 1
-    prompt_layers: int = 3
-    prompts_alpha: float = 0.1
+    mit_layers: int = ranged(1, low=0)  # 0: a plain mean over frames
+    prompt_layers: int = ranged(3, low=0)
+    prompts_alpha: float = ranged(0.1, low=0)
     refine: bool = True  # the species-action graph refinement of the text features
     refine_graph: Literal["release", "normalized"] = "release"  # normalized = sym. norm + residual
     text_prompt: bool = True  # category-specific prompt on the text side
@@ -101,7 +128,7 @@ class ModelConfig:
     pooling: Literal["max", "mean"] = "max"  # over the K descriptions of a class
     species_source: Literal["oracle", "predicted", "none"] = "oracle"
     video_specific_prompt: bool = False  # X-CLIP's prompt from time-averaged patch tokens
-    logit_scale: float = 100.0
+    logit_scale: float = ranged(100.0, low=0, open_low=True)
 
 
 @dataclass
@@ -109,27 +136,28 @@ class TrainConfig:
     """Optimisation; defaults are the release's recipe (docs/method.md §6)."""
 
     mode: Literal["cached", "e2e"] = "cached"
-    epochs: int = 30
-    batch_size: int = 16
-    accumulation: int = 4
-    lr: float = 8e-6  # backbone (e2e mode)
-    head_lr: float = 8e-5  # message tokens, MIT, prompts, graph
-    min_lr: float = 8e-8
-    warmup_epochs: float = 5.0
-    weight_decay: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    epochs: int = ranged(30, low=1)
+    batch_size: int = ranged(16, low=1)
+    accumulation: int = ranged(4, low=1)
+    lr: float = ranged(8e-6, low=0)  # backbone (e2e mode)
+    head_lr: float = ranged(8e-5, low=0)  # message tokens, MIT, prompts, graph (0: kept as loaded, e2e)
+    min_lr: float = ranged(8e-8, low=0)
+    warmup_epochs: float = ranged(5.0, low=0)
+    weight_decay: float = ranged(1e-3, low=0)
+    betas: tuple[float, float] = ranged((0.9, 0.98), low=0, high=1, open_high=True)  # each
+    eps: float = ranged(1e-8, low=0, open_low=True)
     loss: Literal["ce", "bce", "ce_norm", "asl"] = "ce"
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
+    mixup_alpha: float = ranged(0.8, low=0)  # 0: off
+    cutmix_alpha: float = ranged(1.0, low=0)  # 0: off
     mix_species: bool = True  # mix the species vector with the same lambda (D7)
-    grad_clip: float | None = None
+    grad_clip: float | None = ranged(None, low=0, open_low=True)
     grad_checkpointing: bool = False
-    seed: int = 1024
+    seed: int = ranged(1024, low=0, high=2**32 - 1)
     deterministic: bool = False
-    num_workers: int = 4
-    val_fraction: float = 0.0  # hold out this share of training clips for per-epoch selection (best.pt)
-    log_every: int = 20  # optimiser steps between lines of metrics.jsonl
+    num_workers: int = ranged(4, low=0)  # 0: decode in the main process
+    # hold out this share of training clips for per-epoch selection (best.pt)
+    val_fraction: float = ranged(0.0, low=0, high=1, open_high=True)
+    log_every: int = ranged(20, low=1)  # optimiser steps between lines of metrics.jsonl
 
 
 @dataclass
@@ -137,10 +165,10 @@ class EvalConfig:
     """How scores are formed and which metrics are reported (docs/method.md §5)."""
 
     scores: Literal["softmax", "sigmoid"] = "softmax"
-    batch_size: int = 64
+    batch_size: int = ranged(64, low=1)
     long_tail: bool = True  # head / middle / tail metrics by training frequency
-    head_min: int = 500  # head classes have more training clips than this (AK: 500)
-    tail_max: int = 100  # tail classes have fewer (AK: 100)
+    head_min: int = ranged(500, low=0)  # head classes have more training clips than this (AK: 500)
+    tail_max: int = ranged(100, low=0)  # tail classes have fewer (AK: 100)
     inconsistency: bool = True
 
 
@@ -170,8 +198,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError as e:  # a list's error comes from the list option, a name's from the names
+                same_shape = (typing.get_origin(option) in (list, tuple)) == isinstance(value, (list, tuple))
+                errors.insert(0 if same_shape else len(errors), str(e))
         raise ConfigError(errors[0] if errors else f"'{key}': cannot be null")
     if origin is Literal:
         if isinstance(value, str) and value not in args and any(isinstance(a, int) for a in args):
@@ -211,6 +240,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"'{key}': expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -242,14 +273,38 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown key '{key}'; {hint}")
 
 
+def _in_range(value: Any, section: type, name: str, key: str) -> Any:
+    """``value`` if each of its numbers lies in the field's :class:`Range` (if it has one)."""
+    bounds = next(f for f in dataclasses.fields(section) if f.name == name).metadata.get("range")
+    numbers = value if isinstance(value, tuple) else (value,)
+    if bounds is not None and any(v is not None and v not in bounds for v in numbers):
+        which = "each" if isinstance(value, tuple) else "it"
+        raise ConfigError(f"'{key}': {value!r} is out of range; {which} must be {bounds}")
+    return value
+
+
 def _apply(cfg: Config, key: str, value: Any) -> None:
-    """Set ``section.key`` on ``cfg`` after validating the value against the field type."""
+    """Set ``section.key`` on ``cfg`` after validating the value against the field's type and range."""
     parts = key.split(".")
     sections = _fields(Config)
     if len(parts) != 2 or parts[0] not in sections or parts[1] not in _fields(sections[parts[0]]):
         raise _unknown(key)
     section = getattr(cfg, parts[0])
-    setattr(section, parts[1], _coerce(value, _fields(type(section))[parts[1]], key))
+    value = _coerce(value, _fields(type(section))[parts[1]], key)
+    setattr(section, parts[1], _in_range(value, type(section), parts[1], key))
+
+
+# (smaller, larger): settings that only make sense in this order
+_ORDERED = (("sampling.image_size", "sampling.resize"), ("eval.tail_max", "eval.head_min"))
+
+
+def _check_order(cfg: Config) -> Config:
+    """Refuse pairs of settings that contradict each other (a crop larger than the resized frame)."""
+    for small, large in _ORDERED:
+        a, b = (getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in (small, large))
+        if a > b:
+            raise ConfigError(f"'{small}' ({a}) must not exceed '{large}' ({b}); change one of them")
+    return cfg
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -320,7 +375,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
                 raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
         _apply(cfg, *parse_override(text))
-    return cfg
+    return _check_order(cfg)
 
 
 def _lists(value: Any) -> Any:
@@ -337,7 +392,7 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     cfg = Config()
     for key, value in _flatten(tree, Path("<saved config>")).items():
         _apply(cfg, key, value)
-    return cfg
+    return _check_order(cfg)
 
 
 def config_changes(old: Config, new: Config) -> dict[str, list[Any]]:

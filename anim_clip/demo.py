@@ -43,9 +43,9 @@ def finished_report(run: RunDir, cfg: Config) -> dict[str, Any] | None:
 
 def run_demo(out: Path, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
     data, cache, run = out / "data", out / "cache.zarr", RunDir(out / "run")
+    cfg = demo_config(data, overrides)  # a bad --set is refused before anything is written
     console.rule("1/4 demo dataset")
     make_demo_data(data, seed=seed, progress=True)
-    cfg = demo_config(data, overrides)
     console.rule("2/4 extract: frozen tiny CLIP features -> zarr cache")
     extract(cfg, cache)
     console.rule("3/4 train the Animal-CLIP head on the cache")

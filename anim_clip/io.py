@@ -2,12 +2,20 @@
 
 A write that fails (read-only folder, full disk, quota) raises an ``OSError`` naming the file the
 caller asked for, never a temporary; the command line prints it as one line.
+
+A temporary is named ``.NAME.HOST-PID.RANDOM.tmp``. A writer killed outright (SIGKILL, power loss:
+no ``finally`` runs) leaves its temporary behind, gigabytes for an end-to-end checkpoint; the next
+atomic write of the same file removes those whose process is gone. It is done there, not when a
+command starts, because only that write knows which temporaries are its file's, whatever the
+command; a temporary of a live process (the PID exists) or of another host is never touched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +29,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.umask(umask)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_dead_temporaries(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
+                                        dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         write(tmp)
@@ -64,6 +74,25 @@ def append_durably(path: str | Path, text: str) -> None:
             os.close(fd)
     except OSError as e:
         raise _naming(e, path) from None
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove the temporaries of ``path`` whose writer, a process of this host, is gone."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}-(\d+)\.[^.]+\.tmp")
+    for tmp in path.parent.iterdir():
+        found = own.fullmatch(tmp.name)
+        if found and not _running(int(found[1])):
+            tmp.unlink(missing_ok=True)  # missing: another writer removed it first
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def _naming(error: OSError, path: Path) -> OSError:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import file_size_limit
+from processes import file_size_limit, run_cli
 
 from anim_clip.config import BackboneConfig, Config
 from anim_clip.data.graph import SpeciesActionGraph
@@ -250,3 +250,25 @@ def test_a_head_checkpoint_goes_end_to_end_on_the_configured_backbone(tmp_path, 
     assert isinstance(model, AnimalCLIP)
     assert all(torch.equal(v, head.state_dict()[k]) for k, v in model.head.state_dict().items())
     assert model(torch.randn(2, 4, 3, 64, 64), fixture["inputs"]["species"]).logits.shape == (2, 7)
+
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("not a tensor", "not a tensor in the state dict: module.logit_scale, module.ln_final.bias"),
+    ("nan", "NaN or inf in module.text_projection: the checkpoint is damaged or its training diverged; convert another one"),
+    ("inf", "NaN or inf in module.text_projection: the checkpoint is damaged or its training diverged; convert another one"),
+])
+def test_a_release_checkpoint_holding_other_values_than_finite_tensors_is_refused(tmp_path, fixture, damage, message):
+    state = dict(fixture["state_dict"])
+    if damage == "not a tensor":
+        state.update({"logit_scale": 4.6, "ln_final.bias": [0.0] * 4})
+    else:
+        state["text_projection"] = state["text_projection"].clone()
+        state["text_projection"][0, 1] = float(damage)
+    src = write_release_checkpoint(tmp_path / "best.pth", state)
+    with pytest.raises(AnimClipError) as err:
+        convert_release_checkpoint(src, tmp_path / "ours.pt")
+    assert str(err.value) == f"{src}: {message}" and not (tmp_path / "ours.pt").exists()
+    if damage == "nan":  # as the user meets it
+        proc = run_cli("convert-release", str(src), str(tmp_path / "ours.pt"), check=False)
+        assert proc.returncode == 2 and proc.stdout.strip().splitlines() == [f"error: {src}: {message}"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from typing import Literal
+
 import pytest
 
-from anim_clip.config import CONFIG_DIR, config_from_dict, config_to_dict, load_config, save_config
+from anim_clip.config import CONFIG_DIR, Config, config_from_dict, config_to_dict, load_config, save_config
 from anim_clip.errors import ConfigError
 
 
@@ -86,3 +90,59 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=-1e-4", "'train.lr': -0.0001 is out of range; it must be >= 0"),  # gradient ascent
+        ("train.head_lr=-8e-5", "'train.head_lr': -8e-05 is out of range; it must be >= 0"),
+        ("train.epochs=0", "'train.epochs': 0 is out of range; it must be >= 1"),
+        ("train.batch_size=-2", "'train.batch_size': -2 is out of range; it must be >= 1"),
+        ("train.val_fraction=1", "'train.val_fraction': 1.0 is out of range; it must be >= 0 and < 1"),
+        ("train.betas=[0.9, 1.5]", "'train.betas': (0.9, 1.5) is out of range; each must be >= 0 and < 1"),
+        ("train.seed=-1", "'train.seed': -1 is out of range; it must be >= 0 and <= 4294967295"),
+        ("train.grad_clip=0", "'train.grad_clip': 0.0 is out of range; it must be > 0"),
+        ("train.num_workers=-1", "'train.num_workers': -1 is out of range; it must be >= 0"),
+        ("sampling.num_frames=0", "'sampling.num_frames': 0 is out of range; it must be >= 1"),
+        ("sampling.test_clips=0", "'sampling.test_clips': 0 is out of range"),
+        ("backbone.batch_frames=0", "'backbone.batch_frames': 0 is out of range"),
+        ("model.logit_scale=0", "'model.logit_scale': 0.0 is out of range; it must be > 0"),
+        ("model.mit_layers=-1", "'model.mit_layers': -1 is out of range; it must be >= 0"),
+        ("eval.batch_size=0", "'eval.batch_size': 0 is out of range"),
+        ("train.lr=nan", "'train.lr': expected a finite number, got nan"),
+        ("train.warmup_epochs=.inf", "'train.warmup_epochs': expected a finite number, got inf"),
+        ("sampling.normalization=[[0.5, 0.5, .nan], [0.5, 0.5, 0.5]]", "expected a finite number, got nan"),
+        ("sampling.resize=100", "'sampling.image_size' (224) must not exceed 'sampling.resize' (100)"),
+        ("eval.tail_max=600", "'eval.tail_max' (600) must not exceed 'eval.head_min' (500)"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("ak", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bounds_are_kept_and_every_number_field_has_a_range():
+    cfg = load_config("ak", ["train.lr=0", "train.num_workers=0", "model.mit_layers=0", "train.val_fraction=0",
+                             "train.seed=4294967295", "train.mixup_alpha=0", "sampling.resize=224"])
+    assert (cfg.train.lr, cfg.train.num_workers, cfg.model.mit_layers, cfg.train.seed) == (0.0, 0, 0, 2**32 - 1)
+    unranged = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)
+                if _numeric(typing.get_type_hints(s.default_factory)[f.name]) and "range" not in f.metadata]
+    assert unranged == ["sampling.normalization"]  # finite; its std is checked where the transform is built
+
+
+def _numeric(tp) -> bool:
+    """Whether a field's type takes numbers (a Literal's choices are checked as choices)."""
+    return tp in (int, float) or (typing.get_origin(tp) is not Literal and any(_numeric(a) for a in typing.get_args(tp)))
+
+
+def test_a_file_value_out_of_range_names_the_file_and_a_saved_one_is_checked_too(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: demo\ntrain:\n  lr: -0.001\n")
+    with pytest.raises(ConfigError, match=f"{bad}: 'train.lr': -0.001 is out of range; it must be >= 0"):
+        load_config(bad)
+    tree = config_to_dict(load_config("demo"))
+    tree["sampling"]["num_frames"] = 0
+    with pytest.raises(ConfigError, match="'sampling.num_frames': 0 is out of range"):
+        config_from_dict(tree)

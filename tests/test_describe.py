@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+import signal
+import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from processes import ROOT
 
 from anim_clip.data.describe import ChatClient, describe_classes, fit_context, parse_descriptions
 from anim_clip.data.descriptions import CONTEXT_LENGTH, load_descriptions, token_count
@@ -33,8 +38,11 @@ class FakeServer(ThreadingHTTPServer):
         self.reject: int | None = None  # a status returned for every request
         self.delay_first = 0.0  # seconds the first request waits before answering
         self.reply: str | None = None  # fixed content instead of the generated list
+        self.raw: bytes | None = None  # a whole 200 body instead of a chat completion
         self.redirect: tuple[int, str] | None = None  # (status, Location) answered to every request
         self.per_reply = 4
+        self.stall_from: int | None = None  # requests from this number on get no answer until `released`
+        self.released = threading.Event()
         self.lock = threading.Lock()
 
     @property
@@ -64,6 +72,8 @@ class Handler(BaseHTTPRequestHandler):
             status = self.server.failures.pop(0) if self.server.failures else self.server.reject
         if number == 1 and self.server.delay_first:
             time.sleep(self.server.delay_first)
+        if self.server.stall_from is not None and number >= self.server.stall_from:
+            self.server.released.wait(60)
         if self.path != "/v1/chat/completions":
             status = 404
         if self.server.redirect:
@@ -73,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
         elif status:  # echo the auth header, as a careless server might
             self._send(status, {"error": {"message": f"nope, you sent {self.headers.get('Authorization')}"}})
+        elif self.server.raw is not None:
+            self._send(200, self.server.raw)
         else:
             self._send(200, {"choices": [{"message": {"role": "assistant", "content": self.server.content(number)}}]})
 
@@ -82,8 +94,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": None})
         self._send(404, {"error": {"message": "GET is not served"}})
 
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict | bytes) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -102,6 +114,7 @@ def serving() -> Iterator[FakeServer]:
     try:
         yield srv
     finally:
+        srv.released.set()
         srv.shutdown()
         srv.server_close()
 
@@ -351,3 +364,78 @@ def test_bad_arguments():
         ChatClient("localhost:8000/v1", "m")
     with pytest.raises(AnimClipError, match="kind"):
         describe_classes(["a"], "plant", 1, Path("unused.csv"), None, progress=False)  # type: ignore[arg-type]
+
+
+class Trickle(socketserver.StreamRequestHandler):
+    """Answers a whole valid chat completion, headers included, one byte every 20 ms (~10 s in all)."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        body = json.dumps({"choices": [{"message": {"content": "1. The animal trickles in slowly here."}}]})
+        reply = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                 + body + " " * 300).encode()
+        for i in range(len(reply)):
+            try:
+                self.request.sendall(reply[i:i + 1])
+            except OSError:  # the client hung up: its deadline worked
+                return
+            time.sleep(0.02)
+
+
+def test_a_server_that_trickles_bytes_is_cut_off_by_the_total_deadline(key):
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        chat = ChatClient(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", api_key_env="ANIM_CLIP_TEST_KEY",
+                          timeout=0.5, max_retries=1, sleep=lambda s: None)
+        with pytest.raises(AnimClipError) as err:  # each byte comes well within the socket timeout
+            chat.complete([{"role": "user", "content": "hi"}])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "failed after 2 tries; last: TimeoutError: no whole reply within 0.5 s (--timeout)" in str(err.value)
+
+
+@pytest.mark.parametrize("reply, message", [
+    ({"choices": [{"message": {"content": ["1. a list", "2. not text"]}}]}, "choices[0].message.content is list"),
+    ({"choices": [{"message": {"content": {"text": "x"}}}]}, "choices[0].message.content is dict"),
+    ({"choices": [{"message": {"content": 42}}]}, "choices[0].message.content is int"),
+    ({"choices": []}, "no choices[0].message.content (IndexError"),
+    ({"error": "overloaded"}, "no choices[0].message.content (KeyError"),
+    ([1, 2], "no choices[0].message.content (TypeError"),
+    (b"<html>Bad gateway</html>", "not JSON: b'<html>Bad gateway</html>'"),
+])
+def test_a_malformed_reply_is_one_line_and_not_cached(server, tmp_path, key, reply, message):
+    server.raw = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+    with pytest.raises(AnimClipError) as err:
+        describe_classes(["Running"], "action", 2, tmp_path / "d.csv", client(server, tmp_path), progress=False)
+    assert f"unexpected reply from {server.base_url}/chat/completions: {message}" in str(err.value)
+    assert "\n" not in str(err.value) and len(server.requests) == 1  # not retried
+    assert not list((tmp_path / "cache").glob("*.json"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_describe_says_what_it_kept(server, tmp_path, key, signum):
+    """A real `anim-clip describe` stopped while waiting for its third class: the two finished
+    classes are kept, said in one line, and the exit code is 128 + the signal."""
+    server.stall_from = 3  # one request per class (k=2, 4 per reply): the third class never comes
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "anim_clip", "describe", "lote", "--out", str(out), "--kind",
+                             "actions", "-k", "2", "--base-url", server.base_url, "--model", "m",
+                             "--api-key-env", "ANIM_CLIP_TEST_KEY"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(server.requests) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.requests) == 3, proc.communicate()[0]
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (f"interrupted ({signal.Signals(signum).name}): kept {out / 'actions.csv'}; "
+                                               "run the same command again to go on")
+    rows = read_csv(out / "actions.csv")
+    assert rows[0] == ["id", "name", "description"] and [r[0] for r in rows[1:]] == ["0", "0", "1", "1"]

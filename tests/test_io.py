@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,32 @@ def test_a_failed_append_is_cut_back_off(tmp_path: Path):
         append_durably(path, "two " * 2000 + "\n")
     assert err.value.errno == errno.EFBIG and err.value.filename == str(path)
     assert path.read_text() == "one\n"
+
+
+def _saving(path: Path) -> subprocess.Popen:
+    """A real process inside ``atomic_write(path)``: it has written its temporary and waits (as in
+    the middle of a long checkpoint save) until killed."""
+    code = ("import sys, time; from anim_clip.io import atomic_write; "
+            "atomic_write(sys.argv[1], lambda tmp: (tmp.write_text('half'), print(tmp, flush=True), time.sleep(300)))")
+    return subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_the_next_write_removes_a_killed_saves_temporary_but_not_a_live_ones(tmp_path: Path):
+    target = tmp_path / "last.pt"
+    killed, live = _saving(target), _saving(target)
+    try:
+        killed_tmp, live_tmp = Path(killed.stdout.readline().strip()), Path(live.stdout.readline().strip())
+        assert killed_tmp.name.startswith(".last.pt.") and killed_tmp.exists() and live_tmp.exists()
+        killed.kill()  # SIGKILL: no finally runs, the temporary stays
+        killed.wait()
+        assert killed_tmp.exists()
+        atomic_write_text(tmp_path / "other.json", "{}")  # another file's write leaves it
+        assert killed_tmp.exists()
+        atomic_write_text(target, "whole")
+        assert not killed_tmp.exists() and live_tmp.read_text() == "half"  # the live writer's is kept
+    finally:
+        live.kill()
+        live.wait()
+    atomic_write_text(target, "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "other.json"]

@@ -350,7 +350,8 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_half_file(data: P
     assert proc.returncode == 2 and f"error: {folder / 'run' / 'last.pt'}: No space left on device" in proc.stdout, (
         proc.stdout + proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert proc.stdout.splitlines()[-1].split() == ["files", "left:", "./run", "./run/config.yaml", "./run/metrics.jsonl"]
+    assert proc.stdout.splitlines()[-1].split() == ["files", "left:", "./run", "./run/.lock", "./run/config.yaml",
+                                                   "./run/metrics.jsonl"]
 
 
 def test_a_full_disk_during_extraction_is_one_line(data: Path, tmp_path: Path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -23,10 +24,13 @@ import math
 import os
 import random
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from functools import partial
 from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Literal
@@ -50,6 +54,7 @@ Message = dict[str, str]
 class ChatClient:
     """Minimal client for ``POST {base_url}/chat/completions`` with retries and a response cache.
 
+    Each try must be over, reply read, within ``timeout`` seconds in all (:class:`_Deadline`);
     ``max_retries`` retries follow the first try; ``sleep`` and ``seed`` make the backoff testable.
     """
 
@@ -58,7 +63,7 @@ class ChatClient:
         base_url: str,
         model: str,
         api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 60.0,
+        timeout: float = 120.0,
         max_retries: int = 5,
         cache_dir: str | Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -88,9 +93,12 @@ class ChatClient:
         cached = self._cache_path(key)
         if cached is not None and cached.exists():
             try:
-                return json.loads(cached.read_text(encoding="utf-8"))["content"]
+                content = json.loads(cached.read_text(encoding="utf-8"))["content"]
+                if isinstance(content, str):
+                    return content
             except (ValueError, KeyError, TypeError):
-                log.warning("ignoring unreadable cache file %s", cached)
+                pass
+            log.warning("ignoring unreadable cache file %s", cached)
         content = self._post({"model": self.model, "messages": messages, "temperature": temperature})
         if cached is not None:
             atomic_write_text(cached, json.dumps({"request": key, "content": content}, ensure_ascii=False) + "\n")
@@ -107,25 +115,27 @@ class ChatClient:
         tries = self.max_retries + 1
         last = ""
         for attempt in range(tries):
-            try:
-                return _reply_text(self._send(body))
-            except urllib.error.HTTPError as e:
-                if 300 <= e.code < 400:
-                    raise AnimClipError(self._redact(
-                        f"{self.url} redirects (HTTP {e.code}) to {e.headers.get('Location')}; redirects are not "
-                        "followed, so the API key goes nowhere else: give the final address as --base-url")) from None
-                detail = _error_body(e)
-                last = f"HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")
-                if e.code not in _RETRY_STATUS:
-                    raise AnimClipError(self._redact(f"chat request to {self.url} was rejected: {last}"
-                                                     + self._auth_hint(e.code))) from None
-                wait = _retry_after(e)
-            except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as e:
-                reason = e.reason if isinstance(e, urllib.error.URLError) else e
-                last = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-                wait = None
-            except ValueError as e:  # a 200 whose body is not a chat completion: not worth retrying
-                raise AnimClipError(self._redact(f"unexpected reply from {self.url}: {e}")) from None
+            with _Deadline(self.timeout) as deadline:  # the error body below is read under it too
+                try:
+                    return _reply_text(self._send(body, deadline))
+                except urllib.error.HTTPError as e:
+                    if 300 <= e.code < 400:
+                        raise AnimClipError(self._redact(
+                            f"{self.url} redirects (HTTP {e.code}) to {e.headers.get('Location')}; redirects are "
+                            "not followed, so the API key goes nowhere else: give the final address as --base-url")
+                        ) from None
+                    detail = _error_body(e)
+                    last = f"HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")
+                    if e.code not in _RETRY_STATUS:
+                        raise AnimClipError(self._redact(f"chat request to {self.url} was rejected: {last}"
+                                                         + self._auth_hint(e.code))) from None
+                    wait = _retry_after(e)
+                except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as e:
+                    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+                    last = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+                    wait = None
+                except ValueError as e:  # a 200 whose body is not a chat completion: not worth retrying
+                    raise AnimClipError(self._redact(f"unexpected reply from {self.url}: {e}")) from None
             if attempt + 1 < tries:
                 delay = self._delay(attempt, wait)
                 log.warning("chat request to %s failed (%s); retry %d/%d in %.1f s",
@@ -133,15 +143,24 @@ class ChatClient:
                 self.sleep(delay)
         raise AnimClipError(self._redact(f"chat request to {self.url} failed after {tries} tries; last: {last}"))
 
-    def _send(self, body: dict) -> bytes:
+    def _send(self, body: dict, deadline: _Deadline) -> bytes:
+        """The reply's bytes; ``TimeoutError`` if ``deadline`` cut the request short."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        with _OPENER.open(request, timeout=self.timeout) as response:
-            return response.read()
+        request.deadline = deadline  # type: ignore[attr-defined]  # read by the connection (_Watched)
+        try:
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                reply = response.read()
+        except (OSError, HTTPException):
+            if not deadline.expired:
+                raise
+        if deadline.expired:  # a cut read ends like a short reply: say what happened instead
+            raise TimeoutError(f"no whole reply within {self.timeout:g} s (--timeout)")
+        return reply
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with ±50 % jitter, so parallel clients do not retry in lockstep."""
@@ -160,6 +179,68 @@ class ChatClient:
         return f" (the API key comes from ${self.api_key_env}, which {state})"
 
 
+class _Deadline:
+    """The time one try must be over by. A socket timeout bounds each read only, so a server
+    trickling a byte at a time would hold a request for ever: when the time is up, the try's
+    socket is shut down, which ends the read in progress (a timer thread, cancelled on exit)."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
+        if self.expired:  # the time ran out while connecting
+            self._cut()
+
+    def _cut(self) -> None:
+        self.expired = True
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
+
+class _Watched:
+    """A connection that hands its socket to its request's :class:`_Deadline` once connected."""
+
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _HTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(partial(_HTTPConnection, deadline=req.deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(partial(_HTTPSConnection, deadline=req.deadline), req)
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """urllib would repeat the request, Authorization header included, wherever a 3xx points."""
 
@@ -167,7 +248,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx reaches the caller as an HTTPError
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+_OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
 
 
 def _checked_base_url(url: str) -> str:
@@ -184,10 +265,17 @@ def _checked_base_url(url: str) -> str:
 
 
 def _reply_text(raw: bytes) -> str:
+    """The text of a chat completion; a ``ValueError`` saying what is wrong with anything else."""
     try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
+        reply = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"not JSON: {raw[:80]!r}") from None
+    try:
+        content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as e:
         raise ValueError(f"no choices[0].message.content ({type(e).__name__}: {e})") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"choices[0].message.content is {type(content).__name__} {content!r:.80}, not text")
     return content or ""
 
 

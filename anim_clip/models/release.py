@@ -134,12 +134,30 @@ def read_release_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """``(state_dict, everything else)`` from an authors' file (or a bare / fixture state dict)."""
     obj = load_untrusted(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        return obj["model"], {k: plain(v) for k, v in obj.items() if k not in ("model", "optimizer", "lr_scheduler")}
+        return checked_weights(obj["model"], path), {k: plain(v) for k, v in obj.items()
+                                                      if k not in ("model", "optimizer", "lr_scheduler")}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"], {}
+        return checked_weights(obj["state_dict"], path), {}
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return obj, {}
+        return checked_weights(obj, path), {}
     raise AnimClipError(f"{path}: no state dict found (expected the release's {{'model': state_dict, ...}})")
+
+
+def checked_weights(state: dict[str, object], source: str | Path) -> dict[str, Tensor]:
+    """``state`` if every value is a tensor of finite numbers: anything else would fail deep in
+    torch or, worse (NaN/inf from a diverged run or a damaged file), convert and score garbage."""
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise AnimClipError(f"{source}: not a tensor in the state dict: {_keys(not_tensors)}")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if non_finite:
+        raise AnimClipError(f"{source}: NaN or inf in {_keys(non_finite)}: the checkpoint is damaged or its training "
+                            "diverged; convert another one")
+    return state  # type: ignore[return-value]
+
+
+def _keys(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
 def open_clip_name(state: Mapping[str, Tensor]) -> str:
