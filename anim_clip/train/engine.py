@@ -198,12 +198,12 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
                             "species.model=null (predicted species: the head's own zero-shot)")
     if cfg.train.mode == "cached" and init_head is not None:
         raise AnimClipError("--init-head warm-starts end-to-end training (--mode e2e) from a cached run's head")
-    if cfg.train.mode == "cached":  # before the resume check: a resumed run recorded the cache's decoder too
-        cfg = with_cache_decoder(cfg, cache)
     dist = setup_distributed(device)
     run = RunDir(out)
     run.check(resume)
     saved = load_checkpoint(run.last) if resume else None
+    if cfg.train.mode == "cached":  # before the config comparison: a resumed run recorded the cache's decoder too
+        cfg = with_cache_decoder(cfg, cache)
     changes = _config_changes(run, saved, cfg, allow_config_change)
     _set_deterministic(cfg)
     dataset = load_dataset(cfg.data)
