@@ -110,9 +110,7 @@ def render_views(
     if len(views) != len(positions):
         raise ValueError(f"{len(views)} views but {len(positions)} position arrays")
     height, width = frames.shape[1:3]
-    # channels-first in memory before the float conversion: the antialiased resize of a contiguous
-    # (U, 3, H, W) is much faster on the CPU than of the channels-last view, with the same pixels
-    x = frames.permute(0, 3, 1, 2).contiguous().float().div_(255)
+    x = frames.permute(0, 3, 1, 2).float().div_(255)
     resized: dict[int, torch.Tensor] = {}
     out = []
     for view, pos in zip(views, positions):
