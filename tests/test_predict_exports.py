@@ -17,7 +17,7 @@ import av
 import pytest
 
 from anim_clip.cli import main
-from anim_clip.export import video_events
+from anim_clip.export import ExportOptions, video_events, write_exports
 from anim_clip.predict.journal import Journal
 
 from processes import ROOT, run_cli
@@ -122,3 +122,10 @@ def test_start_time_with_more_than_one_video_is_refused_before_the_model_loads(t
     said = cli_error(["predict", str(tmp_path / "no-such-run"), *videos, "--camtrap-dp", str(tmp_path / "dp"),
                       "--start-time", "2024-05-01T06:30:00+02:00"], capsys, monkeypatch)
     assert "--start-time gives one video's recording start, but there are 2 videos" in said
+
+
+def test_a_run_whose_every_video_failed_writes_no_package_and_says_so(tmp_path: Path, capsys):
+    failed = [{"video": str(tmp_path / "broken.mp4"), "error": "cannot decode video", "status": "failed", "index": 0}]
+    assert write_exports(tmp_path, failed, {}, ExportOptions(camtrap_dp=tmp_path / "dp", overlay=True)) == []
+    assert not (tmp_path / "dp").exists()
+    assert "no video was scored, so no Camtrap DP package" in " ".join(capsys.readouterr().out.split())

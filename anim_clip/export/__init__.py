@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from anim_clip.errors import AnimClipError
 from anim_clip.export.budgets import BUDGETS_NAME, Budget, plot_budget, time_budget, write_budgets_csv
 from anim_clip.export.camtrap import check_location, check_start_time, write_camtrap_dp
@@ -66,6 +68,9 @@ def write_exports(out: str | Path, records: Sequence[Record], header: Mapping[st
     if options.camtrap_dp is not None and scored(records):
         written += write_camtrap_dp(options.camtrap_dp, records, header, threshold=options.threshold,
                                     start_time=options.start_time, location=options.location)
+    elif options.camtrap_dp is not None:  # every video failed: the run says so and exits 1, the package is left out
+        console.print(f"[yellow]no video was scored, so no Camtrap DP package in {escape(str(options.camtrap_dp))}[/]",
+                      soft_wrap=True, highlight=False)
     if options.overlay:
         written += write_overlays(out, records, header)
     return written
