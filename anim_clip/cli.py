@@ -7,7 +7,7 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,9 @@ from rich.markup import escape
 from anim_clip.analysis.commands import analyze_app
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
+
+if TYPE_CHECKING:
+    from anim_clip.export import ExportOptions
 
 
 def _flags_show_no_type() -> None:
@@ -284,6 +287,37 @@ def sweep_cmd(
     run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete)
 
 
+EventsThresholdOpt = Annotated[float, typer.Option("--events-threshold", help="With --window: the score (0 to 1] at which a moment counts as a behaviour, for events.csv (one row per stretch an action holds), time_budgets.csv (each video's share of time per behaviour) and budget_<video>.png, and for the Camtrap DP observations.")]
+CamtrapDpOpt = Annotated[Optional[Path], typer.Option("--camtrap-dp", help="Write a Camera Trap Data Package (Camtrap DP 1.0.2: datapackage.json, deployments.csv, media.csv, observations.csv; one observation per behaviour event) into this folder, for camtrapR, Agouti, Wildlife Insights or GBIF.")]
+OverlayOpt = Annotated[bool, typer.Option("--overlay", help="Write overlay_<video>.mp4 per scored video: a copy with the species and the moment's top actions drawn on every frame (re-encoded, slow for long videos; a rerun keeps those already drawn).")]
+StartTimeOpt = Annotated[Optional[str], typer.Option("--start-time", help="With --camtrap-dp and a single video: when it started recording, ISO 8601 (e.g. 2024-05-01T06:30:00+02:00). Default: the video's creation_time tag, else its file time.")]
+LocationOpt = Annotated[Optional[str], typer.Option("--location", help="With --camtrap-dp: the camera's LAT,LON in decimal degrees (e.g. 50.85,4.35). Default: 0,0, flagged as a placeholder in the package.")]
+
+
+def _exports(threshold: float, camtrap_dp: Path | None, overlay: bool, start_time: str | None,
+             location: str | None) -> ExportOptions:
+    """The export options from their command-line text, each checked before any weights load."""
+    from datetime import datetime
+
+    from anim_clip.export import ExportOptions
+
+    when = None
+    if start_time is not None:
+        try:
+            when = datetime.fromisoformat(start_time)
+        except ValueError:
+            raise AnimClipError(f"--start-time {start_time!r}: expected an ISO 8601 date-time such as "
+                                "2024-05-01T06:30:00+02:00") from None
+    where = None
+    if location is not None:
+        try:
+            latitude, longitude = (float(v) for v in location.split(","))
+        except ValueError:
+            raise AnimClipError(f"--location {location!r}: expected LAT,LON in decimal degrees, e.g. 50.85,4.35") from None
+        where = (latitude, longitude)
+    return ExportOptions(threshold, camtrap_dp, overlay, when, where)
+
+
 @app.command("predict")
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="A run directory from `anim-clip train` (its last.pt, or best.pt with --weights best) or a checkpoint file: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],
@@ -301,11 +335,17 @@ def predict_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads, each decoding one video ahead of the image tower.")] = 4,
     shard: Annotated[Optional[str], typer.Option(help="Score only shard i of n (e.g. 2/4, a Slurm array task) into its own journal; default: one shard per torchrun rank. Then `anim-clip predict-merge OUT`.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.jsonl (the journal), predictions.json, predictions.csv and the timeline files; created.")] = Path("predictions"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.jsonl (the journal), predictions.json, predictions.csv, the timeline, events and budget files and the overlays; created.")] = Path("predictions"),
+    events_threshold: EventsThresholdOpt = 0.5,
+    camtrap_dp: CamtrapDpOpt = None,
+    overlay: OverlayOpt = False,
+    start_time: StartTimeOpt = None,
+    location: LocationOpt = None,
 ) -> None:
     """Score videos with a trained checkpoint: the top actions and species of each (softmax averaged over its test
-    views) as predictions.csv and predictions.json; with --window, action scores over time. Each video is journaled
-    as it finishes: running the same command again scores only the videos left. Exit code 1 if a video failed."""
+    views) as predictions.csv and predictions.json; with --window, action scores over time, behaviour events and time
+    budgets; a Camtrap DP package with --camtrap-dp, labelled videos with --overlay. Each video is journaled as it
+    finishes: running the same command again scores only the videos left. Exit code 1 if a video failed."""
     from anim_clip.predict import run_predict
 
     if weights not in ("last", "best"):
@@ -315,7 +355,8 @@ def predict_cmd(
     _interruption.kept = _files_written(out)
     failed = run_predict(model, inputs or [], out=out, list_file=list_file, weights=weights, top_k=top_k,
                          species=species, predict_species=predict_species, window=window, stride=stride, clips=clips,
-                         crops=crops, device=device, decoder=decoder, workers=workers, shard=_parse_shard(shard))
+                         crops=crops, device=device, decoder=decoder, workers=workers, shard=_parse_shard(shard),
+                         exports=_exports(events_threshold, camtrap_dp, overlay, start_time, location))
     if failed:
         raise typer.Exit(1)
 
@@ -323,12 +364,18 @@ def predict_cmd(
 @app.command("predict-merge")
 def predict_merge_cmd(
     out: Annotated[Path, typer.Argument(help="The --out folder the shards of `anim-clip predict --shard i/n` (or torchrun ranks) wrote their journals into.")],
+    events_threshold: EventsThresholdOpt = 0.5,
+    camtrap_dp: CamtrapDpOpt = None,
+    overlay: OverlayOpt = False,
+    start_time: StartTimeOpt = None,
+    location: LocationOpt = None,
 ) -> None:
-    """Make predictions.json, predictions.csv (and the timeline files) from every journal in OUT: the parts of a
-    sharded predict, one row per video. Exit code 1 if a video failed."""
+    """Make predictions.json, predictions.csv (and the timeline, events and budget files, and the exports asked for)
+    from every journal in OUT: the parts of a sharded predict, one row per video; also remakes a run's outputs with
+    other export options, without scoring again. Exit code 1 if a video failed."""
     from anim_clip.predict import merge_predictions
 
-    if merge_predictions(out):
+    if merge_predictions(out, _exports(events_threshold, camtrap_dp, overlay, start_time, location)):
         raise typer.Exit(1)
 
 

@@ -22,7 +22,7 @@ import av
 import pytest
 
 from anim_clip.errors import AnimClipError
-from anim_clip.export import timeline, video_events, write_camtrap_dp, write_exports
+from anim_clip.export import ExportOptions, timeline, video_events, write_camtrap_dp, write_exports
 from anim_clip.export.camtrap import PROFILE_URL, local_schemas, schema_url
 from anim_clip.predict import run_predict
 
@@ -153,7 +153,7 @@ def test_an_invalid_package_fails_validation(predicted, tmp_path: Path, monkeypa
 
 def test_predict_exports_events_budgets_overlays_and_the_package(predicted, tmp_path: Path):
     records, header = predicted
-    written = write_exports(tmp_path, records, header, threshold=0.5, camtrap_dp=tmp_path / "dp", overlay=True)
+    written = write_exports(tmp_path, records, header, ExportOptions(threshold=0.5, camtrap_dp=tmp_path / "dp", overlay=True))
     names = sorted(p.relative_to(tmp_path).as_posix() for p in written)
     stems = [Path(r["video"]).stem for r in records[:2]]
     assert names == sorted(["events.csv", "time_budgets.csv", *(f"budget_{s}.png" for s in stems),
@@ -225,7 +225,7 @@ def test_start_time_dates_a_single_video_and_bad_input_is_one_line(tmp_path: Pat
     assert datetime.fromisoformat(media["timestamp"]) == start and media["filePath"] == "clip.mp4"
     assert read_csv(tmp_path / "deployments.csv")[0]["timestampIssues"] == "false"
 
-    with pytest.raises(AnimClipError, match="--start-time gives one video's recording start, but 2 videos"):
+    with pytest.raises(AnimClipError, match="--start-time gives one video's recording start, but there are 2 videos"):
         write_camtrap_dp(tmp_path / "dp2", [hand_record(video), hand_record(video)], HEADER, start_time=start)
     with pytest.raises(AnimClipError, match="--location must be LATITUDE,LONGITUDE"):
         write_camtrap_dp(tmp_path / "dp2", [hand_record(video)], HEADER, location=(95.0, 0.0))

@@ -26,7 +26,8 @@ from anim_clip.errors import AnimClipError, DecoderUnavailable
 from anim_clip.models import build_head, end_to_end, load_checkpoint, model_from_checkpoint, save_checkpoint
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts
 from anim_clip.models.features import FrameFeatures
-from anim_clip.predict import Predictor, VideoPrediction, prediction_table, predict_videos, run_predict, window_bounds
+from anim_clip.predict import (Predictor, VideoPrediction, prediction_record, prediction_table, predict_videos, run_predict,
+                               window_bounds)
 
 from videos import indexed_frames, real_clip, write_garbage, write_video
 
@@ -182,7 +183,8 @@ def test_species_line_shows_every_predicted_probability_even_a_certain_one():
     lines = {}
     for source, shown in (("predicted", prediction), ("oracle", given)):
         out = io.StringIO()
-        Console(file=out, width=200, color_system=None).print(prediction_table(shown, 1, source))
+        shown = dataclasses.replace(shown, species_source=source)
+        Console(file=out, width=200, color_system=None).print(prediction_table(prediction_record(shown, 1)))
         lines[source] = out.getvalue().splitlines()[0]
     assert lines["predicted"] == "fox.mp4 (2.0 s), species: Fox 1.00, Duck 0.00"
     assert lines["oracle"] == "fox.mp4 (2.0 s), species: Fox, Duck (given)"

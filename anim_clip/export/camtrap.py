@@ -116,11 +116,16 @@ def aware(when: datetime) -> datetime:
     return (when if when.tzinfo else when.astimezone()).replace(microsecond=0)
 
 
+def check_start_time(start_time: datetime | None, videos: int) -> None:
+    """``--start-time`` dates one video: with more, every video would get the same time."""
+    if start_time is not None and videos > 1:
+        raise AnimClipError(f"--start-time gives one video's recording start, but there are {videos} videos: "
+                            "run them one at a time, or let their creation_time tags or file times date them")
+
+
 def place_media(records: Sequence[Record], start_time: datetime | None) -> list[Media]:
     """Each scored video with its id, its deployment (its folder) and its recording start."""
-    if start_time is not None and len(records) > 1:
-        raise AnimClipError(f"--start-time gives one video's recording start, but {len(records)} videos were "
-                            "scored: run them one at a time, or let their creation_time tags or file times date them")
+    check_start_time(start_time, len(records))
     media = []
     for record in records:
         path = Path(record["video"]).absolute()

@@ -1,10 +1,14 @@
 """A copy of a video with the model's reading drawn on every frame (the species, then the top
 actions of the moment: the mean of the windows covering it, as events and budgets use), for a
 person to check the model by eye. Frames stream through one at a time (PyAV decode, PIL draw,
-PyAV H.264 encode), so a video of any length needs the memory of a frame."""
+PyAV H.264 encode), so a video of any length needs the memory of a frame. Each overlay carries
+the fingerprint of the labels it shows (its ``comment`` tag), so a resumed run keeps the overlays
+already written for the same predictions and redraws only the others."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -63,6 +67,22 @@ def copy_with_labels(source: InputContainer, out: OutputContainer, line: Timelin
     out.mux(stream.encode())
 
 
+def fingerprint(record: Record, header: Mapping[str, Any], top: int = SHOWN_ACTIONS) -> str:
+    """What an overlay's pixels depend on (the video, its scores and species, the checkpoint), hashed."""
+    drawn = {key: value for key, value in record.items() if key != "index"}  # its place among the inputs is not drawn
+    text = json.dumps([drawn, species_source(record, header), header.get("checkpoint"), top], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def is_current(path: str | Path, record: Record, header: Mapping[str, Any], top: int = SHOWN_ACTIONS) -> bool:
+    """Whether ``path`` is a complete overlay (written atomically) of these very predictions."""
+    try:
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment") == f"anim-clip {fingerprint(record, header, top)}"
+    except (OSError, av.FFmpegError):
+        return False
+
+
 def write_overlay(path: str | Path, record: Record, header: Mapping[str, Any], top: int = SHOWN_ACTIONS,
                   report: Report | None = None) -> Path:
     """Write ``path`` (MP4, H.264): the scored video of ``record`` with its label on every frame.
@@ -75,6 +95,7 @@ def write_overlay(path: str | Path, record: Record, header: Mapping[str, Any], t
     def write(tmp: Path) -> None:
         try:
             with av.open(str(video)) as source, av.open(str(tmp), "w", format="mp4") as out:
+                out.metadata["comment"] = f"anim-clip {fingerprint(record, header, top)}"
                 copy_with_labels(source, out, line, record["fps"], species, top, report or (lambda done: None))
         except av.FFmpegError as e:
             raise VideoDecodeError(video, f"cannot draw its overlay: {e}") from None

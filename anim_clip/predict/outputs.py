@@ -1,13 +1,14 @@
 """What ``predict`` writes: a record per video (a journal line, an entry of ``predictions.json``),
 then, from the records, ``predictions.json``, ``predictions.csv`` and, with windows,
-``timeline.csv`` and a plot per video, each written atomically; and the tables it prints."""
+``timeline.csv`` and a plot per video, each written atomically, and the ecologists' exports
+(:mod:`anim_clip.export`); and the tables it prints."""
 
 from __future__ import annotations
 
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 from rich.console import Group
 from rich.text import Text
 
+from anim_clip.export import ExportOptions, write_exports
+from anim_clip.export.records import SPECIES_SOURCES, file_names, species_label
 from anim_clip.io import atomic_write, atomic_write_json, atomic_write_text
 from anim_clip.predict.model import VideoPrediction
 from anim_clip.ui import table
@@ -23,14 +26,15 @@ PLOTTED_ACTIONS = 5  # actions drawn in colour and named in a timeline plot
 JSON_NAME = "predictions.json"
 TABLE_NAME = "predictions.csv"
 CSV_NAME = "timeline.csv"
-SPECIES_SOURCE = {"oracle": "given", "predicted": "predicted", "none": "none"}
 
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How the outputs are written (beyond what the records hold)."""
+    """How the outputs are written (beyond what the records hold): actions per video in
+    ``predictions.csv``, and the exports."""
 
     top_k: int
+    exports: ExportOptions = field(default_factory=ExportOptions)
 
 
 def _rounded(x: float) -> float:
@@ -57,7 +61,7 @@ def prediction_record(prediction: VideoPrediction, top_k: int, index: int | None
         "frames": prediction.num_frames, "fps": _rounded(prediction.fps), "duration_s": _rounded(prediction.duration_s),
         "frames_used": prediction.frames_used,
         "species": [{"name": name, "probability": _rounded(p)} for name, p in prediction.species],
-        "species_source": SPECIES_SOURCE[prediction.species_source],
+        "species_source": SPECIES_SOURCES[prediction.species_source],
         "top": _top_json(prediction.top(top_k)),
         "scores": {name: _rounded(s) for name, s in zip(prediction.actions, prediction.scores)},
         "windows": windows,
@@ -132,43 +136,27 @@ def plot_timeline(path: Path, record: dict[str, Any], actions: Sequence[str], to
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-def timeline_plot_names(records: Sequence[dict[str, Any]]) -> list[str]:
-    """``timeline_<video stem>.png`` per video, numbered where two videos share a stem."""
-    stems = [Path(r["video"]).stem for r in records]
-    return [f"timeline_{stem}.png" if stems.count(stem) == 1 else f"timeline_{stem}_{i}.png"
-            for i, stem in enumerate(stems, 1)]
-
-
 def write_outputs(out: str | Path, records: Sequence[dict[str, Any]], header: dict[str, Any],
                   options: OutputOptions) -> list[Path]:
     """Every output made from the records (one per video, :func:`final_records`) and the header
     (``Predictor.describe()`` and ``window``): ``predictions.json`` and ``predictions.csv``; with
-    windows also ``timeline.csv`` and a plot per video. Each file is written atomically, so a
+    windows also ``timeline.csv`` and a plot per video; then the exports of ``options``. Each file is written atomically, so a
     reader sees the old version or the new, never half."""
     out = Path(out)
     written = [write_json(out / JSON_NAME, records, header), write_table_csv(out / TABLE_NAME, records, options.top_k)]
-    windowed = [r for r in records if r.get("windows")]
-    if windowed:
-        written.append(write_timeline_csv(out / CSV_NAME, windowed, header["actions"]))
-        written += [plot_timeline(out / name, r, header["actions"])
-                    for r, name in zip(windowed, timeline_plot_names(windowed))]
-    return written
+    if any(r.get("windows") for r in records):
+        written.append(write_timeline_csv(out / CSV_NAME, records, header["actions"]))
+        names = file_names([r["video"] for r in records], "timeline", ".png")
+        written += [plot_timeline(out / name, r, header["actions"]) for r, name in zip(records, names) if r.get("windows")]
+    return written + write_exports(out, records, header, options.exports)
 
 
-def species_text(prediction: VideoPrediction, source: str) -> str:
-    """The species a video was scored as: those given (``--species``) by name, predicted ones with
-    their probability, whatever its value (a certain prediction is still a prediction)."""
-    if source == "oracle":
-        return ", ".join(name for name, _ in prediction.species) + " (given)"
-    return ", ".join(f"{name} {p:.2f}" for name, p in prediction.species) or "none"
-
-
-def prediction_table(prediction: VideoPrediction, top_k: int, species_source: str) -> Group:
-    """A line naming the video and the species it was scored as (too long for a table title),
-    then a table of the top actions."""
-    species = species_text(prediction, species_source)
-    count = len(prediction.windows)
+def prediction_table(record: dict[str, Any]) -> Group:
+    """A line naming a scored video (its record) and the species it was scored as (too long for a
+    table title), then a table of its top actions."""
+    count = len(record["windows"])
     extent = f", {count} window{'s' * (count != 1)}" if count else ""
-    heading = Text.assemble((prediction.video.name, "bold"), f" ({prediction.duration_s:.1f} s{extent}), species: {species}")
-    rows = [(name, f"{score:.3f}") for name, score in prediction.top(top_k)]
+    heading = Text.assemble((Path(record["video"]).name, "bold"), f" ({record['duration_s']:.1f} s{extent}), "
+                            f"species: {species_label(record, record['species_source'])}")
+    rows = [(t["action"], f"{t['score']:.3f}") for t in record["top"]]
     return Group(heading, table(f"top {len(rows)} actions", ["action", "score"], rows))

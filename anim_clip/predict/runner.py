@@ -2,12 +2,13 @@
 
 The inputs are checked before any weights load; each video is written to the journal as it
 finishes (:mod:`anim_clip.predict.journal`), so a rerun of the same command scores only the rest;
-the outputs are made from the journal at the end (also on Ctrl-C) or, for a sharded run, by
-``predict-merge`` once every shard is done.
+the outputs and exports are made from the journal at the end (on Ctrl-C all but the overlays,
+which take minutes) or, for a sharded run, by ``predict-merge`` once every shard is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from rich.markup import escape
 
 from anim_clip.errors import AnimClipError
+from anim_clip.export import ExportOptions, check_start_time
 from anim_clip.models.backbone import file_sha256
 from anim_clip.predict.inputs import Inputs, collect_videos, shard_of
 from anim_clip.predict.journal import Journal, check_settings, journal_path, journals, missing_parts
@@ -26,6 +28,7 @@ from anim_clip.ui import console, progress_bar
 
 TABLES_SHOWN = 10  # a run scoring more videos prints no table per video: predictions.csv holds them
 SKIPPED_SHOWN = 5  # paths that are not videos named one by one; the rest counted
+FILES_SHOWN = 8  # outputs named at the end (a plot and an overlay per video follow the tables)
 
 
 def run_settings(predictor: Predictor, window: float | None, stride: float | None, top_k: int) -> dict[str, Any]:
@@ -57,18 +60,20 @@ def run_predict(model: str | Path, inputs: Sequence[str | Path] = (), *, out: st
                 weights: str = "last", top_k: int = 5, species: Sequence[str] | None = None,
                 predict_species: bool = False, window: float | None = None, stride: float | None = None,
                 clips: int | None = None, crops: int | None = None, device: str | None = None,
-                decoder: str | None = None, workers: int = 4, shard: tuple[int, int] | None = None) -> int:
+                decoder: str | None = None, workers: int = 4, shard: tuple[int, int] | None = None,
+                exports: ExportOptions = ExportOptions()) -> int:
     """What ``anim-clip predict`` does: score every video of ``inputs`` (files, folders) and
     ``list_file`` not already in ``out``'s journal with ``model`` (a checkpoint, or a run
-    directory's ``weights``), journal each as it finishes, then write the outputs; returns how many
-    videos failed. Shard ``(i, n)`` (default: the torchrun rank) scores every n-th video into its
-    own journal, for :func:`merge_predictions`."""
+    directory's ``weights``), journal each as it finishes, then write the outputs and ``exports``;
+    returns how many videos failed. Shard ``(i, n)`` (default: the torchrun rank) scores every
+    n-th video into its own journal, for :func:`merge_predictions`."""
     if top_k < 1:
         raise AnimClipError(f"--top-k must be at least 1, got {top_k}")
     if workers < 1:
         raise AnimClipError(f"--workers must be at least 1, got {workers}")
     found = collect_videos([Path(p) for p in inputs], list_file)
     report_skipped(found.skipped)
+    check_start_time(exports.start_time, len(found.videos))
     checkpoint = resolve_checkpoint(model, weights)
     index, count = shard or default_shard()
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
@@ -87,9 +92,10 @@ def run_predict(model: str | Path, inputs: Sequence[str | Path] = (), *, out: st
     todo = _todo(found, index, count, set().union(*(j.scored() for j in existing)), journal)
     try:
         _score(predictor, journal, todo, window, stride, workers, top_k)
-    finally:
-        failed = _finish(out, journal, count)
-    return failed
+    except BaseException:  # Ctrl-C or a crash: what was scored is written out, quickly
+        _finish(out, journal, count, dataclasses.replace(exports, overlay=False))
+        raise
+    return _finish(out, journal, count, exports)
 
 
 def _todo(found: Inputs, index: int, count: int, scored: set[str], journal: Journal) -> list[tuple[int, Path]]:
@@ -118,23 +124,26 @@ def _score(predictor: Predictor, journal: Journal, todo: list[tuple[int, Path]],
 
         for i, prediction in predictor.stream([v for _, v in todo], window=window, stride=stride, workers=workers,
                                               on_segment=counted if window is not None else None):
-            journal.append(prediction_record(prediction, top_k, todo[i][0]))
+            record = prediction_record(prediction, top_k, todo[i][0])
+            journal.append(record)
             if prediction.error is not None:
                 console.print(f"[bold red]error:[/] {escape(prediction.error)}", soft_wrap=True, highlight=False)
             elif tables:
-                console.print(prediction_table(prediction, top_k, predictor.species.source))
+                console.print(prediction_table(record))
             bar.advance(task)
 
 
-def _finish(out: Path, journal: Journal, count: int) -> int:
+def _finish(out: Path, journal: Journal, count: int, exports: ExportOptions) -> int:
     """One process: the outputs from every journal in ``out``; a shard: its journal only, and how
     to merge. Returns the failed videos among those."""
     if count > 1:
         records = final_records(journal.records)
+        same = " (give it this command's export options)" if exports != ExportOptions() else ""
         console.print(f"{_summary(records)} in {escape(str(journal.path))}; once every shard is done, "
-                      f"`anim-clip predict-merge {escape(str(out))}` writes the outputs", soft_wrap=True, highlight=False)
+                      f"`anim-clip predict-merge {escape(str(out))}` writes the outputs{same}", soft_wrap=True,
+                      highlight=False)
         return sum(r["error"] is not None for r in records)
-    return merge_predictions(out)
+    return merge_predictions(out, exports)
 
 
 def _summary(records: list[dict[str, Any]]) -> str:
@@ -142,9 +151,10 @@ def _summary(records: list[dict[str, Any]]) -> str:
     return f"{len(records) - failed}/{len(records)} videos predicted" + (f", {failed} failed" if failed else "")
 
 
-def merge_predictions(out: str | Path) -> int:
-    """What ``anim-clip predict-merge`` does: the outputs from every journal in ``out`` (a run's,
-    or all the parts of a sharded one), one record per video; returns how many videos failed."""
+def merge_predictions(out: str | Path, exports: ExportOptions = ExportOptions()) -> int:
+    """What ``anim-clip predict-merge`` does: the outputs and ``exports`` from every journal in
+    ``out`` (a run's, or all the parts of a sharded one), one record per video; returns how many
+    videos failed."""
     out = Path(out)
     found = [j for j in journals(out) if j.settings is not None]
     if not found:
@@ -156,7 +166,8 @@ def merge_predictions(out: str | Path) -> int:
                             "--shard i/n) before merging")
     check_settings(found, found[0].settings)
     records = final_records([r for j in found for r in j.records])
-    written = write_outputs(out, records, found[0].header, OutputOptions(top_k=found[0].settings["--top-k"]))
-    console.print(f"{_summary(records)} -> {escape(', '.join(str(p) for p in written))}", soft_wrap=True,
-                  highlight=False)
+    written = write_outputs(out, records, found[0].header, OutputOptions(found[0].settings["--top-k"], exports))
+    named = ", ".join(str(p) for p in written[:FILES_SHOWN])
+    more = f" and {len(written) - FILES_SHOWN} more files" if len(written) > FILES_SHOWN else ""
+    console.print(f"{_summary(records)} -> {escape(named)}{more}", soft_wrap=True, highlight=False)
     return sum(r["error"] is not None for r in records)
