@@ -205,3 +205,12 @@ def test_the_table_names_every_combination_marks_the_best_and_shows_baselines_on
     text = "\n".join(rendered(rows, 200))
     assert "baseline: zero-shot (refine=on,template=a_long_template_name)" in text
     assert "baseline: zero-shot (refine=off,template=a_long_template_name)" in text and "25.00 ± 0.00" in text
+
+
+def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, cache: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    failed = out / "batch_size=64" / "seed0"
+    with pytest.raises(AnimClipError, match=rf"sweep run {failed} failed: \d+ training clips make 0 batches of 64, "
+                                            rf".*lower train.batch_size \(full log: {failed / 'train.log'}\)"):
+        run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.batch_size=64"], 1, cache, out)
+    assert "lower train.batch_size" in (failed / "train.log").read_text()

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -165,22 +166,28 @@ def _train_all(todo: list[SweepRun], config: str, overrides: list[str], cache: P
                                                           (threads,)) as pool:
         task = bar.add_task("sweep", total=len(todo))
         jobs = {pool.submit(_train_cell, run, config, overrides, cache, allow_incomplete): run for run in todo}
-        for job in as_completed(jobs):
-            run = jobs[job]
-            try:
-                error = job.result()
-            except BrokenProcessPool:
-                raise AnimClipError(f"sweep run {run.path}: its worker process died (killed, or out of memory); run "
-                                    f"the sweep again to resume it (log: {run.path / 'train.log'})") from None
-            if error is not None:
-                for other in jobs:
-                    other.cancel()
-                raise AnimClipError(f"sweep run {run.path} failed: {error} (full log: {run.path / 'train.log'})")
-            report = _finished(run)
-            name, value = primary_metric(report)
-            bar.console.print(f"{run.name} seed {run.seed}: {name} {100 * value:.2f} "
-                              f"({time.perf_counter() - started:.0f} s into the sweep)", highlight=False)
-            bar.advance(task)
+        try:
+            for job in as_completed(jobs):
+                _finish(jobs[job], job.result, started)
+                bar.advance(task)
+        except BaseException:  # a failed run, Ctrl-C: the runs not started yet are not started
+            for job in jobs:
+                job.cancel()
+            raise
+
+
+def _finish(run: SweepRun, result: Callable[[], str | None], started: float) -> None:
+    """Say how a finished ``run`` did; a failed one (or a dead worker) stops the sweep, naming its log."""
+    try:
+        error = result()
+    except BrokenProcessPool:
+        raise AnimClipError(f"sweep run {run.path}: its worker process died (killed, or out of memory); run the "
+                            f"sweep again to resume it (log: {run.path / 'train.log'})") from None
+    if error is not None:
+        raise AnimClipError(f"sweep run {run.path} failed: {error} (full log: {run.path / 'train.log'})")
+    name, value = primary_metric(_finished(run))
+    console.print(f"{run.name} seed {run.seed}: {name} {100 * value:.2f} ({time.perf_counter() - started:.0f} s "
+                  "into the sweep)", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------
