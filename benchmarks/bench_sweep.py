@@ -55,7 +55,7 @@ GRID = "model.refine=on,off"
 AK_VIEWS, AK_FRAMES, AK_DIM = 4, 8, 512
 
 
-def loop_seconds(cfg: Config, cache: Path, out: Path) -> float:
+def loop_seconds(cfg: Config, cache: Path, out: Path, allow_incomplete: bool) -> float:
     """A lone run's training loop: from its first epoch's start to its final evaluation's start."""
     marks: dict[str, float] = {}
     train_epoch, final_report = engine._train_epoch, engine.final_report
@@ -70,7 +70,7 @@ def loop_seconds(cfg: Config, cache: Path, out: Path) -> float:
 
     engine._train_epoch, engine.final_report = timed_epoch, timed_final
     try:
-        engine.train(cfg, cache=cache, out=out, progress=False)
+        engine.train(cfg, cache=cache, out=out, progress=False, allow_incomplete=allow_incomplete)
     finally:
         engine._train_epoch, engine.final_report = train_epoch, final_report
     return marks["end"] - marks["start"]
@@ -89,16 +89,18 @@ def sets(overrides: list[str]) -> list[str]:
 
 
 def sweep_case(config: str, overrides: list[str], cells: list[list[str]], seeds: int, cache: Path, work: Path,
-               parallel: tuple[int, ...], separate: bool) -> dict[str, Any]:
-    """The sweep of ``cells`` (``GRID`` × ``seeds``) timed against its loops alone."""
+               parallel: tuple[int, ...], separate: bool, allow_incomplete: bool = False) -> dict[str, Any]:
+    """The sweep of ``cells`` (``GRID`` × ``seeds``) timed against its loops alone (on the clips
+    extracted so far when ``allow_incomplete``)."""
     shutil.rmtree(work, ignore_errors=True)
-    loops = [loop_seconds(load_config(config, [*overrides, *cell]), cache, work / "alone" / str(i))
+    loops = [loop_seconds(load_config(config, [*overrides, *cell]), cache, work / "alone" / str(i), allow_incomplete)
              for i, cell in enumerate(cells)]
     result: dict[str, Any] = {"cells": len(cells), "loop_seconds_sum": sum(loops)}
     for n in parallel:
         shutil.rmtree(cache / STORE, ignore_errors=True)
         seconds = cli("sweep", config, "--cache", str(cache), "--out", str(work / f"sweep{n}"), "--grid", GRID,
-                      "--seeds", str(seeds), "--parallel", str(n), *sets(overrides))
+                      "--seeds", str(seeds), "--parallel", str(n), *(["--allow-incomplete"] * allow_incomplete),
+                      *sets(overrides))
         key = "serial" if n == 1 else f"parallel_{n}"
         result[key] = {"sweep_seconds": seconds, "overhead_ratio": seconds / sum(loops),
                        "baseline_fits": len(list((cache / STORE).glob("*.npz")))}
@@ -132,7 +134,8 @@ def demo_case(work: Path, epochs: int | None, seeds: int) -> dict[str, Any]:
 
 def ak_cache(cfg: Config, root: Path, clips: int | None) -> None:
     """A store ``train`` accepts for ``cfg`` (AK's lists): its signature, the class names' text
-    embeddings, and random fp16 features of every clip's views, for the first ``clips`` of each split."""
+    embeddings, and random fp16 features of every clip's views; only the first ``clips`` of each
+    split written when given (the rest pending: runs on it need ``--allow-incomplete``)."""
     dataset = load_dataset(cfg.data)
     signature = config_signature(cfg, resolve_weights(cfg.backbone)[1])
     signature["backbone"].update(embed_dim=AK_DIM, patch_shape=None, tower_precision="float16")
@@ -142,12 +145,10 @@ def ak_cache(cfg: Config, root: Path, clips: int | None) -> None:
         write_text(root, kind, TextFeatures(list(names), torch.randn(len(names), AK_DIM, generator=gen), [],
                                             torch.zeros(0, AK_DIM), torch.zeros(0, dtype=torch.int64)))
     for split in ("train", "test"):
-        chosen = dataset.clips(split)[:clips]
-        create_split(root, split, SplitSpec([c.path for c in chosen], dataset.targets(split)[:len(chosen)],
-                                            dataset.species_vectors(split)[:len(chosen)], AK_VIEWS, AK_FRAMES, AK_DIM,
-                                            "synthetic"))
+        create_split(root, split, SplitSpec([c.path for c in dataset.clips(split)], dataset.targets(split),
+                                            dataset.species_vectors(split), AK_VIEWS, AK_FRAMES, AK_DIM, "synthetic"))
         with SplitWriter(root, split) as writer:
-            for i in writer.pending:
+            for i in list(writer.pending)[:clips]:
                 writer.write(i, FrameFeatures(torch.randn(AK_VIEWS, AK_FRAMES, AK_DIM, generator=gen)),
                              np.zeros((AK_VIEWS, AK_FRAMES)), "synthetic")
 
@@ -159,7 +160,7 @@ def ak_case(work: Path, clips: int | None, cells: int) -> dict[str, Any]:
     if not cache.exists():
         ak_cache(cfg, cache, clips)
     result = sweep_case("ak-cached", overrides, grid_cells(cells // 2, cfg.train.seed), cells // 2, cache,
-                        work / "ak-runs", (1,), separate=False)
+                        work / "ak-runs", (1,), separate=False, allow_incomplete=clips is not None)
     result["fixed_seconds_per_cell"] = (result["serial"]["sweep_seconds"] - result["loop_seconds_sum"]) / cells
     return {"clips_per_split": clips or "all", **result}
 

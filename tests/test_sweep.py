@@ -29,7 +29,7 @@ from anim_clip.evaluate.baselines import STORE
 from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.train.engine import train
-from anim_clip.train.sweep import cell_threads, comparison_table, run_sweep
+from anim_clip.train.sweep import cell_threads, comparison_figure, comparison_table, run_sweep
 
 OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2", "train.batch_size=4",
              "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1"]
@@ -214,3 +214,8 @@ def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, ca
                                             rf".*lower train.batch_size \(full log: {failed / 'train.log'}\)"):
         run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.batch_size=64"], 1, cache, out)
     assert "lower train.batch_size" in (failed / "train.log").read_text()
+    ax = comparison_figure(rows).axes[0]
+    assert ax.get_ylabel() == "mAP (%)" and [t.get_text() for t in ax.get_xticklabels()] == [
+        "refine=on,template=a_long_template_name (reference)", "refine=off,template=a_long_template_name ★"]
+    assert sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_label().startswith("baseline")) == [
+        10.0, 20.0, 25.0, 40.0]

@@ -296,15 +296,15 @@ def comparison_figure(rows: list[dict[str, Any]]) -> Figure:
     labels = [r["combination"] + (" (reference)" if r["combination"] == r["reference"] else "")
               + (" ★" if r["combination"] == best else "") for r in rows]
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    for (label, mean, _), style in zip(baselines_once(rows), itertools.cycle(["--", ":", "-."])):
+    styles = itertools.product(["--", ":", "-."], ["#4d4d4d", "#762a83", "#e08214"])
+    for (label, mean, _), (style, colour) in zip(baselines_once(rows), itertools.cycle(styles)):
         if mean is not None:
-            ax.axhline(mean, linestyle=style, color="#4d4d4d", linewidth=1, label=f"baseline: {label}")
+            ax.axhline(mean, linestyle=style, color=colour, linewidth=1, label=f"baseline: {label}")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(-0.5, len(rows) - 0.5)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"sweep: test {metric}")
-    fig.tight_layout()
     return fig
 
 
