@@ -41,6 +41,7 @@ from anim_clip.evaluate.report import primary_metric
 from anim_clip.evaluate.plots import _save as save_figure  # the one PNG writer: atomic, figure closed
 from anim_clip.evaluate.plots import plt
 from anim_clip.io import atomic_write_json, atomic_write_text
+from anim_clip.train.inputs import Inputs
 from anim_clip.ui import console, progress_bar, table
 
 
@@ -107,20 +108,18 @@ def cell_threads(parallel: int) -> int:
 # the workers: one process each, alive for the whole sweep
 
 
-_INPUTS = None  # the worker's Inputs: datasets and cache splits opened by its earlier runs
+_INPUTS: Inputs | None = None  # the worker's: datasets and cache splits opened by its earlier runs
 
 
 def _start_worker(threads: int) -> None:
     global _INPUTS
-    from anim_clip.train.inputs import Inputs
-
     torch.set_num_threads(threads)
     _INPUTS = Inputs()
 
 
 def _train_cell(run: SweepRun, config: str, overrides: list[str], cache: Path, allow_incomplete: bool) -> str | None:
     """Train one run in this worker, its console output in ``train.log``; the error's line if it failed."""
-    from anim_clip.train.engine import train
+    from anim_clip.train.engine import train  # here: the parent, which only plans and compares, never imports it
 
     run.path.mkdir(parents=True, exist_ok=True)
     with (run.path / "train.log").open("a") as log:
