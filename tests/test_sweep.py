@@ -205,6 +205,11 @@ def test_the_table_names_every_combination_marks_the_best_and_shows_baselines_on
     text = "\n".join(rendered(rows, 200))
     assert "baseline: zero-shot (refine=on,template=a_long_template_name)" in text
     assert "baseline: zero-shot (refine=off,template=a_long_template_name)" in text and "25.00 ± 0.00" in text
+    ax = comparison_figure(rows).axes[0]
+    assert ax.get_ylabel() == "mAP (%)" and [t.get_text() for t in ax.get_xticklabels()] == [
+        "refine=on,template=a_long_template_name (reference)", "refine=off,template=a_long_template_name ★"]
+    assert sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_label().startswith("baseline")) == [
+        10.0, 20.0, 25.0, 40.0]
 
 
 def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, cache: Path, tmp_path: Path):
@@ -214,8 +219,3 @@ def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, ca
                                             rf".*lower train.batch_size \(full log: {failed / 'train.log'}\)"):
         run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.batch_size=64"], 1, cache, out)
     assert "lower train.batch_size" in (failed / "train.log").read_text()
-    ax = comparison_figure(rows).axes[0]
-    assert ax.get_ylabel() == "mAP (%)" and [t.get_text() for t in ax.get_xticklabels()] == [
-        "refine=on,template=a_long_template_name (reference)", "refine=off,template=a_long_template_name ★"]
-    assert sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_label().startswith("baseline")) == [
-        10.0, 20.0, 25.0, 40.0]
