@@ -22,6 +22,7 @@ from rich.console import Console
 from test_ui import columns, squeezed
 
 from anim_clip.cache.extract import extract
+from anim_clip.cache.inspect import verify_cache
 from anim_clip.demo import demo_config
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError
@@ -121,6 +122,7 @@ def test_finished_cells_are_kept_and_eval_reads_the_stored_baselines(data: Path,
     again = json.loads((tmp_path / "eval" / "eval.json").read_text())["baselines"]  # NaN group figures compare as JSON's
     assert again == json.loads((out / "refine=on" / "seed0" / "eval.json").read_text())["baselines"]
     assert stored_baselines(cache) == [stored.name] and stored.stat().st_mtime_ns == stored_at
+    assert verify_cache(cache) == []  # the store is no part of the features: the cache stays sound
     with pytest.raises(AnimClipError, match=r"--reference 'refine=maybe' is no combination of this sweep; choose one "
                                             r"of refine=on, refine=off"):
         run_sweep("demo", overrides(data), GRID, 1, cache, out, reference="refine=maybe")
