@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from processes import run_cli, unprivileged
 from test_ui import columns, squeezed
 
 from anim_clip.cache.extract import extract
@@ -221,3 +223,16 @@ def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, ca
                                             rf".*lower train.batch_size \(full log: {failed / 'train.log'}\)"):
         run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.batch_size=64"], 1, cache, out)
     assert "lower train.batch_size" in (failed / "train.log").read_text()
+
+
+def test_a_cache_that_cannot_be_written_still_gets_its_baselines(data: Path, cache: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(demo_config(data, [*OVERRIDES, "train.epochs=1"]), cache=cache, out=run, progress=False)
+    shutil.rmtree(cache / STORE)
+    for folder in (cache, *(p for p in cache.rglob("*") if p.is_dir())):
+        folder.chmod(0o555)
+    proc = run_cli("eval", str(run), "--cache", str(cache), "--out", str(tmp_path / "eval"), wrap=unprivileged())
+    assert f"baselines not stored in {cache} (Permission denied): computed for this report only" in " ".join(
+        proc.stdout.split()), proc.stdout
+    again = json.loads((tmp_path / "eval" / "eval.json").read_text())["baselines"]
+    assert again == json.loads((run / "eval.json").read_text())["baselines"] and not (cache / STORE).exists()

@@ -192,9 +192,13 @@ def baseline_key(cache: FeatureCache, data: dict[str, CachedSplitData], split: s
                       "max_iter": PROBE_MAX_ITER, "tolerance": PROBE_TOLERANCE, "seed": PROBE_SEED}}
 
 
+def _key_text(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
 def baseline_file(cache: FeatureCache, split: str, key: dict[str, Any]) -> Path:
     """Where the baselines of ``key`` are stored: ``CACHE/.baselines/<split>-<digest>.npz``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    digest = hashlib.sha256(_key_text(key).encode()).hexdigest()[:20]
     return cache.path / STORE / f"{split}-{digest}.npz"
 
 
@@ -203,7 +207,7 @@ def _read_stored(path: Path, key: dict[str, Any]) -> tuple[dict[str, np.ndarray]
     if not path.exists():
         return None
     with np.load(path) as stored:
-        if json.loads(str(stored["key"])) != json.loads(json.dumps(key, sort_keys=True, default=str)):
+        if str(stored["key"]) != _key_text(key):
             return None
         scores = {name: stored[name] for name in ("zero_shot", "linear_probe")}
         return scores, {"linear_probe": {"C": float(stored["probe_C"])}}
@@ -212,7 +216,7 @@ def _read_stored(path: Path, key: dict[str, Any]) -> tuple[dict[str, np.ndarray]
 def _store(path: Path, key: dict[str, Any], scores: dict[str, np.ndarray], notes: dict[str, dict[str, float]]) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
-            np.savez(f, key=json.dumps(key, sort_keys=True, default=str), probe_C=notes["linear_probe"]["C"], **scores)
+            np.savez(f, key=_key_text(key), probe_C=notes["linear_probe"]["C"], **scores)
 
     atomic_write(path, write)
 
@@ -228,8 +232,7 @@ def cached_baselines(cache: FeatureCache, data: dict[str, CachedSplitData], spli
         path.parent.mkdir(exist_ok=True)
         lock = path.with_suffix(".lock").open("a")
     except OSError as e:
-        console.print(f"[yellow]baselines not stored ({cache.path} cannot be written: {e.strerror}); computing them[/]",
-                      soft_wrap=True, highlight=False)
+        _not_stored(cache, e)
         return compute_baselines(cache, data, split, cfg, multilabel)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -237,5 +240,13 @@ def cached_baselines(cache: FeatureCache, data: dict[str, CachedSplitData], spli
         if stored is not None:
             return stored
         scores, notes = compute_baselines(cache, data, split, cfg, multilabel)
-        _store(path, key, scores, notes)
+        try:
+            _store(path, key, scores, notes)
+        except OSError as e:  # a full disk: the report still gets its baselines
+            _not_stored(cache, e)
         return scores, notes
+
+
+def _not_stored(cache: FeatureCache, error: OSError) -> None:
+    console.print(f"[yellow]baselines not stored in {cache.path} ({error.strerror or error}): computed for this "
+                  "report only[/]", soft_wrap=True, highlight=False)
