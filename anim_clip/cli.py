@@ -273,18 +273,20 @@ def eval_cmd(
 def sweep_cmd(
     config: ConfigArg,
     cache: Annotated[Path, typer.Option(help="The feature cache every run trains on.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run directory per combination and seed, comparison.csv/json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run directory per combination and seed, comparison.csv/json/png.")],
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="An axis of the grid, e.g. --grid model.refine=on,off (repeatable; every combination runs).")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per combination (train.seed, train.seed+1, ...).")] = 1,
-    parallel: Annotated[int, typer.Option(min=1, help="Runs training at once (they share the CPU threads; on a GPU, as many as fit).")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, help="Runs training at once, each in a worker process that keeps the cache in memory for all its runs; they share the device and the CPU threads.")] = 1,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="The combination the others are compared with, named as in the table, e.g. refine=on (default: the first).")] = None,
     allow_incomplete: AllowIncompleteOpt = False,
     set_: SetOpt = None,
 ) -> None:
-    """Ablations in one command: train every combination of the grid × seeds on the same cache, then print one
-    comparison table (mean ± std over seeds) and write it as CSV and JSON. Re-running continues an interrupted sweep."""
+    """Ablations in one command: train every combination of the grid × seeds on the same cache (loaded once; the
+    baselines fitted once and stored in it), then print one comparison table (mean ± std over seeds, the difference to
+    a reference, the baselines once) and write it as CSV, JSON and a plot. Re-running continues an interrupted sweep."""
     from anim_clip.train.sweep import run_sweep
 
-    run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete)
+    run_sweep(config, set_ or [], grid or [], seeds, cache, out, parallel, allow_incomplete, reference)
 
 
 EventsThresholdOpt = Annotated[float, typer.Option("--events-threshold", help="With --window: the score (0 to 1] at which a moment counts as a behaviour, for events.csv (one row per stretch an action holds), time_budgets.csv (each video's share of time per behaviour) and budget_<video>.png, and for the Camtrap DP observations.")]

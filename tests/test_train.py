@@ -1,4 +1,4 @@
-"""Phase two on a real cache: the engine, resume after a kill, selection, eval, sweep, and the
+"""Phase two on a real cache: the engine, resume after a kill, selection, eval, and the
 pieces (losses, schedule, parameter groups, mixing) against independent formulas."""
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from anim_clip.models.features import Batch
 from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import param_groups
 from anim_clip.train.schedule import WarmupCosine, learning_rate
-from anim_clip.train.sweep import run_sweep
 
 OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
              "train.batch_size=4", "train.accumulation=2", "train.epochs=3", "train.warmup_epochs=1", "train.log_every=1"]
@@ -360,26 +359,6 @@ def test_a_full_disk_during_extraction_is_one_line(data: Path, tmp_path: Path):
                    wrap=size_limited(8192))
     assert proc.returncode == 2 and proc.stdout.splitlines()[-1] == "error: File too large, writing this command's output"
     assert "Traceback" not in proc.stdout + proc.stderr
-
-
-def test_sweep_compares_and_resumes(data: Path, cache: Path, tmp_path: Path):
-    overrides = [*OVERRIDES, "train.epochs=1", f"data.annotations={data}", f"data.root={data / 'videos'}"]
-    rows = run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path, parallel=2)
-    assert [r["combination"] for r in rows] == ["refine=on", "refine=off"] and all(r["seeds"] == 2 for r in rows)
-    metric = rows[0]["metric"]
-    on = [json.loads((tmp_path / "refine=on" / f"seed{s}" / "eval.json").read_text())[metric] for s in (0, 1)]
-    assert rows[0][f"{metric} mean (%)"] == pytest.approx(100 * np.mean(on))
-    assert rows[0][f"{metric} std (%)"] == pytest.approx(100 * np.std(on))
-    for name, title in (("frequency", "frequency"), ("zero_shot", "zero-shot"), ("linear_probe", "linear probe")):
-        baseline = [json.loads((tmp_path / "refine=off" / f"seed{s}" / "eval.json").read_text())["baselines"][name][metric]
-                    for s in (0, 1)]
-        assert rows[1][f"{title} {metric} mean (%)"] == pytest.approx(100 * np.mean(baseline))
-        assert rows[1][f"{title} {metric} std (%)"] == pytest.approx(100 * np.std(baseline))
-    assert load_checkpoint(tmp_path / "refine=off" / "seed1" / "last.pt").config.model.refine is False
-    stamp = (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns
-    run_sweep("demo", overrides, ["model.refine=on,off"], 2, cache, tmp_path)  # finished runs are not retrained
-    assert (tmp_path / "refine=on" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
-    assert (tmp_path / "comparison.csv").read_text().startswith(f"combination,seeds,metric,{metric} mean (%)")
 
 
 def test_losses_match_their_formulas():

@@ -111,12 +111,11 @@ def test_the_sweep_comparison_keeps_every_name_at_any_width(sweep: list[SweepRun
     out = io.StringIO()
     Console(file=out, width=width, color_system=None).print(comparison_table(rows))
     text = out.getvalue()
-    title = f"sweep ({rows[0]['metric']} primary; %, mean ± std over seeds)"
-    assert squeezed(title) in squeezed(text)
-    keys = [k.removesuffix(" mean (%)") for k in rows[0] if k.endswith(" mean (%)")]
+    assert squeezed(f"sweep: test {rows[0]['metric']} (%), mean ± std over seeds") in squeezed(text)
     head, body = columns(text)
-    assert head == [squeezed(h) for h in ["combination", "seeds", *keys]], text
-    assert squeezed("".join(r["combination"] for r in rows)) == body[0], text
+    assert head == [squeezed(h) for h in ["combination", "seeds", "mAP", "Δ mAP vs reference", "head mAP",
+                                          "middle mAP", "tail mAP", "best"]], text
+    assert body[0].startswith(squeezed("".join(r["combination"] for r in rows))), text  # then the baselines, named
     assert "…" not in text and max(map(len, text.splitlines())) <= width
 
 
@@ -124,7 +123,7 @@ def test_comparison_csv_and_json_are_in_percent_and_say_so(sweep: list[SweepRun]
     write_comparison(comparison_rows(sweep), tmp_path)
     with (tmp_path / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
-    figures = [k for k in rows[0] if k not in ("combination", "seeds", "metric")]
+    figures = [k for k in rows[0] if k not in ("combination", "seeds", "metric", "reference")]
     assert figures and all(k.endswith(" mean (%)") or k.endswith(" std (%)") for k in figures), figures
     reports = [json.loads((run.path / "eval.json").read_text()) for run in sweep[:2]]
     assert all(r["unit"] == "fraction" for r in reports)

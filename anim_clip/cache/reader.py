@@ -239,12 +239,13 @@ def pending_note(data: dict[str, CachedSplitData]) -> dict[str, dict[str, int]]:
     return {"pending_clips": pending} if pending else {}
 
 
-def open_cached_data(cfg: Config, cache_path: str | Path, dataset: Dataset, device: torch.device,
+def open_cached_data(cfg: Config, cache_path: str | Path | FeatureCache, dataset: Dataset, device: torch.device,
                      needs_patches: bool, allow_incomplete: bool = False, use: tuple[str, ...] = SPLITS
                      ) -> tuple[FeatureCache, dict[str, CachedSplitData]]:
     """Train (and validation, when ``train.val_fraction`` > 0) and test data from the cache. The
-    splits the caller will ``use`` must be finite and, unless ``allow_incomplete``, fully extracted."""
-    cache = FeatureCache(cache_path)
+    splits the caller will ``use`` must be finite and, unless ``allow_incomplete``, fully extracted.
+    An opened cache may be given (a sweep's, whose splits stay read)."""
+    cache = cache_path if isinstance(cache_path, FeatureCache) else FeatureCache(cache_path)
     check_cache(cfg, cache, needs_patches)
     check_vocabulary(cache, dataset)
     for name in SPLITS:

@@ -13,12 +13,26 @@
 
 Zero-shot and probe scores are formed per view (softmax or sigmoid per ``eval.scores`` for
 zero-shot; the probe's own probabilities) and averaged over a clip's views, as the head's are.
+
+The baselines are properties of the cache, not of a training run (the probe's seed is
+:data:`PROBE_SEED`, not ``train.seed``): their scores are stored in the cache folder,
+``CACHE/.baselines/<split>-<key>.npz``, under a key of everything they depend on (the cache's
+signature, the clips fitted and scored, the text, the settings), so every run of a sweep, ``eval``
+and later sweeps on the same cache read them instead of fitting the probe again. They live in the
+cache because they belong to its content: they go where it goes and die with it, and a store only
+grows by clips marked done, whose features never change. A cache folder that cannot be written
+(read-only, shared) still gets its baselines, computed each time.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +45,8 @@ from anim_clip.config import Config
 from anim_clip.data.dataset import hold_out
 from anim_clip.evaluate.metrics import mean_average_precision, topk_accuracy
 from anim_clip.evaluate.scoring import probabilities
+from anim_clip.io import atomic_write
+from anim_clip.ui import console
 
 TITLES = {"frequency": "frequency", "zero_shot": "zero-shot", "linear_probe": "linear probe"}
 PROBE_C = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strengths tried on the held-out share (standardised features)
@@ -38,6 +54,9 @@ PROBE_VAL_FRACTION = 0.2  # of the training clips, to choose C; the probe is the
 PROBE_MAX_VIEWS = 20_000  # training views a fit uses at most: a seeded subsample beyond (AK has 96 000)
 PROBE_MAX_ITER = 500  # L-BFGS iterations at most
 PROBE_TOLERANCE = 1e-4  # on the largest gradient entry of the mean loss (scikit-learn's default tol)
+PROBE_SEED = 0  # the held-out share and the subsample: one probe per cache and split, whatever the run's seed
+STORE_VERSION = 1  # raise when a baseline's computation changes: stored scores of an older one are not read
+STORE = ".baselines"  # folder in the cache holding the stored baseline scores
 CLIP_CHUNK = 1024  # clips whose frame features are converted to fp32 at once
 
 
@@ -145,12 +164,89 @@ def train_probe(features: Tensor, targets: Tensor, multilabel: bool, seed: int) 
     return fit_probe(features, targets, multilabel, PROBE_C[best], seed)
 
 
-def cached_baselines(cache: FeatureCache, data: dict[str, CachedSplitData], split: str, cfg: Config,
-                     multilabel: bool) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+def compute_baselines(cache: FeatureCache, data: dict[str, CachedSplitData], split: str, cfg: Config,
+                      multilabel: bool) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """Zero-shot and linear-probe scores ``(N, C)`` of the clips of ``data[split]`` (the probe fitted on
     ``data["train"]``), and what their reports add: the probe's ``C``."""
     text = class_text(cache, "actions", cfg.data.descriptions is not None, cfg.model.pooling)
-    probe = train_probe(temporal_statistics(data["train"]), data["train"].targets(), multilabel, cfg.train.seed)
+    probe = train_probe(temporal_statistics(data["train"]), data["train"].targets(), multilabel, PROBE_SEED)
     scores = {"zero_shot": zero_shot_scores(data[split], text, cfg),
               "linear_probe": probe.scores(temporal_statistics(data[split]))}
     return scores, {"linear_probe": {"C": probe.C}}
+
+
+def _rows_digest(rows: Tensor) -> str:
+    return hashlib.sha256(rows.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
+
+
+def baseline_key(cache: FeatureCache, data: dict[str, CachedSplitData], split: str, cfg: Config,
+                 multilabel: bool) -> dict[str, Any]:
+    """Everything :func:`compute_baselines` depends on: the cache's signature, the rows scored and
+    fitted (a clip's features never change once done), the class text, the settings and constants."""
+    descriptions = cfg.data.descriptions is not None
+    return {"version": STORE_VERSION, "cache": cache.attrs, "split": split,
+            "rows": _rows_digest(data[split].indices), "train_rows": _rows_digest(data["train"].indices),
+            "text": {"descriptions": descriptions, "pooling": cfg.model.pooling if descriptions else None},
+            "logit_scale": cfg.model.logit_scale, "scores": cfg.eval.scores, "multilabel": multilabel,
+            "probe": {"C": PROBE_C, "val_fraction": PROBE_VAL_FRACTION, "max_views": PROBE_MAX_VIEWS,
+                      "max_iter": PROBE_MAX_ITER, "tolerance": PROBE_TOLERANCE, "seed": PROBE_SEED}}
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def baseline_file(cache: FeatureCache, split: str, key: dict[str, Any]) -> Path:
+    """Where the baselines of ``key`` are stored: ``CACHE/.baselines/<split>-<digest>.npz``."""
+    digest = hashlib.sha256(_key_text(key).encode()).hexdigest()[:20]
+    return cache.path / STORE / f"{split}-{digest}.npz"
+
+
+def _read_stored(path: Path, key: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]] | None:
+    """The stored baselines of ``key``, None when there are none (or a file of another key)."""
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        if str(stored["key"]) != _key_text(key):
+            return None
+        scores = {name: stored[name] for name in ("zero_shot", "linear_probe")}
+        return scores, {"linear_probe": {"C": float(stored["probe_C"])}}
+
+
+def _store(path: Path, key: dict[str, Any], scores: dict[str, np.ndarray], notes: dict[str, dict[str, float]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, key=_key_text(key), probe_C=notes["linear_probe"]["C"], **scores)
+
+    atomic_write(path, write)
+
+
+def cached_baselines(cache: FeatureCache, data: dict[str, CachedSplitData], split: str, cfg: Config,
+                     multilabel: bool) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """:func:`compute_baselines`, read from the cache's store when computed before for the same
+    :func:`baseline_key`, else computed and stored. Processes asking at once (a sweep's workers)
+    wait on one lock, so one of them fits and the others read."""
+    key = baseline_key(cache, data, split, cfg, multilabel)
+    path = baseline_file(cache, split, key)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        lock = path.with_suffix(".lock").open("a")
+    except OSError as e:
+        _not_stored(cache, e)
+        return compute_baselines(cache, data, split, cfg, multilabel)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = _read_stored(path, key)
+        if stored is not None:
+            return stored
+        scores, notes = compute_baselines(cache, data, split, cfg, multilabel)
+        try:
+            _store(path, key, scores, notes)
+        except OSError as e:  # a full disk: the report still gets its baselines
+            _not_stored(cache, e)
+        return scores, notes
+
+
+def _not_stored(cache: FeatureCache, error: OSError) -> None:
+    console.print(f"[yellow]baselines not stored in {cache.path} ({error.strerror or error}): computed for this "
+                  "report only[/]", soft_wrap=True, highlight=False)

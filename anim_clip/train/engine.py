@@ -30,8 +30,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from anim_clip.cache.extract import encode_class_texts
+from anim_clip.cache.store import FeatureCache
 from anim_clip.config import Config, config_changes
-from anim_clip.data.dataset import Dataset, load_dataset
+from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.cached import eval_context, evaluate_split, final_report, write_report
 from anim_clip.evaluate.report import EvalContext, primary_metric
@@ -43,6 +44,7 @@ from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.models.species import conditions_on_predictor
 from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text, with_cache_decoder
 from anim_clip.train.cached import CachedTrainData
+from anim_clip.train.inputs import Inputs
 from anim_clip.runtime.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
 from anim_clip.models.features import Batch
@@ -149,7 +151,7 @@ def _set_deterministic(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _cached_mode(cfg: Config, cache: str | Path, dataset: Dataset, ctx: EvalContext, dist: Distributed,
+def _cached_mode(cfg: Config, cache: FeatureCache, dataset: Dataset, ctx: EvalContext, dist: Distributed,
                  allow_incomplete: bool) -> Mode:
     cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
                                        allow_incomplete)
@@ -180,14 +182,15 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
 def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
           select_on_test: bool = False, progress: bool = True, device: torch.device | None = None,
           init_head: str | Path | None = None, allow_incomplete: bool = False,
-          allow_config_change: bool = False) -> TrainResult:
+          allow_config_change: bool = False, inputs: Inputs | None = None) -> TrainResult:
     """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached; on the clips
     extracted so far only if ``allow_incomplete``), or the whole model on the raw videos of
     ``cfg.data`` (e2e, optionally warm-started from the head of a cached run, ``init_head``; a
     resumed run takes its head from its own ``last.pt`` instead).
 
     A resumed run keeps the config its ``last.pt`` was trained with unless ``allow_config_change``;
-    nothing is written to ``out`` until everything before the first epoch has succeeded."""
+    nothing is written to ``out`` until everything before the first epoch has succeeded. ``inputs``
+    (a sweep's) gives the dataset and cache already opened by earlier runs."""
     if cfg.train.mode == "cached" and cache is None:
         raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
     if cfg.train.mode == "e2e" and cache is not None:
@@ -206,10 +209,11 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
         cfg = with_cache_decoder(cfg, cache)
     changes = _config_changes(run, saved, cfg, allow_config_change)
     _set_deterministic(cfg)
-    dataset = load_dataset(cfg.data)
+    inputs = inputs or Inputs()
+    dataset = inputs.dataset(cfg.data)
     ctx = eval_context(dataset, cfg)
     if cfg.train.mode == "cached":
-        mode = _cached_mode(cfg, cache, dataset, ctx, dist, allow_incomplete)
+        mode = _cached_mode(cfg, inputs.cache(cache), dataset, ctx, dist, allow_incomplete)
     else:
         mode = _e2e_mode(cfg, dataset, ctx, dist, None if resume else init_head)
     freeze_dead_parameters(mode.model)
