@@ -112,6 +112,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 16
     accumulation: int = 4
+    min_steps_per_epoch: int = 1  # a small training set trains in smaller batches to take this many steps an epoch
     lr: float = 8e-6  # backbone (e2e mode)
     head_lr: float = 8e-5  # message tokens, MIT, prompts, graph
     min_lr: float = 8e-8
