@@ -328,8 +328,8 @@ def test_a_rerun_over_a_run_killed_in_its_first_epoch_starts_clean(data: Path, c
 def test_a_train_failing_before_its_first_epoch_leaves_no_run_directory(data: Path, cache: Path, tmp_path: Path):
     with pytest.raises(CacheError, match="no feature cache here"):
         train(cfg_for(data), cache=tmp_path / "absent.zarr", out=tmp_path / "run", progress=False)
-    with pytest.raises(AnimClipError, match="lower train.batch_size"):
-        train(cfg_for(data, "train.batch_size=64"), cache=cache, out=tmp_path / "run", progress=False)
+    with pytest.raises(AnimClipError, match="lower train.accumulation"):  # 20 clips cannot fill 32 batches
+        train(cfg_for(data, "train.accumulation=32"), cache=cache, out=tmp_path / "run", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
