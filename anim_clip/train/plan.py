@@ -27,7 +27,8 @@ def batches_per_epoch(clips: int, batch_size: int, world: int, accumulation: int
     batches = accumulation * max(filled, min(min_steps, clips // (world * accumulation)))
     if clips // batches < world:
         raise AnimClipError(f"{clips} training clips cannot give each of {world} process(es) a clip in each of "
-                            f"{batches} batches (train.accumulation={accumulation}): lower train.accumulation")
+                            f"{batches} batches (train.accumulation={accumulation}): lower train.accumulation"
+                            + (" or run fewer processes" if world > 1 else ""))
     return batches
 
 
