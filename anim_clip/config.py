@@ -139,6 +139,8 @@ class TrainConfig:
     epochs: int = ranged(30, low=1)
     batch_size: int = ranged(16, low=1)
     accumulation: int = ranged(4, low=1)
+    # a small training set trains in smaller batches to take this many steps an epoch
+    min_steps_per_epoch: int = ranged(1, low=1)
     lr: float = ranged(8e-6, low=0)  # backbone (e2e mode)
     head_lr: float = ranged(8e-5, low=0)  # message tokens, MIT, prompts, graph (0: kept as loaded, e2e)
     min_lr: float = ranged(8e-8, low=0)

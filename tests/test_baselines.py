@@ -190,7 +190,7 @@ def test_eval_json_and_the_eval_table_carry_every_baseline(run: Path, data: Path
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["baselines"] == baselines
     header = next(line for line in proc.stdout.splitlines() if "metric" in line)
-    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["metric", "head", "frequency", "zero-shot",
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["metric", "Animal-CLIP", "frequency", "zero-shot",
                                                                   "linear probe"]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("│ mAP "))
     assert [c.strip() for c in row.strip("│ ").split("│")][1:] == [

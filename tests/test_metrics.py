@@ -14,6 +14,7 @@ from anim_clip.evaluate.metrics import (
     group_means,
     group_topk_accuracy,
     inconsistency_rate,
+    long_tail_thresholds,
     mean_average_precision,
     per_class_accuracy,
     topk_accuracy,
@@ -46,6 +47,52 @@ def test_ak_groups_reproduce_the_release_lists():
     assert groups["middle"].tolist() == [5, 7, 8, 10, 13, 16, 25, 26, 27, 32, 39, 45, 46, 47, 49, 51, 58, 65, 80,
                                          84, 96, 97, 99, 103, 105, 108, 112, 114, 116, 118, 120, 135]
     assert len(groups["tail"]) == 90
+
+
+def test_ak_keeps_its_configured_thresholds():
+    train = load_dataset(DataConfig(format="ak")).targets("train").sum(0)
+    assert long_tail_thresholds(train, 500, 100) == {"head_min": 500, "tail_max": 100, "derived": None}
+
+
+def test_a_small_training_set_gets_groups_from_its_own_counts():
+    """48 demo clips: every class has fewer than 30 clips, so AK-style thresholds call every class tail."""
+    counts = np.array([8, 7, 5, 4, 7, 14, 8])
+    assert [len(ids) for ids in frequency_groups(counts, 50, 30).values()] == [0, 0, 7]
+    thresholds = long_tail_thresholds(counts, 50, 30)
+    assert (thresholds["head_min"], thresholds["tail_max"]) == (8, 7)  # sorted 4 5 7 7 8 8 14, cut at the thirds
+    assert thresholds["derived"] == ("the configured eval.head_min=50, eval.tail_max=30 left head and middle empty; "
+                                     "cut at the thirds of the training counts instead")
+    groups = frequency_groups(counts, thresholds["head_min"], thresholds["tail_max"])
+    assert {k: v.tolist() for k, v in groups.items()} == {"head": [5], "middle": [0, 1, 4, 6], "tail": [2, 3]}
+    distinct = long_tail_thresholds(np.arange(1, 10), 50, 30)
+    assert [len(ids) for ids in frequency_groups(np.arange(1, 10), distinct["head_min"], distinct["tail_max"]).values()] == [3, 3, 3]
+
+
+def test_the_table_names_the_model_column_and_the_groups_thresholds():
+    from anim_clip.config import EvalConfig
+    from anim_clip.evaluate.report import EvalContext, evaluation_report, report_table
+    from anim_clip.ui import console
+
+    rng = np.random.default_rng(3)
+    counts = np.array([8, 7, 5, 4, 7, 14, 8])
+    targets = np.eye(7)[rng.integers(0, 7, 30)]
+    ctx = EvalContext(actions=list("abcdefg"), train_counts=counts, can_perform=np.ones((2, 7), bool), multilabel=True)
+    report = evaluation_report(rng.random((30, 7)), targets, np.eye(2)[rng.integers(0, 2, 30)], ctx,
+                               EvalConfig(head_min=50, tail_max=30))
+    assert report["long_tail"] == long_tail_thresholds(counts, 50, 30) and report["groups"]["head"] == ["f"]
+    with console.capture() as captured:
+        console.print(report_table(report, "test"), width=200)
+    text = captured.get()
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["metric", "Animal-CLIP", "frequency"]
+    assert "head mAP (1 class)" in text and "tail mAP (2 classes)" in text
+    caption = " ".join(text.split("┘")[-1].split())  # under the table, wrapped to its width
+    assert caption.startswith("groups by training clips per class: head > 8, tail < 7 (the configured eval.head_min=50")
+    configured = evaluation_report(rng.random((30, 7)), targets, np.zeros((30, 2)), ctx, EvalConfig(head_min=7, tail_max=5))
+    assert configured["long_tail"]["derived"] is None
+    with console.capture() as captured:
+        console.print(report_table(configured, "test"), width=200)
+    assert "head > 7, tail < 5 (eval.head_min, eval.tail_max)" in " ".join(captured.get().split())
 
 
 def test_group_means_ignore_undefined_classes():

@@ -31,11 +31,13 @@ from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.plots import training_curves_figure
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.models.features import FrameFeatures
-from anim_clip.train.engine import train
+from anim_clip.train.cached import CachedTrainData
+from anim_clip.train.engine import epoch_generator, train
 from anim_clip.train.losses import LOSSES
 from anim_clip.models.features import Batch
 from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import param_groups
+from anim_clip.train.plan import EpochPlan, batches_per_epoch
 from anim_clip.train.schedule import WarmupCosine, learning_rate
 
 OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
@@ -326,8 +328,8 @@ def test_a_rerun_over_a_run_killed_in_its_first_epoch_starts_clean(data: Path, c
 def test_a_train_failing_before_its_first_epoch_leaves_no_run_directory(data: Path, cache: Path, tmp_path: Path):
     with pytest.raises(CacheError, match="no feature cache here"):
         train(cfg_for(data), cache=tmp_path / "absent.zarr", out=tmp_path / "run", progress=False)
-    with pytest.raises(AnimClipError, match="lower train.batch_size"):
-        train(cfg_for(data, "train.batch_size=64"), cache=cache, out=tmp_path / "run", progress=False)
+    with pytest.raises(AnimClipError, match="lower train.accumulation"):  # 20 clips cannot fill 32 batches
+        train(cfg_for(data, "train.accumulation=32"), cache=cache, out=tmp_path / "run", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -376,8 +378,10 @@ def test_losses_match_their_formulas():
 
 
 def test_schedule_warmup_cosine_and_floor():
-    assert learning_rate(0, 1.0, 0.01, 100, 10) == 0
-    assert learning_rate(5, 1.0, 0.01, 100, 10) == pytest.approx(0.5)
+    assert learning_rate(0, 1.0, 0.01, 100, 10) == pytest.approx(0.1)  # the first step already moves the weights
+    assert learning_rate(4, 1.0, 0.01, 100, 10) == pytest.approx(0.5)
+    assert learning_rate(9, 1.0, 0.01, 100, 10) == pytest.approx(1.0)  # the warm-up's last step reaches the rate
+    assert learning_rate(0, 1.0, 0.01, 100, 1) == pytest.approx(1.0)
     assert learning_rate(50, 1.0, 0.01, 100, 10) == pytest.approx(0.01 + 0.99 * 0.5)  # cosine counted from step 0
     assert learning_rate(100, 1.0, 0.01, 100, 10) == pytest.approx(0.01)
     model = torch.nn.Linear(2, 2)
@@ -421,3 +425,65 @@ def test_mixing_keeps_mass_and_mixes_species():
         del lam, partner
     unmixed = mix_batch(batch, mixup_alpha=0.8, cutmix_alpha=0.0, mix_species=False, generator=g)
     assert torch.equal(unmixed.species, batch.species)
+
+
+@pytest.mark.parametrize("clips, batch_size, world, accumulation, min_steps, batches", [
+    (48, 32, 1, 1, 1, 2),  # the issue's 48 clips: two batches of 24, not one of 32 and 16 unseen
+    (240, 32, 1, 1, 1, 8),
+    (47, 32, 1, 1, 8, 8),  # a small set takes smaller batches, not fewer steps
+    (20, 4, 1, 2, 1, 6),
+    (16, 2, 2, 2, 1, 4),
+    (5, 4, 2, 1, 8, 2),  # as many batches as keep a clip on every process
+])
+def test_every_clip_every_epoch_in_even_batches(clips, batch_size, world, accumulation, min_steps, batches):
+    assert batches_per_epoch(clips, batch_size, world, accumulation, min_steps) == batches
+    order = torch.randperm(clips, generator=torch.Generator().manual_seed(clips))
+    plans = [EpochPlan(0, clips, batches, accumulation, rank, world) for rank in range(world)]
+    shares = [plan.slices(order) for plan in plans]
+    seen = torch.cat([share[b] for b in range(batches) for share in shares])
+    assert sorted(seen.tolist()) == list(range(clips))  # every clip once: no remainder dropped
+    sizes = [sum(len(share[b]) for share in shares) for b in range(batches)]
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) <= batch_size * world and min(sizes) >= world
+    for step in range(batches // accumulation):
+        in_step = range(step * accumulation, (step + 1) * accumulation)
+        step_clips = sum(sizes[b] for b in in_step)
+        # DDP's mean over ranks of the weighted rank losses, summed over the step's batches, is the
+        # mean over the step's clips: each clip weighs 1 / step_clips, on every rank and batch
+        for plan, share in zip(plans, shares):
+            for b in in_step:
+                assert plan.loss_weight(b) / world == pytest.approx(len(share[b]) / step_clips)
+
+
+def test_too_few_clips_for_the_batches_is_one_line():
+    with pytest.raises(AnimClipError, match=r"3 training clips cannot give each of 1 process\(es\) a clip in each of "
+                                            r"4 batches \(train.accumulation=4\): lower train.accumulation"):
+        batches_per_epoch(3, 4, 1, 4)
+
+
+def test_an_epoch_of_cached_batches_covers_every_clip(data: Path, cache: Path):
+    from anim_clip.cache.reader import open_cached_data
+
+    cfg = cfg_for(data)
+    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    train_data = CachedTrainData(splits["train"])
+    clips = len(train_data.indices)
+    batches = batches_per_epoch(clips, 8, 1, 1)
+    seen = [len(batch.targets) for batch in train_data.epoch_batches(EpochPlan(0, clips, batches, 1, 0, 1),
+                                                                     epoch_generator(0, 0))]
+    assert sum(seen) == clips and len(seen) == batches == 3 and max(seen) - min(seen) <= 1
+
+
+def test_one_line_per_epoch_and_the_schedule_in_steps(data: Path, cache: Path, tmp_path: Path):
+    """The console gets one line per epoch (and one bar for the whole run); metrics.jsonl one record per
+    epoch; a small set with train.min_steps_per_epoch takes that many steps, the first above rate 0."""
+    overrides = [f"--set={o}" for o in (*OVERRIDES, "train.log_every=1000", "train.min_steps_per_epoch=10",
+                                        "train.accumulation=1", f"data.annotations={data}", f"data.root={data}/videos")]
+    proc = run_cli("train", "demo", "--cache", str(cache), "--out", str(tmp_path / "run"), *overrides)
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if ": loss " in line] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert sum("steps/s" in line for line in lines) == 1, proc.stdout  # the run's bar, once at its end (not a tty)
+    records = _records(tmp_path / "run")
+    # 20 clips at batch 4 would make 5 steps an epoch; at least 10 asked: 10 batches of 2
+    assert [(r["kind"], r["epoch"], r["step"]) for r in records] == [("epoch", 1, 10), ("epoch", 2, 20),
+                                                                     ("epoch", 3, 30)]
+    assert records[0]["lr"] == pytest.approx(cfg_for(data).train.head_lr)  # one warm-up epoch of 10 steps, ended

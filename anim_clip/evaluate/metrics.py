@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -59,6 +61,22 @@ def frequency_groups(train_counts: ArrayLike, head_min: int, tail_max: int) -> d
     tail = np.flatnonzero(counts < tail_max)
     middle = np.flatnonzero((counts >= tail_max) & (counts <= head_min))
     return {"head": head, "middle": middle, "tail": tail}
+
+
+def long_tail_thresholds(train_counts: ArrayLike, head_min: int, tail_max: int) -> dict[str, Any]:
+    """The thresholds the long-tail groups use, and why: the configured ones, unless they leave a
+    group empty (every class "tail" on a small training set); then cut points at the thirds of the
+    classes sorted by training clips (head: the most frequent third, tail: the least), so the group
+    rows compare frequent with rare classes of this training set. Ties can still empty a group."""
+    counts = np.sort(np.asarray(train_counts))
+    configured = {"head_min": int(head_min), "tail_max": int(tail_max)}
+    empty = [name for name, ids in frequency_groups(counts, head_min, tail_max).items() if not len(ids)]
+    if not empty or len(counts) < 3:
+        return {**configured, "derived": None}
+    third = len(counts) // 3
+    derived = {"head_min": int(counts[-1 - third]), "tail_max": int(counts[third])}
+    return {**derived, "derived": f"the configured eval.head_min={head_min}, eval.tail_max={tail_max} left "
+                                  f"{' and '.join(empty)} empty; cut at the thirds of the training counts instead"}
 
 
 def group_means(per_class: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float]:

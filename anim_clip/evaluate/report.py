@@ -18,6 +18,7 @@ from anim_clip.evaluate.metrics import (
     group_means,
     group_topk_accuracy,
     inconsistency_rate,
+    long_tail_thresholds,
     mean_average_precision,
     per_class_accuracy,
     topk_accuracy,
@@ -88,8 +89,10 @@ def metrics_report(scores: np.ndarray, targets: np.ndarray, species: np.ndarray,
         "mAP": mAP,
         "per_class_ap": {a: (None if np.isnan(v) else float(v)) for a, v in zip(ctx.actions, per_class_ap)},
     }
-    groups = frequency_groups(ctx.train_counts, cfg.head_min, cfg.tail_max) if cfg.long_tail else {}
+    thresholds = long_tail_thresholds(ctx.train_counts, cfg.head_min, cfg.tail_max) if cfg.long_tail else None
+    groups = frequency_groups(ctx.train_counts, thresholds["head_min"], thresholds["tail_max"]) if thresholds else {}
     if groups:
+        out["long_tail"] = thresholds
         out["groups"] = {name: [ctx.actions[i] for i in ids] for name, ids in groups.items()}
         out["group_mAP"] = group_means(per_class_ap, groups)
     if not ctx.multilabel:
@@ -135,17 +138,31 @@ def metric_rows(report: dict[str, Any]) -> dict[str, str]:
     return rows
 
 
+MODEL_COLUMN = "Animal-CLIP"  # the trained model's column: not "head", a name the long-tail rows use
+
+
 def report_table(report: dict[str, Any], title: str) -> Table:
-    """The head's metrics and, in a column each beside them, the baselines'; then the species predictor's
-    rows (:func:`_predictor_rows`), the head's alone."""
-    columns = {"head": metric_rows(report)}
+    """The model's metrics and, in a column each beside them, the baselines'; then the species predictor's
+    rows (:func:`_predictor_rows`), the model's alone; under the table, the long-tail groups' thresholds."""
+    columns = {MODEL_COLUMN: metric_rows(report)}
     columns |= {TITLES[name]: metric_rows(baseline) for name, baseline in report.get("baselines", {}).items()}
-    rows = [[label, *(column.get(label, "-") for column in columns.values())] for label in columns["head"]]
+    rows = [[label, *(column.get(label, "-") for column in columns.values())] for label in columns[MODEL_COLUMN]]
     blank = [""] * (len(columns) - 1)
     rows += [[label, value, *blank] for label, value in _predictor_rows(report)]
     for split, count in report.get("pending_clips", {}).items():
         rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count), *blank])
-    return table(f"{title} ({report['clips']} clips, %)", ["metric", *columns], rows)
+    out = table(f"{title} ({report['clips']} clips, %)", ["metric", *columns], rows)
+    out.caption, out.caption_justify = long_tail_note(report), "left"
+    return out
+
+
+def long_tail_note(report: dict[str, Any]) -> str | None:
+    """Which thresholds made the long-tail groups, and why (configured, or derived from the training counts)."""
+    thresholds = report.get("long_tail")
+    if thresholds is None:
+        return None
+    note = f"groups by training clips per class: head > {thresholds['head_min']}, tail < {thresholds['tail_max']}"
+    return note + (f" ({thresholds['derived']})" if thresholds["derived"] else " (eval.head_min, eval.tail_max)")
 
 
 def _predictor_rows(report: dict[str, Any]) -> list[list[str]]:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from rich.progress import Progress, TaskID
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -50,7 +51,7 @@ from anim_clip.train.losses import LOSSES, Loss
 from anim_clip.models.features import Batch
 from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import make_optimizer
-from anim_clip.train.plan import EpochPlan
+from anim_clip.train.plan import EpochPlan, batches_per_epoch
 from anim_clip.runtime.precision import training_autocast
 from anim_clip.runtime.rundir import RunDir, resolve_checkpoint
 from anim_clip.train.schedule import WarmupCosine
@@ -225,13 +226,10 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
             console.print(f"resuming {run.path} after epoch {state.epoch} (step {state.step})")
     model: nn.Module = DistributedDataParallel(mode.model, broadcast_buffers=False) if dist.enabled else mode.model
 
-    global_batch = cfg.train.batch_size * dist.world
-    batches_per_epoch = len(mode.data.indices) // global_batch
-    if batches_per_epoch < cfg.train.accumulation:
-        raise AnimClipError(f"{len(mode.data.indices)} training clips make {batches_per_epoch} batches of "
-                            f"{global_batch}, fewer than train.accumulation={cfg.train.accumulation}: "
-                            "lower train.batch_size")
-    steps_per_epoch = batches_per_epoch // cfg.train.accumulation
+    clips = len(mode.data.indices)
+    batches = batches_per_epoch(clips, cfg.train.batch_size, dist.world, cfg.train.accumulation,
+                                cfg.train.min_steps_per_epoch)
+    steps_per_epoch = batches // cfg.train.accumulation
     schedule = WarmupCosine(optimizer, cfg.train.epochs * steps_per_epoch,
                             round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.min_lr)
     select = "val" if "val" in mode.splits else ("test" if select_on_test else None)
@@ -241,24 +239,27 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
     if dist.is_main:
         run.start(cfg, state.epoch, changes)
 
-    for epoch in range(state.epoch, cfg.train.epochs):
-        plan = EpochPlan(epoch, steps_per_epoch * cfg.train.accumulation, global_batch, dist.rank, dist.world)
-        record = _train_epoch(model, mode, optimizer, schedule, LOSSES[cfg.train.loss], plan, cfg, dist, state,
-                              run, progress)
-        if select is not None:
-            name, value = primary_metric(mode.evaluate(select))
-            record.update(val_metric=value, val_metric_name=f"{select} {name}")
-            if state.best is None or value > state.best:
-                state.best, state.best_epoch = value, epoch + 1
-                if dist.is_main:
-                    save_checkpoint(run.best, mode.model, cfg, vocab=vocab, extra={"epoch": epoch + 1})
-        state.epoch = epoch + 1
-        if dist.is_main:
-            run.log(record)
-            console.print(_summary(record, cfg.train.epochs), highlight=False)
-            save_checkpoint(run.last, mode.model, cfg, vocab=vocab,
-                            extra={"train_state": vars(state).copy(), "optimizer": optimizer.state_dict()})
-        dist.barrier()
+    # one bar for the whole run, and above it one line per epoch
+    with progress_bar("steps", disable=not (progress and dist.is_main)) as bar:
+        task = bar.add_task("training", total=cfg.train.epochs * steps_per_epoch, completed=state.step)
+        for epoch in range(state.epoch, cfg.train.epochs):
+            plan = EpochPlan(epoch, clips, batches, cfg.train.accumulation, dist.rank, dist.world)
+            record = _train_epoch(model, mode, optimizer, schedule, LOSSES[cfg.train.loss], plan, cfg, dist, state,
+                                  run, (bar, task))
+            if select is not None:
+                name, value = primary_metric(mode.evaluate(select))
+                record.update(val_metric=value, val_metric_name=f"{select} {name}")
+                if state.best is None or value > state.best:
+                    state.best, state.best_epoch = value, epoch + 1
+                    if dist.is_main:
+                        save_checkpoint(run.best, mode.model, cfg, vocab=vocab, extra={"epoch": epoch + 1})
+            state.epoch = epoch + 1
+            if dist.is_main:
+                run.log(record)
+                console.print(_summary(record, cfg.train.epochs), highlight=False)
+                save_checkpoint(run.last, mode.model, cfg, vocab=vocab,
+                                extra={"train_state": vars(state).copy(), "optimizer": optimizer.state_dict()})
+            dist.barrier()
 
     report = mode.final()
     report.update(epochs=state.epoch, best_epoch=state.best_epoch, weights="last epoch", **mode.notes)
@@ -291,8 +292,9 @@ def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimize
 
 
 def _summary(record: dict[str, Any], epochs: int) -> str:
-    """The epoch's line: mean loss, throughput, skipped videos, selection metric."""
-    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, {record['clips_per_s']:.1f} clips/s"
+    """The epoch's one line: mean loss, the last step's rate, throughput, skipped videos, selection metric."""
+    line = (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, lr {record['lr']:.1e}, "
+            f"{record['clips_per_s']:.1f} clips/s")
     if record["skipped_clips"]:
         line += f", {record['skipped_clips']} clips skipped (videos that could not be decoded)"
     if "val_metric" in record:
@@ -313,46 +315,45 @@ def batch_loss(model: nn.Module, batch: Batch, loss_fn: Loss) -> torch.Tensor:
 
 def _train_epoch(model: nn.Module, mode: Mode, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
                  loss_fn: Loss, plan: EpochPlan, cfg: Config, dist: Distributed, state: TrainState, run: RunDir,
-                 progress: bool) -> dict[str, Any]:
-    """One epoch; returns its record (mean loss and skipped clips over all ranks, clips/s)."""
+                 progress: tuple[Progress, TaskID]) -> dict[str, Any]:
+    """One epoch, advancing the run's ``progress`` bar; returns its record (mean loss and skipped
+    clips over all ranks, clips/s)."""
     tc = cfg.train
+    bar, task = progress
     generator = epoch_generator(tc.seed, plan.epoch)
-    steps_per_epoch = plan.batches // tc.accumulation
     trained = [p for p in mode.model.parameters() if p.requires_grad]
     model.train()
     losses: list[float] = []
-    started, clips, skipped = time.perf_counter(), 0, 0
-    with progress_bar("steps", disable=not (progress and dist.is_main)) as bar:
-        task = bar.add_task(f"epoch {plan.epoch + 1}/{tc.epochs}", total=steps_per_epoch)
-        for b, batch in enumerate(mode.data.epoch_batches(plan, generator)):
-            skipped += len(batch.skipped)
-            batch = mix_batch(batch, mixup_alpha=tc.mixup_alpha, cutmix_alpha=tc.cutmix_alpha,
-                              mix_species=tc.mix_species, generator=generator)
-            last_micro = (b + 1) % tc.accumulation == 0
-            sync = model.no_sync() if dist.enabled and not last_micro else nullcontext()
-            with sync, training_autocast(cfg, dist.device):
-                loss = batch_loss(model, batch, loss_fn)
-                (loss / tc.accumulation).backward()
-            losses.append(loss.item())
-            clips += len(batch.targets) * dist.world
-            if not last_micro:
-                continue
-            lr = schedule.apply(state.step)
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(trained, tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            mean_loss = float(np.mean(losses[-tc.accumulation:]))
-            bar.update(task, advance=1, description=f"epoch {plan.epoch + 1}/{tc.epochs} loss {mean_loss:.3f} lr {lr:.1e}")
-            if not math.isfinite(mean_loss):
-                raise AnimClipError(f"training diverged at step {state.step} (loss {mean_loss}); lower train.head_lr")
-            if dist.is_main and (state.step % tc.log_every == 0 or state.step % steps_per_epoch == 0):
-                elapsed = time.perf_counter() - started
-                run.log({"kind": "step", "epoch": plan.epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr,
-                         "clips_per_s": clips / elapsed if elapsed else 0.0})
+    started, clips, skipped, lr = time.perf_counter(), 0, 0, 0.0
+    for b, batch in enumerate(mode.data.epoch_batches(plan, generator)):
+        skipped += len(batch.skipped)
+        batch = mix_batch(batch, mixup_alpha=tc.mixup_alpha, cutmix_alpha=tc.cutmix_alpha,
+                          mix_species=tc.mix_species, generator=generator)
+        last_micro = (b + 1) % tc.accumulation == 0
+        sync = model.no_sync() if dist.enabled and not last_micro else nullcontext()
+        with sync, training_autocast(cfg, dist.device):
+            loss = batch_loss(model, batch, loss_fn)
+            (loss * plan.loss_weight(b)).backward()
+        losses.append(loss.item())
+        clips += len(batch.targets) * dist.world
+        if not last_micro:
+            continue
+        lr = schedule.apply(state.step)
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trained, tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        mean_loss = float(np.mean(losses[-tc.accumulation:]))
+        bar.update(task, advance=1, description=f"epoch {plan.epoch + 1}/{tc.epochs} loss {mean_loss:.3f} lr {lr:.1e}")
+        if not math.isfinite(mean_loss):
+            raise AnimClipError(f"training diverged at step {state.step} (loss {mean_loss}); lower train.head_lr")
+        if dist.is_main and state.step % tc.log_every == 0:
+            elapsed = time.perf_counter() - started
+            run.log({"kind": "step", "epoch": plan.epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr,
+                     "clips_per_s": clips / elapsed if elapsed else 0.0})
     elapsed = time.perf_counter() - started
     totals = dist.all_gather_rows(torch.tensor([[float(np.sum(losses)), float(len(losses)), float(skipped)]],
                                                device=dist.device, dtype=torch.float64)).sum(0).tolist()
     return {"kind": "epoch", "epoch": plan.epoch + 1, "step": state.step, "loss": totals[0] / max(totals[1], 1),
-            "skipped_clips": int(totals[2]), "clips_per_s": clips / elapsed if elapsed else 0.0}
+            "lr": lr, "skipped_clips": int(totals[2]), "clips_per_s": clips / elapsed if elapsed else 0.0}

@@ -1,6 +1,10 @@
-"""The release's learning-rate schedule (docs/method.md §6): linear warm-up from 0, then cosine to a floor,
+"""The release's learning-rate schedule (docs/method.md §6): linear warm-up, then cosine to a floor,
 evaluated per optimiser step with the cosine position counted from step 0 (timm's
-``CosineLRScheduler`` without warm-up prefix). Every parameter group decays to the same floor."""
+``CosineLRScheduler`` without warm-up prefix). Every parameter group decays to the same floor.
+
+The warm-up's first step is at ``base_lr / warmup_steps``, not at 0 as in the release: a step at
+rate 0 computes a gradient and moves nothing, which on a small training set (a few steps per epoch)
+wastes a noticeable share of the run."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import torch
 
 
 def learning_rate(step: int, base_lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:
-    """Rate at optimiser step ``step`` (0-based)."""
+    """Rate at optimiser step ``step`` (0-based); the warm-up reaches ``base_lr`` at its last step."""
     if step < warmup_steps:
-        return base_lr * step / warmup_steps
+        return base_lr * (step + 1) / warmup_steps
     cosine = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
     return min_lr + (base_lr - min_lr) * cosine
 
