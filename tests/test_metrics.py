@@ -144,3 +144,28 @@ def test_report_on_unseen_species_alone():
     assert report["unseen_species"]["clips"] == int(mask.sum())
     assert report["unseen_species"]["top1"] == pytest.approx((scores[mask].argmax(1) == targets[mask].argmax(1)).mean())
     assert "unseen_species" not in report["unseen_species"]
+
+
+def test_the_table_says_in_words_when_a_baseline_beats_the_model():
+    from anim_clip.config import EvalConfig
+    from anim_clip.evaluate.report import EvalContext, evaluation_report, report_table
+    from anim_clip.ui import console
+
+    rng = np.random.default_rng(5)
+    targets = np.eye(4)[rng.integers(0, 4, 40)]
+    ctx = EvalContext(actions=list("abcd"), train_counts=np.array([9, 9, 9, 9]), can_perform=np.ones((1, 4), bool),
+                      multilabel=True)
+    perfect, noise = targets + 0.01 * rng.random(targets.shape), rng.random(targets.shape)
+
+    def caption(model: np.ndarray, probe: np.ndarray) -> str:
+        report = evaluation_report(model, targets, np.zeros((40, 1)), ctx, EvalConfig(long_tail=False),
+                                   {"linear_probe": probe})
+        with console.capture() as captured:
+            console.print(report_table(report, "test"), width=200)
+        return " ".join(captured.get().split("┘")[-1].split()), report
+
+    text, report = caption(noise, perfect)
+    gap = 100 * (report["baselines"]["linear_probe"]["mAP"] - report["mAP"])
+    assert f"the linear probe baseline is {gap:.2f} points of mAP ahead of Animal-CLIP" in text
+    text, _ = caption(perfect, noise)
+    assert "ahead of Animal-CLIP" not in text

@@ -152,8 +152,22 @@ def report_table(report: dict[str, Any], title: str) -> Table:
     for split, count in report.get("pending_clips", {}).items():
         rows.append([f"{split} clips not extracted (left out, --allow-incomplete)", str(count), *blank])
     out = table(f"{title} ({report['clips']} clips, %)", ["metric", *columns], rows)
-    out.caption, out.caption_justify = long_tail_note(report), "left"
+    notes = [note for note in (long_tail_note(report), baseline_gap_note(report)) if note]
+    out.caption, out.caption_justify = "\n".join(notes) or None, "left"
     return out
+
+
+def baseline_gap_note(report: dict[str, Any]) -> str | None:
+    """Said in plain words when a baseline beats the trained model on the primary metric, with the gap:
+    on a small training set a probe on the frozen features can, and a reader of one number would miss it."""
+    metric, value = primary_metric(report)
+    ahead = {name: primary_metric(b)[1] - value for name, b in report.get("baselines", {}).items()
+             if not np.isnan(primary_metric(b)[1]) and primary_metric(b)[1] > value}
+    if not ahead or np.isnan(value):
+        return None
+    best = max(ahead, key=ahead.get)
+    return (f"the {TITLES[best]} baseline is {100 * ahead[best]:.2f} points of {metric} ahead of {MODEL_COLUMN} "
+            "on this split: the trained model does worse than it here (most often on a small training set)")
 
 
 def long_tail_note(report: dict[str, Any]) -> str | None:
