@@ -52,7 +52,7 @@ from anim_clip.train import engine
 from benchmarks.common import save
 
 GRID = "model.refine=on,off"
-AK_VIEWS, AK_FRAMES, AK_DIM = 4, 8, 512
+AK_FRAMES, AK_DIM = 8, 512  # views: ak-cached's (4 augmented training views, 4 x 3 test views)
 
 
 def loop_seconds(cfg: Config, cache: Path, out: Path, allow_incomplete: bool) -> float:
@@ -144,13 +144,17 @@ def ak_cache(cfg: Config, root: Path, clips: int | None) -> None:
     for kind, names in (("actions", dataset.actions), ("species", dataset.species)):
         write_text(root, kind, TextFeatures(list(names), torch.randn(len(names), AK_DIM, generator=gen), [],
                                             torch.zeros(0, AK_DIM), torch.zeros(0, dtype=torch.int64)))
-    for split in ("train", "test"):
+    s = cfg.sampling
+    layouts = {"train": (s.train_views, "augmented"), "test": (s.test_clips * s.test_crops,
+                                                                f"{s.test_clips} clips x {s.test_crops} crops")}
+    for split, (views, kind) in layouts.items():
         create_split(root, split, SplitSpec([c.path for c in dataset.clips(split)], dataset.targets(split),
-                                            dataset.species_vectors(split), AK_VIEWS, AK_FRAMES, AK_DIM, "synthetic"))
+                                            dataset.species_vectors(split), views, AK_FRAMES, AK_DIM, kind))
         with SplitWriter(root, split) as writer:
             for i in list(writer.pending)[:clips]:
-                writer.write(i, FrameFeatures(torch.randn(AK_VIEWS, AK_FRAMES, AK_DIM, generator=gen)),
-                             np.zeros((AK_VIEWS, AK_FRAMES)), "synthetic")
+                writer.write(i, FrameFeatures(torch.randn(views, AK_FRAMES, AK_DIM, generator=gen)),
+                             np.zeros((views, AK_FRAMES)), "synthetic")
+            writer.flush()  # the last, incomplete chunk of a partial cache
 
 
 def ak_case(work: Path, clips: int | None, cells: int) -> dict[str, Any]:

@@ -56,6 +56,19 @@ def test_overlay_draws_each_moments_label_and_keeps_the_rest_of_the_frame(source
     assert np.abs(box[1] - box[15]).mean() < 3 and np.abs(box[15] - box[25]).mean() > 5
 
 
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_overlay_of_a_phone_clip_is_upright(tmp_path: Path, rotation: int):
+    """A portrait clip stored sideways with the display rotation a phone records: the overlay is the
+    upright picture, as a player shows the source (away from the label)."""
+    upright = indexed_frames(FRAMES, WIDTH, HEIGHT)  # portrait: 160 high, 120 wide
+    stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90, axes=(1, 2)))  # turned back by the rotation
+    source = write_video(tmp_path / "phone.mp4", stored, fps=FPS, codec="libx264rgb", pix_fmt="rgb24",
+                         options={"crf": "0"}, rotation=rotation)
+    drawn, _ = decode(write_overlay(tmp_path / "overlay.mp4", record(source), HEADER))
+    assert drawn.shape == upright.shape
+    assert np.abs(drawn[:, -40:, -40:].astype(int) - upright[:, -40:, -40:]).mean() < 3
+
+
 def test_overlay_of_a_missing_video_is_one_clear_line(tmp_path: Path):
     missing = tmp_path / "gone.mp4"
     with pytest.raises(VideoDecodeError, match=f"{missing}: cannot decode video: cannot draw its overlay"):

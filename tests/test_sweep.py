@@ -218,11 +218,11 @@ def test_the_table_names_every_combination_marks_the_best_and_shows_baselines_on
 
 def test_a_failing_run_stops_the_sweep_in_one_line_naming_its_log(data: Path, cache: Path, tmp_path: Path):
     out = tmp_path / "sweep"
-    failed = out / "batch_size=64" / "seed0"
-    with pytest.raises(AnimClipError, match=rf"sweep run {failed} failed: \d+ training clips make 0 batches of 64, "
-                                            rf".*lower train.batch_size \(full log: {failed / 'train.log'}\)"):
-        run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.batch_size=64"], 1, cache, out)
-    assert "lower train.batch_size" in (failed / "train.log").read_text()
+    failed = out / "accumulation=4096" / "seed0"  # more micro-batches a step than the cache has clips
+    with pytest.raises(AnimClipError, match=rf"sweep run {failed} failed: .*lower train.accumulation.* "
+                                            rf"\(full log: {failed / 'train.log'}\)"):
+        run_sweep("demo", [*overrides(data), "train.epochs=1"], ["train.accumulation=4096"], 1, cache, out)
+    assert "lower train.accumulation" in (failed / "train.log").read_text()
 
 
 def test_a_cache_that_cannot_be_written_still_gets_its_baselines(data: Path, cache: Path, tmp_path: Path):

@@ -52,12 +52,15 @@ def copy_with_labels(source: InputContainer, out: OutputContainer, line: Timelin
     stream_in = source.streams.video[0]
     stream_in.thread_type = "AUTO"
     stream = out.add_stream("libx264", rate=stream_in.average_rate or Fraction(fps).limit_denominator(1001))
-    stream.width, stream.height = stream_in.width // 2 * 2, stream_in.height // 2 * 2  # yuv420p needs even sizes
     stream.pix_fmt = "yuv420p"
-    font = ImageFont.load_default(size=max(10, stream.height // 20))
     labels: dict[int | None, Image.Image] = {}
     for k, frame in enumerate(source.decode(stream_in)):
-        image = frame.to_image().crop((0, 0, stream.width, stream.height))
+        # upright as a player shows it: the display rotation a phone records (counterclockwise degrees)
+        image = frame.to_image().rotate(round(frame.rotation / 90) % 4 * 90, expand=True)
+        if k == 0:  # yuv420p needs even sizes
+            stream.width, stream.height = image.width // 2 * 2, image.height // 2 * 2
+            font = ImageFont.load_default(size=max(10, stream.height // 20))
+        image = image.crop((0, 0, stream.width, stream.height))
         span = line.span_at(k / fps)
         if span not in labels:
             labels[span] = label_image(label_lines(line, span, species, top), font)
