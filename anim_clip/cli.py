@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from anim_clip.analysis.commands import analyze_app
+from anim_clip.config import shipped_configs
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
 
@@ -41,7 +42,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-ConfigArg = Annotated[str, typer.Argument(help="A YAML config file, or the name of a shipped one: ak, ak-cached, mammalnet, mammalnet-cached, lote, lote-cached, demo.")]
+ConfigArg = Annotated[str, typer.Argument(help=f"A YAML config file, or the name of a shipped one: {', '.join(shipped_configs())}.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable).")]
 AllowIncompleteOpt = Annotated[bool, typer.Option("--allow-incomplete", help="Use a cache whose extraction is unfinished: only the clips extracted so far, which the report (eval.json: pending_clips) then says. Without it such a cache is refused.")]
 

@@ -317,8 +317,12 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     shipped = CONFIG_DIR / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"{name_or_path}: no such config file; shipped configs are: {names}")
+    raise ConfigError(f"{name_or_path}: no such config file; shipped configs are: {', '.join(shipped_configs())}")
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped in the package (``anim_clip/configs``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def _flatten(tree: dict[str, Any], path: Path) -> dict[str, Any]:

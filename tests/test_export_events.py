@@ -99,3 +99,11 @@ def test_bad_threshold_and_windows_without_scores_are_one_clear_line():
     old = {**OVERLAPPING, "windows": [{k: v for k, v in w.items() if k != "scores"} for w in OVERLAPPING["windows"]]}
     with pytest.raises(AnimClipError, match="/videos/a.mp4: its windows do not carry a score for every action"):
         time_budget(old)
+
+
+def test_output_names_tell_same_named_videos_apart_by_their_folders():
+    from anim_clip.export.records import file_names
+
+    videos = ["/season/camA/IMG_0001.MP4", "/season/camB/IMG_0001.MP4", "/season/camA/fox.mp4"]
+    assert file_names(videos, "overlay", ".mp4") == ["overlay_camA_IMG_0001.mp4", "overlay_camB_IMG_0001.mp4",
+                                                     "overlay_fox.mp4"]

@@ -90,10 +90,18 @@ def species_label(record: Record, source: str) -> str:
 
 
 def file_names(videos: Sequence[str | Path], prefix: str, suffix: str) -> list[str]:
-    """``<prefix>_<video stem><suffix>`` per video, numbered where two videos share a stem."""
-    stems = [Path(v).stem for v in videos]
-    return [f"{prefix}_{stem}{suffix}" if stems.count(stem) == 1 else f"{prefix}_{stem}_{i}{suffix}"
-            for i, stem in enumerate(stems, 1)]
+    """``<prefix>_<video stem><suffix>`` per video; where stems repeat (``IMG_0001.MP4`` on every camera's
+    card), the folders above them are added, as few as tell them apart (``camA_IMG_0001``), so a
+    person can tell which file is which; numbered only if even the whole paths agree."""
+    parts = [Path(v).with_suffix("").parts for v in videos]
+    names = []
+    for i, own in enumerate(parts):
+        depth = 1
+        while depth < len(own) and sum(p[-depth:] == own[-depth:] for p in parts) > 1:
+            depth += 1
+        name = "_".join(own[-depth:]).lstrip("/_") or Path(videos[i]).stem
+        names.append(name if sum(p[-depth:] == own[-depth:] for p in parts) == 1 else f"{name}_{i + 1}")
+    return [f"{prefix}_{name}{suffix}" for name in names]
 
 
 def check_threshold(threshold: float) -> float:

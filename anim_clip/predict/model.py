@@ -133,13 +133,12 @@ def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
 
 
 def demo_world_note(cfg: Config, actions: Sequence[str], species: Sequence[str] | None) -> str | None:
-    """A checkpoint on the tiny CLIP pretrained on rendered demo frames knows nothing beyond them: say so,
-    before its scores of a real video are taken for a judgement."""
+    """A checkpoint on the tiny CLIP pretrained on rendered demo frames sees real footage through a tower
+    that never saw any: say so, before its scores of a real video are taken for a judgement."""
     if cfg.backbone.pretrained != "demo-world":
         return None
-    known = f"{len(species)} species and {len(actions)} actions" if species else f"{len(actions)} actions"
-    return (f"this checkpoint is built on the demo world (backbone.pretrained=demo-world): it knows only the demo's "
-            f"{known}, drawn animals, not real footage")
+    return ("this checkpoint's image tower is the tiny CLIP shipped for the demo (backbone.pretrained=demo-world), "
+            "trained only on drawn animals: it runs the pipeline, but its scores of real footage mean little")
 
 
 def resolve_stride(window: float, stride: float | None) -> float:
