@@ -29,7 +29,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup
-	for name in decode decoder_pixels extract cache_io gcn faiss train eval head precision baselines demo_recipe small_data sweep predict; do $(PY) -m benchmarks.bench_$$name || exit 1; done
+	for name in decode decoder_pixels extract cache_io gcn faiss train eval head precision baselines demo_recipe small_data sweep predict season; do $(PY) -m benchmarks.bench_$$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
