@@ -28,14 +28,11 @@ from typing import Any
 import torch
 
 from anim_clip.cache.extract import extract
-from anim_clip.cache.reader import open_cached_data
-from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
-from anim_clip.evaluate.baselines import cached_baselines
-from anim_clip.evaluate.metrics import mean_average_precision
 from anim_clip.runtime.rundir import RunDir
 from anim_clip.train.engine import train
+from benchmarks.bench_demo_recipe import mean_std, probe_on_validation
 from benchmarks.common import save
 
 PREVIOUS = {"train.epochs": 100, "train.head_lr": 1e-2, "train.batch_size": 32, "train.min_steps_per_epoch": 1}
@@ -75,14 +72,6 @@ def validation_runs(folder: Path, clips: int, recipe: dict[str, Any], seeds: int
     return runs
 
 
-def probe_on_validation(folder: Path, seed: int) -> float:
-    """The linear probe's mAP on the validation share of ``seed``, fitted on the rest."""
-    cfg = demo_config(folder / "data", ["train.val_fraction=0.2", f"train.seed={seed}"])
-    cache, data = open_cached_data(cfg, folder / "cache", load_dataset(cfg.data), torch.device("cpu"), False)
-    scores, _ = cached_baselines(cache, data, "val", cfg, multilabel=True)
-    return mean_average_precision(scores["linear_probe"], data["val"].targets().numpy())[0]
-
-
 def test_runs(folder: Path, recipe: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
     """Every training clip; the test report's mAP and the linear probe's."""
     runs = []
@@ -94,10 +83,6 @@ def test_runs(folder: Path, recipe: dict[str, Any], seeds: int) -> list[dict[str
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "head_mAP": report["mAP"],
                      "linear_probe_mAP": probe, "gap": probe - report["mAP"]})
     return runs
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "std": statistics.pstdev(values)}
 
 
 def main() -> None:
