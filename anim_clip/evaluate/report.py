@@ -161,9 +161,9 @@ def baseline_gap_note(report: dict[str, Any]) -> str | None:
     """Said in plain words when a baseline beats the trained model on the primary metric, with the gap:
     on a small training set a probe on the frozen features can, and a reader of one number would miss it."""
     metric, value = primary_metric(report)
-    ahead = {name: primary_metric(b)[1] - value for name, b in report.get("baselines", {}).items()
-             if not np.isnan(primary_metric(b)[1]) and primary_metric(b)[1] > value}
-    if not ahead or np.isnan(value):
+    baselines = {name: primary_metric(b)[1] for name, b in report.get("baselines", {}).items()}
+    ahead = {name: v - value for name, v in baselines.items() if v > value}  # NaN compares false
+    if not ahead:
         return None
     best = max(ahead, key=ahead.get)
     return (f"the {TITLES[best]} baseline is {100 * ahead[best]:.2f} points of {metric} ahead of {MODEL_COLUMN} "
