@@ -89,7 +89,7 @@ def realish(frames: int) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clip, _ = create_clip(BackboneConfig(model="ViT-B-16", pretrained=None))
-    cls, patches = FrozenImageTower(clip, with_patches=True)(images)
+    cls, patches = FrozenImageTower(clip, patches=True)(images)
     return cls.half().numpy(), patches.half().numpy()
 
 

@@ -41,11 +41,8 @@ from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.cached import cached_scores
-from anim_clip.models.checkpoint import (
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from anim_clip.models.checkpoint import load_checkpoint, save_checkpoint
+from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.cache.reader import open_cached_data
 from anim_clip.runtime.distributed import Distributed
 from anim_clip.train.engine import train

@@ -29,7 +29,8 @@ from anim_clip.errors import AnimClipError, CacheError, ConfigError
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.frames import plan_views
 from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts, text_fit
-from anim_clip.models.checkpoint import head_and_tower, load_checkpoint, save_checkpoint
+from anim_clip.models.checkpoint import load_checkpoint, save_checkpoint
+from anim_clip.models.factory import head_and_tower
 from anim_clip.models.factory import end_to_end
 from anim_clip.predict import predict_videos
 from anim_clip.train.engine import train

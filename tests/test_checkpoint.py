@@ -3,7 +3,6 @@ that needs more than plain data is refused, never unpickled unsafely."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 from processes import file_size_limit, run_cli
 
-from anim_clip.config import BackboneConfig, Config
+from anim_clip.config import BackboneConfig, Config, config_to_dict
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.errors import AnimClipError
 from anim_clip.models import (
@@ -30,7 +29,8 @@ from anim_clip.models import (
     save_checkpoint,
 )
 from anim_clip.models.backbone import create_clip
-from anim_clip.models.release import UNUSED_RELEASE_KEYS, release_head_config, release_to_ours
+from anim_clip.models.inputs import HeadInputs
+from anim_clip.models.release import RELEASE_INPUTS, UNUSED_RELEASE_KEYS, release_head_config, release_to_ours
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # the parity bar; ``fixture`` (conftest) is the authors' forward pass
 
@@ -47,6 +47,7 @@ def fixture_head(fixture: dict) -> AnimalCLIPHead:
     cfg, dims = release_head_config(state)
     head = AnimalCLIPHead(
         cfg,
+        inputs=RELEASE_INPUTS,
         **dims,
         adjacency=fixture_adjacency(fixture),
         action_text=fixture["outputs"]["text_features"],
@@ -218,9 +219,13 @@ def test_only_release_expressible_models_convert_back(tmp_path, fixture):
     with pytest.raises(AnimClipError, match="head-only"):
         convert_to_release(head_only, tmp_path / "x.pth")
     model = load_release_model(fixture["state_dict"])
-    model.head.cfg = dataclasses.replace(model.head.cfg, species_source="predicted")
+    model.head.inputs = HeadInputs("zero-shot")  # as a run with model.species_source=predicted builds it
     e2e = save_checkpoint(tmp_path / "e2e.pt", model, Config())
-    with pytest.raises(AnimClipError, match="species_source='predicted'"):
+    with pytest.raises(AnimClipError, match=r"zero-shot species \(it takes annotated ones\)"):
+        convert_to_release(e2e, tmp_path / "x.pth")
+    model.head.inputs = HeadInputs("annotated", patches=True)
+    e2e = save_checkpoint(tmp_path / "e2e.pt", model, Config())
+    with pytest.raises(AnimClipError, match="video_specific_prompt"):
         convert_to_release(e2e, tmp_path / "x.pth")
 
 
@@ -240,6 +245,28 @@ def test_head_checkpoint_round_trip(tmp_path, fixture):
     assert torch.equal(head_logits(restored, fixture), head_logits(head, fixture))
     with pytest.raises(ValueError, match="model"):
         save_checkpoint(tmp_path / "x.pt", head, cfg, extra={"model": 1})
+
+
+def test_the_head_inputs_are_stored_and_older_files_derive_them_from_their_config(tmp_path, fixture):
+    """A checkpoint stores what its head takes; a file written before that was stored (``external_species``
+    among the head's dims) gets the inputs its config gives, as the run that wrote it derived them."""
+    head = fixture_head(fixture)
+    head.inputs = HeadInputs("predictor")  # as a run with species.model and predicted species builds it
+    cfg = Config()
+    cfg.model.species_source, cfg.species.model = "predicted", "anim-clip-tiny"
+    path = save_checkpoint(tmp_path / "head.pt", head, cfg)
+    assert load_checkpoint(path).inputs == HeadInputs("predictor")
+    assert model_from_checkpoint(load_checkpoint(path)).inputs == HeadInputs("predictor")
+    payload = torch.load(path, weights_only=True)
+    del payload["inputs"]
+    payload["head"]["external_species"] = True
+    torch.save(payload, tmp_path / "older.pt")
+    older = load_checkpoint(tmp_path / "older.pt")
+    assert older.inputs == HeadInputs("predictor") and "external_species" not in older.head_dims
+    cfg.species.model = None  # predicted species without a predictor: the head's own zero-shot
+    payload["config"], payload["head"]["external_species"] = config_to_dict(cfg), False
+    torch.save(payload, tmp_path / "older.pt")
+    assert load_checkpoint(tmp_path / "older.pt").inputs == HeadInputs("zero-shot")
 
 
 def test_a_head_checkpoint_goes_end_to_end_on_the_configured_backbone(tmp_path, fixture):

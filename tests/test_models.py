@@ -13,6 +13,7 @@ from anim_clip.config import Config, ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.models import AnimalCLIP, AnimalCLIPHead, FrameFeatures, end_to_end, parameter_summary, pool_text
 from anim_clip.models.graph_refine import BipartiteGraph, GraphRefinement, adjacency_from_edges
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.models.mit import MultiFrameIntegration
 from anim_clip.models.prompts import PromptGenerator
 
@@ -28,11 +29,14 @@ def random_adjacency(gen: torch.Generator, a: int = A, c: int = C) -> torch.Tens
     return adj
 
 
-def make_head(cfg: ModelConfig | None = None, seed: int = 0) -> AnimalCLIPHead:
+def make_head(cfg: ModelConfig | None = None, seed: int = 0, inputs: HeadInputs | None = None) -> AnimalCLIPHead:
+    """A head on random text and graph; its inputs as a run with ``cfg`` (and no species predictor) has them."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    cfg = cfg or ModelConfig()
     return AnimalCLIPHead(
-        cfg or ModelConfig(),
+        cfg,
+        inputs=inputs or HeadInputs.of_config(Config(model=cfg)),
         embed_dim=D,
         num_frames=T,
         adjacency=random_adjacency(gen),
@@ -198,13 +202,13 @@ def test_species_sources():
         head_pred = make_head(dataclasses.replace(oracle.cfg, species_source="predicted"))
         predicted = head_pred(features, None).logits
         assert torch.equal(head_pred(features, species).logits, predicted)  # the given vector is ignored
-        s = head_pred.species_vector(features.cls, None, head_pred.vocab)
+        s = head_pred.species_vector(features.cls, None, vocab=head_pred.vocab)
         video = F.normalize(features.cls.mean(1), dim=-1)
         expected = 100 * video @ F.normalize(head_pred.vocab.species_text, dim=-1).T
         assert torch.allclose(s, expected.softmax(-1))
         assert torch.allclose(predicted, oracle(features, s).logits, atol=1e-4)
-        head_given = make_head(dataclasses.replace(oracle.cfg, species_source="predicted"))
-        head_given.external_species = True  # species.model: a separate predictor's probabilities, given as they are
+        # species.model: a separate predictor's probabilities, given as they are
+        head_given = make_head(dataclasses.replace(oracle.cfg, species_source="predicted"), inputs=HeadInputs("predictor"))
         probabilities = torch.rand(species.shape).softmax(-1)
         assert torch.allclose(head_given(features, probabilities).logits, oracle(features, probabilities).logits,
                               atol=1e-4)
@@ -233,7 +237,8 @@ def test_refinement_off_feeds_the_text_prompt_directly():
 
 def test_video_specific_prompt_needs_patches():
     with pytest.raises(AnimClipError, match="patch_width"):
-        AnimalCLIPHead(ModelConfig(video_specific_prompt=True), embed_dim=D, num_frames=T)
+        AnimalCLIPHead(ModelConfig(video_specific_prompt=True), inputs=HeadInputs("annotated", patches=True),
+                       embed_dim=D, num_frames=T)
     head = make_head(ModelConfig(video_specific_prompt=True))
     features, species = make_batch(2)
     with pytest.raises(AnimClipError, match="patch tokens"):
@@ -254,7 +259,7 @@ def test_class_embeddings_are_the_forward_text():
 
 
 def test_vocabulary_is_required_and_replaceable():
-    head = AnimalCLIPHead(ModelConfig(), embed_dim=D, num_frames=T)
+    head = AnimalCLIPHead(ModelConfig(), inputs=HeadInputs("annotated"), embed_dim=D, num_frames=T)
     features, species = make_batch(2)
     with pytest.raises(AnimClipError, match="no vocabulary"):
         head(features, species)

@@ -18,7 +18,7 @@ from anim_clip.config import ModelConfig
 from anim_clip.data.formats import read_class_list, read_relation
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.models import AnimalCLIPHead, FrameFeatures, load_release_model
-from anim_clip.models.release import release_head_config, release_to_ours
+from anim_clip.models.release import RELEASE_INPUTS, release_head_config, release_to_ours
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # the parity bar; ``fixture`` (conftest) is the authors' forward pass
 
@@ -76,6 +76,7 @@ def test_cached_head_on_the_fixture_frame_features_reproduces_the_logits(fixture
     outputs = fixture["outputs"]
     head = AnimalCLIPHead(
         cfg,
+        inputs=RELEASE_INPUTS,
         **dims,
         adjacency=torch.from_numpy(graph_from_release_files(fixture, tmp_path).adjacency()),
         action_text=outputs["text_features"],

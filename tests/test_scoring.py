@@ -27,7 +27,8 @@ from anim_clip.evaluate.cached import eval_context, evaluate_checkpoint
 from anim_clip.evaluate.report import evaluation_report
 from anim_clip.evaluate.scoring import clip_scores, score_views, split_scores
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
-from anim_clip.models.checkpoint import load_checkpoint, model_from_checkpoint
+from anim_clip.models.checkpoint import load_checkpoint
+from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.predict import Predictor

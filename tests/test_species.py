@@ -43,7 +43,8 @@ from anim_clip.evaluate.metrics import any_topk_accuracy
 from anim_clip.evaluate.report import report_table
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.frames import plan_views
-from anim_clip.models.checkpoint import load_checkpoint, model_from_checkpoint
+from anim_clip.models.checkpoint import load_checkpoint
+from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos
 from anim_clip.runtime.distributed import setup_distributed

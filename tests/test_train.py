@@ -84,7 +84,7 @@ def test_run_directory_and_report(run: Path, data: Path, cache: Path):
     # the report's mAP against sklearn on the same scores (an independent oracle)
     from anim_clip.data.dataset import load_dataset
     from anim_clip.evaluate.cached import cached_scores
-    from anim_clip.models.checkpoint import model_from_checkpoint
+    from anim_clip.models.factory import model_from_checkpoint
     from anim_clip.cache.reader import open_cached_data
     from anim_clip.runtime.distributed import setup_distributed
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,15 +20,13 @@ from anim_clip.config import Config
 from anim_clip.errors import AnimClipError
 from anim_clip.data.video import open_video
 from anim_clip.evaluate.cached import cached_scores
+from anim_clip.evaluate.scorer import VideoScorer
 from anim_clip.evaluate.scoring import score_views
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.models.species import conditions_on_predictor
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.cache.reader import CachedSplitData, check_cache
 from anim_clip.runtime.distributed import Distributed
-
-if TYPE_CHECKING:
-    from anim_clip.predict import Predictor
 
 
 @dataclass
@@ -39,18 +37,18 @@ class ClipInput:
     source: str  # "cache <split>" or "video"
     features: FrameFeatures  # (V, T, D) views of the clip (patches when the head needs them)
     species: torch.Tensor | None  # (A,) annotated or given species; None: the head predicts them
+    inputs: HeadInputs  # how the head takes ``species``
     targets: np.ndarray | None = None  # (C,) multi-hot, known for cached clips
-    species_predicted: bool = False  # ``species`` are the species predictor's probabilities (species.model)
 
 
-def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches: bool,
+def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, inputs: HeadInputs,
                     split: str | None = None) -> ClipInput:
-    """A cached clip by its id (as in the split file), looked up in ``split`` or in every split, with
-    its annotated species, or the species predictor's cached probabilities for a head given those.
-    Reads only that clip's rows: opening the split whole would load all of its features."""
+    """A cached clip by its id (as in the split file), looked up in ``split`` or in every split, read
+    for a head with ``inputs``: its annotated species, or the species predictor's cached
+    probabilities. Reads only that clip's rows: opening the split whole would load all of its features."""
     store = FeatureCache(cache)
-    check_cache(cfg, store, needs_patches)
-    predicted = conditions_on_predictor(cfg)
+    check_cache(cfg, store, inputs)
+    predicted = inputs.species == "predictor"
     splits = [split] if split else store.splits
     ids: list[str] = []
     for name in splits:
@@ -65,24 +63,24 @@ def clip_from_cache(cache: str | Path, clip_id: str, cfg: Config, needs_patches:
         if not read("done") or read("error"):
             raise AnimClipError(f"clip {clip_id!r} has no features in {store.path} "
                                 f"({read('error') or 'not extracted yet'})")
-        patches = torch.from_numpy(read("patches")).float() if needs_patches else None
+        patches = torch.from_numpy(read("patches")).float() if inputs.patches else None
         return ClipInput(clip_id, f"cache {name}", FrameFeatures(torch.from_numpy(read("cls")).float(), patches),
-                         torch.from_numpy(read(SPECIES_PROBS if predicted else "species")).float(),
-                         read("targets").astype(bool), predicted)
+                         torch.from_numpy(read(SPECIES_PROBS if predicted else "species")).float(), inputs,
+                         read("targets").astype(bool))
     close = difflib.get_close_matches(clip_id, ids, n=3, cutoff=0.6)
     hint = f"; close matches in {splits[-1]}: {', '.join(close)}" if close else ""
     raise AnimClipError(f"no clip {clip_id!r} in the {'/'.join(splits)} split(s) of cache {store.path}{hint}")
 
 
-def clip_from_video(predictor: Predictor, video: str | Path) -> ClipInput:
-    """A video through the predict path: the checkpoint's test views, its image tower, and the
-    species given to (or predicted by) the :class:`anim_clip.predict.Predictor`."""
-    s = predictor.cfg.sampling
-    with open_video(video, s.decoder, s.decode_threads, predictor.device) as file:
-        decoded = predictor.decode(file, 0, file.num_frames, 0)
-        predictor.fallbacks(file.fallback)
-    [(features, species)] = predictor.encode([decoded])
-    return ClipInput(str(video), "video", features, species, species_predicted=predictor.species.predictor is not None)
+def clip_from_video(scorer: VideoScorer, video: str | Path) -> ClipInput:
+    """A video as ``predict`` scores it: the checkpoint's test views, its image tower, and the species
+    the :class:`~anim_clip.evaluate.scorer.VideoScorer` gives (or predicts)."""
+    s = scorer.cfg.sampling
+    with open_video(video, s.decoder, s.decode_threads, scorer.device) as file:
+        decoded = scorer.decode(file, 0, file.num_frames, 0)
+        scorer.fallbacks(file.fallback)
+    [(features, species)] = scorer.encode([decoded])
+    return ClipInput(str(video), "video", features, species, scorer.inputs)
 
 
 def _clip_species(used: torch.Tensor, given: torch.Tensor | None) -> list[int]:
@@ -100,14 +98,14 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     features = clip.features.to(device)
     views = features.cls.shape[0]
     given = None if clip.species is None else clip.species.to(device)[None].expand(views, -1)
-    scored = score_views(head, features, given, cfg)
+    scored = score_views(head, features, given, clip.inputs, cfg.backbone.precision, cfg.eval.scores)
     used = scored.species.mean(0)
     logits, probs = scored.logits.mean(0), scored.scores.mean(0)
     video = F.normalize(scored.video.mean(0), dim=-1)
     with torch.inference_mode():
         cosines = (head.class_embeddings(used[None])[0].float() @ video).cpu().numpy()
     logits, probs = logits.cpu().numpy(), probs.cpu().numpy()
-    annotated = clip.species is not None and not clip.species_predicted  # annotated or named by the user
+    annotated = clip.inputs.species == "annotated"  # annotated or named by the user
     species = _clip_species(used, clip.species if annotated else None)
     performable = space.can_perform[species].any(0) if species else None
     truth = clip.targets
@@ -125,7 +123,7 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     report = {
         "clip": clip.name, "source": clip.source, "views": views,
         "species": [space.species[s] for s in species],
-        "species_source": "given" if annotated else head.cfg.species_source,
+        "species_source": "given" if annotated else clip.inputs.source,
         "prediction": {"action": space.actions[top], "probability": float(probs[top]), **flags(top)},
         "by_logit": [{"action": space.actions[c], "logit": float(logits[c]), "probability": float(probs[c]),
                       "cosine": float(cosines[c]), "cosine_rank": int(cosine_rank[c]), **flags(c)} for c in by_logit[:k]],

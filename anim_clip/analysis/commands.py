@@ -172,17 +172,17 @@ def clip_cmd(
         raise AnimClipError("give a cached clip (--clip ID --cache CACHE) or a video (--video PATH), one of them")
     stored = _open(run, weights)
     if video is not None:
-        from anim_clip.predict import Predictor
+        from anim_clip.evaluate.scorer import VideoScorer
 
-        predictor = Predictor(stored.checkpoint, species=species, predict_species=not species, device=device)
-        head, cfg, item = predictor.head, predictor.cfg, clip_from_video(predictor, video)
+        scorer = VideoScorer(stored.checkpoint, species=species, predict_species=not species, device=device)
+        head, cfg, item = scorer.head, scorer.cfg, clip_from_video(scorer, video)
     else:
         if cache is None:
             raise AnimClipError("--clip needs --cache: the feature cache that holds the clip")
         if species:
             raise AnimClipError("--species applies to --video; a cached clip carries its annotated species")
         head, cfg = _cached_model(stored, device)
-        item = clip_from_cache(cache, clip, cfg, head.video_specific_prompt is not None, split)
+        item = clip_from_cache(cache, clip, cfg, head.inputs, split)
     report = clip_report(stored, head, item, cfg, _positive(k, "-k"))
     _emit(stored, "clip", report, clip_tables(report), json_out)
     if stored.index.kind == "hnsw":
@@ -214,8 +214,7 @@ def confusions_cmd(
     stored = _open(run, weights)
     head, cfg = _cached_model(stored, device)
     device_ = next(head.parameters()).device
-    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), device_, head.video_specific_prompt is not None,
-                               use=stored_in(split))
+    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), device_, head.inputs, use=stored_in(split))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to score; choose one of {', '.join(data)}")
     result = confusion_report(stored, head, data[split], cfg, split=split, k=_positive(k, "-k"),

@@ -33,11 +33,8 @@ from anim_clip.cache.store import FeatureCache, read_array
 from anim_clip.errors import AnimClipError
 from anim_clip.runtime.rundir import resolve_checkpoint
 from anim_clip.io import atomic_write, atomic_write_json
-from anim_clip.models.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from anim_clip.models.checkpoint import Checkpoint, load_checkpoint
+from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.ui import console
 

@@ -199,7 +199,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
     if weights.random:
         console.print(f"[bold red]WARNING: {cfg.backbone.model} has RANDOM weights (backbone.pretrained is null): "
                       "these features carry no pretrained knowledge; use them for shape tests only[/]")
-    tower = FrozenImageTower(clip, with_patches=cfg.backbone.patches != "none").to(device)
+    tower = FrozenImageTower(clip, patches=cfg.backbone.patches != "none").to(device)
     predictor = species_predictor(cfg.species, dataset.species) if cfg.species.model is not None else None
     signature = cache_signature(cfg, weights, tower, device, predictor)
     signature["random_weights"] = weights.random

@@ -28,7 +28,8 @@ from anim_clip.data.dataset import Dataset, hold_out
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.models.backbone import check_backbone, resolve_weights
 from anim_clip.models.features import Batch, FrameFeatures
-from anim_clip.models.species import SECTION, check_predictor, conditions_on_predictor, predictor_backbone
+from anim_clip.models.inputs import HeadInputs
+from anim_clip.models.species import SECTION, check_predictor, predictor_backbone
 from anim_clip.models.text import pool_text
 from anim_clip.ui import console
 
@@ -47,16 +48,16 @@ def _pick(tree: dict, dotted: str):
     return tree
 
 
-def check_cache(cfg: Config, cache: FeatureCache, needs_patches: bool) -> None:
+def check_cache(cfg: Config, cache: FeatureCache, inputs: HeadInputs) -> None:
     """Refuse a cache built for another backbone, sampling or dataset, naming the field, and one
-    without the species predictor's probabilities the run's head conditions on."""
+    without what the head's ``inputs`` need: patch tokens, the species predictor's probabilities."""
     check_backbone(cfg.backbone)
     expected = config_signature(cfg, resolve_weights(cfg.backbone)[1])
     check_compatible({k: _pick(cache.config, k) for k in MATCHING}, {k: _pick(expected, k) for k in MATCHING}, cache.path)
-    if needs_patches and cache.config["backbone"]["patches"] == "none":
+    if inputs.patches and cache.config["backbone"]["patches"] == "none":
         raise AnimClipError(f"cache {cache.path} holds no patch tokens, which model.video_specific_prompt needs: "
                             "extract with --set backbone.patches=fp16")
-    if conditions_on_predictor(cfg):
+    if inputs.species == "predictor":
         check_species_predictor(cfg, cache)
 
 
@@ -113,15 +114,14 @@ def class_text(cache: FeatureCache, kind: str, use_descriptions: bool, pooling: 
 
 
 class CachedSplitData:
-    """One cached split restricted to usable clips (decoded, and allowed by the dataset config)."""
+    """One cached split restricted to usable clips (decoded, and allowed by the dataset config), read
+    as a head with ``inputs`` takes them."""
 
-    def __init__(self, split: CachedSplit, indices: torch.Tensor, needs_patches: bool, pending: int = 0,
-                 predicted_species: bool = False):
+    def __init__(self, split: CachedSplit, indices: torch.Tensor, inputs: HeadInputs, pending: int = 0):
         self.split = split
         self.indices = indices  # (N,) cache rows
-        self.needs_patches = needs_patches
+        self.inputs = inputs
         self.pending = pending  # the run's clips of this split not extracted yet (left out)
-        self.predicted_species = predicted_species  # the head is given the species predictor's cached probabilities
 
     @property
     def num_views(self) -> int:
@@ -135,18 +135,18 @@ class CachedSplitData:
         return self.split.species[self.indices].float()
 
     def condition(self, rows: torch.Tensor) -> torch.Tensor:
-        """The species vectors of cache ``rows`` the head is given: the annotation, or the species
-        predictor's cached probabilities."""
-        return (self.split.species_probs if self.predicted_species else self.split.species)[rows].float()
+        """The species vectors of cache ``rows`` the head is given: the species predictor's cached
+        probabilities, or the annotation (which a head making its own species ignores)."""
+        return (self.split.species_probs if self.inputs.species == "predictor" else self.split.species)[rows].float()
 
-    def with_species(self, predicted: bool) -> CachedSplitData:
-        """The same clips, the head given the predictor's probabilities (or the annotation)."""
-        return CachedSplitData(self.split, self.indices, self.needs_patches, self.pending, predicted)
+    def with_inputs(self, inputs: HeadInputs) -> CachedSplitData:
+        """The same clips, read for a head with other ``inputs``."""
+        return CachedSplitData(self.split, self.indices, inputs, self.pending)
 
     def batches(self, plan: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Batch]:
         """Batches for ``(rows, views)`` pairs, in order; patches read ahead when needed."""
         features: Iterator[FrameFeatures] = (
-            self.split.patch_loader(plan) if self.needs_patches else (self.split.features(r, v) for r, v in plan)
+            self.split.patch_loader(plan) if self.inputs.patches else (self.split.features(r, v) for r, v in plan)
         )
         for (rows, _), feats in zip(plan, features):
             yield Batch(FrameFeatures(feats.cls.float(), None if feats.patches is None else feats.patches.float()),
@@ -240,13 +240,14 @@ def pending_note(data: dict[str, CachedSplitData]) -> dict[str, dict[str, int]]:
 
 
 def open_cached_data(cfg: Config, cache_path: str | Path | FeatureCache, dataset: Dataset, device: torch.device,
-                     needs_patches: bool, allow_incomplete: bool = False, use: tuple[str, ...] = SPLITS
+                     inputs: HeadInputs, allow_incomplete: bool = False, use: tuple[str, ...] = SPLITS
                      ) -> tuple[FeatureCache, dict[str, CachedSplitData]]:
-    """Train (and validation, when ``train.val_fraction`` > 0) and test data from the cache. The
-    splits the caller will ``use`` must be finite and, unless ``allow_incomplete``, fully extracted.
+    """Train (and validation, when ``train.val_fraction`` > 0) and test data from the cache, for a
+    head taking ``inputs``. The splits the caller will ``use`` must be finite and, unless
+    ``allow_incomplete``, fully extracted.
     An opened cache may be given (a sweep's, whose splits stay read)."""
     cache = cache_path if isinstance(cache_path, FeatureCache) else FeatureCache(cache_path)
-    check_cache(cfg, cache, needs_patches)
+    check_cache(cfg, cache, inputs)
     check_vocabulary(cache, dataset)
     for name in SPLITS:
         if name not in cache.splits:
@@ -259,12 +260,11 @@ def open_cached_data(cfg: Config, cache_path: str | Path | FeatureCache, dataset
     for name in use:
         check_finite(splits[name], usable[name])
     out = {}
-    predicted = conditions_on_predictor(cfg)
     train_rows, val_rows = hold_out(usable["train"], cfg.train.val_fraction, cfg.train.seed)
     if val_rows is not None:
-        out["val"] = CachedSplitData(splits["train"], val_rows, needs_patches, predicted_species=predicted)
-    out["train"] = CachedSplitData(splits["train"], train_rows, needs_patches, pending["train"][0], predicted)
-    out["test"] = CachedSplitData(splits["test"], usable["test"], needs_patches, pending["test"][0], predicted)
+        out["val"] = CachedSplitData(splits["train"], val_rows, inputs)
+    out["train"] = CachedSplitData(splits["train"], train_rows, inputs, pending["train"][0])
+    out["test"] = CachedSplitData(splits["test"], usable["test"], inputs, pending["test"][0])
     if len(out["train"].indices) == 0:
         raise AnimClipError(f"cache {cache.path}: no usable training clips (all failed, or not extracted yet)")
     return cache, out

@@ -49,7 +49,7 @@ def cached_scores(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, dis
     torchrun each rank scores every world-th clip and the scores are gathered."""
     was_training = model.training
     model.eval()
-    scores = split_scores(model, data, data.indices[dist.rank :: dist.world], cfg)
+    scores = split_scores(model, data, data.indices[dist.rank :: dist.world], cfg.backbone.precision, cfg.eval.scores)
     model.train(was_training)
     gathered = dist.all_gather_rows(scores)
     order = torch.cat([torch.arange(len(data.indices))[r :: dist.world] for r in range(dist.world)])
@@ -73,17 +73,18 @@ def predictor_report(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, 
     """``species_predictor``: the cached predictor's species top-1/top-5 against the annotation
     (clips without an annotated species left out and counted); ``species_input``: the head's
     action metrics given the annotated species and given the predicted ones (``report`` holds the
-    first when the head takes the annotation, the second when it takes the predictor's)."""
+    ones ``data.inputs`` give it)."""
     annotated = data.species().cpu().numpy()
     probabilities = data.split.species_probs[data.indices].cpu().numpy()
     predictor = FeatureCache(data.split.path.parent).config["species"]
     out: dict[str, Any] = {"species_predictor": predictor_accuracy(probabilities, annotated, predictor)}
-    if model.cfg.species_source == "none" or model.predicts_species:
+    if not data.inputs.given:
         return out  # the head takes no given species vector: nothing to compare
-    other = data.with_species(not data.predicted_species)
+    predicted = data.inputs.species == "predictor"
+    other = data.with_inputs(data.inputs.with_species("annotated" if predicted else "predictor"))
     other_report = evaluation_report(cached_scores(model, other, cfg, dist), data.targets().cpu().numpy(), annotated,
                                      ctx, cfg.eval)
-    out["species_input"] = species_input(data.predicted_species, report, other_report)
+    out["species_input"] = species_input(predicted, report, other_report)
     return out
 
 
@@ -123,7 +124,8 @@ def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "te
     ``allow_incomplete``); table, eval JSON and plots."""
     from anim_clip.cache.reader import open_cached_data, pending_note, stored_in
     from anim_clip.data.dataset import load_dataset
-    from anim_clip.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from anim_clip.models.checkpoint import load_checkpoint
+    from anim_clip.models.factory import model_from_checkpoint
     from anim_clip.runtime.distributed import setup_distributed
 
     file = resolve_checkpoint(path, weights)
@@ -136,8 +138,8 @@ def evaluate_checkpoint(path: str | Path, cache: str | Path, *, split: str = "te
     head = model_from_checkpoint(ckpt, "cached").to(dist.device)
     dataset = load_dataset(cfg.data)
     # the linear probe fits on the training clips, so they are checked like the evaluated ones
-    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
-                                       allow_incomplete, use=tuple(dict.fromkeys((*stored_in(split), "train"))))
+    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, head.inputs, allow_incomplete,
+                                       use=tuple(dict.fromkeys((*stored_in(split), "train"))))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to evaluate; choose one of {', '.join(data)}")
     ctx = eval_context(dataset, cfg)

@@ -8,9 +8,11 @@ view's video embedding. So the text half is computed once per *distinct* species
 the distinct rows, then a gather — a chunk of distinct vectors at a time across a whole split, and
 every view that shares them is scored against them. The clips of a split share few species sets
 (Animal Kingdom's 6 096 test clips have 611), so this removes almost all of the text half's cost;
-soft species vectors (``species_source=predicted``, mixtures) stay exact and simply repeat less.
-Scores are the softmax (or sigmoid, ``eval.scores``) of each view, averaged over a clip's views
-(docs/method.md §5). The head runs in ``backbone.precision`` (:mod:`anim_clip.runtime.precision`).
+soft species vectors (predicted ones, mixtures) stay exact and simply repeat less. The species
+vector is resolved as the :class:`~anim_clip.models.inputs.HeadInputs` of the call say, never by
+looking at the config. Scores are the softmax (or sigmoid, ``eval.scores``) of each view, averaged
+over a clip's views (docs/method.md §5). The head runs in ``precision``
+(:mod:`anim_clip.runtime.precision`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import torch
 from torch import Tensor
 
 from anim_clip.cache.reader import CachedSplitData
-from anim_clip.config import Config
 from anim_clip.models.features import FrameFeatures, HeadOutput
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.runtime.precision import autocast
 
 TEXT_CHUNK = 64  # distinct species vectors whose class embeddings are held at once
@@ -70,48 +72,53 @@ class ViewScores:
     species: Tensor
 
 
-def score_views(head: AnimalCLIPHead, features: FrameFeatures, species: Tensor | None, cfg: Config) -> ViewScores:
-    """Views held in memory: ``features (R, T, D)``, ``species (R, A)`` as given (None: predicted or none)."""
+def score_views(head: AnimalCLIPHead, features: FrameFeatures, species: Tensor | None, inputs: HeadInputs,
+                precision: str, kind: str) -> ViewScores:
+    """Views held in memory: ``features (R, T, D)``, ``species (R, A)`` as given (None when ``inputs``
+    take none given); scores are ``kind`` (``eval.scores``), the head runs in ``precision``."""
     with torch.no_grad():
-        used = head.species_vector(features.cls.float(), species)
+        used = head.species_vector(features.cls.float(), species, inputs)
     distinct, index = torch.unique(used, dim=0, return_inverse=True)
     logits = torch.empty(len(used), head.vocab.num_actions, device=used.device)
     video = torch.empty(len(used), head.dims["embed_dim"], device=used.device)
     read = lambda batches: (features[rows] for rows in batches)  # noqa: E731
-    for rows, out in scored_batches(head, distinct, index, read, cfg.backbone.precision):
+    for rows, out in scored_batches(head, distinct, index, read, precision):
         logits[rows], video[rows] = out.logits.float(), out.video.float()
-    return ViewScores(logits, probabilities(logits, cfg.eval.scores), video, used)
+    return ViewScores(logits, probabilities(logits, kind), video, used)
 
 
-def clip_scores(head: AnimalCLIPHead, features: FrameFeatures, species: Tensor | None, cfg: Config) -> Tensor:
-    """``(N, C)`` scores of clips from their views ``features (N, V, T, D)`` and species ``(N, A)``."""
+def clip_scores(head: AnimalCLIPHead, features: FrameFeatures, species: Tensor | None, inputs: HeadInputs,
+                precision: str, kind: str) -> Tensor:
+    """``(N, C)`` scores of clips from their views ``features (N, V, T, D)`` and species ``(N, A)``
+    (:func:`score_views`)."""
     n, v = features.cls.shape[:2]
     views = FrameFeatures(features.cls.flatten(0, 1), None if features.patches is None else features.patches.flatten(0, 1))
     given = None if species is None else species.repeat_interleave(v, 0)
-    return score_views(head, views, given, cfg).scores.view(n, v, -1).mean(1)
+    return score_views(head, views, given, inputs, precision, kind).scores.view(n, v, -1).mean(1)
 
 
-def split_scores(head: AnimalCLIPHead, data: CachedSplitData, rows: Tensor, cfg: Config) -> Tensor:
-    """``(N, C)`` scores of the cached clips ``rows``, every cached view of each: the species vectors
-    of the whole set are deduplicated first, so each is conditioned on once."""
+def split_scores(head: AnimalCLIPHead, data: CachedSplitData, rows: Tensor, precision: str, kind: str) -> Tensor:
+    """``(N, C)`` scores of the cached clips ``rows``, every cached view of each, the species given
+    as ``data.inputs`` say: the species vectors of the whole set are deduplicated first, so each is
+    conditioned on once."""
     split, views = data.split, data.num_views
     scores = torch.zeros(len(rows) * views, head.vocab.num_actions, device=rows.device)
     if not len(rows):
         return scores
     with torch.no_grad():
-        if head.predicts_species:  # per view, from its frames
-            view_species = torch.cat([head.species_vector(split.cls[part].flatten(0, 1).float(), None)
+        if data.inputs.species == "zero-shot":  # per view, from its frames
+            view_species = torch.cat([head.species_vector(split.cls[part].flatten(0, 1).float(), None, data.inputs)
                                       for part in rows.split(max(1, 8192 // views))])
             distinct, index = torch.unique(view_species, dim=0, return_inverse=True)
         else:  # per clip: the annotation, the species predictor's cached probabilities, or none
-            distinct, clip_index = torch.unique(head.given_species(data.condition(rows), len(rows)), dim=0,
-                                                return_inverse=True)
+            distinct, clip_index = torch.unique(head.given_species(data.condition(rows), len(rows), data.inputs),
+                                                dim=0, return_inverse=True)
             index = clip_index.repeat_interleave(views)
 
     def read(batches: list[Tensor]) -> Iterator[FrameFeatures]:
         return (batch.features for batch in data.batches([(rows[r // views], r % views) for r in batches]))
 
-    for view_rows, out in scored_batches(head, distinct, index, read, cfg.backbone.precision):
-        scores[view_rows] = probabilities(out.logits.float(), cfg.eval.scores)
+    for view_rows, out in scored_batches(head, distinct, index, read, precision):
+        scores[view_rows] = probabilities(out.logits.float(), kind)
     return scores.view(len(rows), views, -1).mean(1)
 

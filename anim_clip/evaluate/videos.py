@@ -26,12 +26,13 @@ from torch import Tensor, nn
 
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, hold_out
+from anim_clip.data.sampling import TEST_CROPS
 from anim_clip.data.video import FallbackNotice, check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.report import EvalContext, evaluation_report, predictor_accuracy, species_input
 from anim_clip.evaluate.scoring import clip_scores
 from anim_clip.frames import DecodedClip, FrameEncoder, decode_clip, decoded_batches, with_decoder
-from anim_clip.models.checkpoint import head_and_tower
+from anim_clip.models.factory import head_and_tower
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.models.species import SpeciesPredictor, species_predictor
 from anim_clip.runtime.distributed import Distributed
@@ -71,9 +72,16 @@ def video_split(dataset: Dataset, split: str, cfg: Config) -> VideoSplit:
                       dataset.species_vectors(source)[index])
 
 
-def with_views(cfg: Config, clips: int, crops: int) -> Config:
-    """``cfg`` with ``clips`` × ``crops`` test views (per-epoch selection uses 1 × 1, as the release)."""
-    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, test_clips=clips, test_crops=crops))
+def with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
+    """``cfg`` with ``clips`` × ``crops`` test views where given (per-epoch selection uses 1 × 1, as the
+    release; ``predict --clips --crops``), refusing views the sampler cannot plan."""
+    if clips is not None and clips < 1:
+        raise AnimClipError(f"--clips must be at least 1, got {clips}")
+    if crops is not None and crops not in TEST_CROPS:
+        raise AnimClipError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
+    s = cfg.sampling
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(s, test_clips=clips or s.test_clips,
+                                                                 test_crops=crops or s.test_crops))
 
 
 def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedClip:
@@ -93,9 +101,10 @@ class VideoScores:
 
 def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg: Config, dist: Distributed,
                  predictor: SpeciesPredictor | None = None) -> VideoScores:
-    """Scores of every video (:func:`~anim_clip.evaluate.scoring.clip_scores`). The head is given
-    each clip's annotated species, or with a species ``predictor`` its probabilities averaged over
-    the clip's views (and then scores given the annotation too, to compare the two)."""
+    """Scores of every video (:func:`~anim_clip.evaluate.scoring.clip_scores`), the species as the
+    head's inputs say: each clip's annotated species, or with a species ``predictor`` (which inputs
+    of ``predictor`` species need) its probabilities averaged over the clip's views (and then scores
+    given the annotation too, to compare the two)."""
     check_decoder(cfg.sampling.decoder, cfg.train.num_workers)
     modes = head.training, tower.training
     head.eval(), tower.eval()
@@ -111,6 +120,7 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
         for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
             yield from clips
 
+    inputs, precision, kind = head.inputs, cfg.backbone.precision, cfg.eval.scores
     for clip, features in FrameEncoder(tower, dist.device, cfg, predictor).encode(decoded()):
         fallbacks(clip.fallback)
         if features is None:
@@ -121,12 +131,13 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
         features = features.to(dist.device)[None]
         annotated = species[clip.index][None]
         if predictor is None:
-            scores.append(clip_scores(head, features, annotated, cfg)[0])
+            scores.append(clip_scores(head, features, annotated, inputs, precision, kind)[0])
             continue
         predicted = features.species.mean(1)
-        scores.append(clip_scores(head, features, predicted, cfg)[0])
+        scores.append(clip_scores(head, features, predicted, inputs, precision, kind)[0])
         species_probs.append(predicted[0])
-        annotated_scores.append(clip_scores(head, features, annotated, cfg)[0])
+        annotated_scores.append(clip_scores(head, features, annotated, inputs.with_species("annotated"), precision,
+                                            kind)[0])
     head.train(modes[0]), tower.train(modes[1])
     where = dist.all_gather_rows(torch.tensor(rows, dtype=torch.long, device=dist.device)).cpu().numpy()
 
@@ -185,7 +196,9 @@ def evaluate_checkpoint_on_videos(path: str | Path, *, split: str = "test", weig
     dataset = load_dataset(cfg.data)
     videos = video_split(dataset, split, cfg)
     head, tower, _ = head_and_tower(ckpt)
-    predictor = species_predictor(cfg.species, dataset.species)[0].to(dist.device) if head.external_species else None
+    predictor = None
+    if head.inputs.species == "predictor":
+        predictor = species_predictor(cfg.species, dataset.species)[0].to(dist.device)
     ctx = eval_context(dataset, cfg)
     report = evaluate_videos(head.to(dist.device), tower.to(dist.device), videos, cfg, ctx, dist, predictor)
     report.update(checkpoint=str(file), split=split)

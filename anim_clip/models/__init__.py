@@ -16,7 +16,7 @@ _EXPORTS = {
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_untrusted": "checkpoint",
-    "model_from_checkpoint": "checkpoint",
+    "model_from_checkpoint": "factory",
     "save_checkpoint": "checkpoint",
     "build_head": "factory",
     "end_to_end": "factory",

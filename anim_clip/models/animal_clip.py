@@ -91,15 +91,15 @@ class CrossFrameTower(nn.Module):
     """The end-to-end model's cross-frame tower behind :class:`FrozenImageTower`'s interface, so
     :class:`FrameEncoder` batches it too: views arrive flattened to ``(V·T, 3, S, S)``."""
 
-    def __init__(self, model: AnimalCLIP, num_frames: int, with_patches: bool):
+    def __init__(self, model: AnimalCLIP, num_frames: int, patches: bool):
         super().__init__()
-        self.model, self.num_frames, self.with_patches = model, num_frames, with_patches
+        self.model, self.num_frames, self.patches = model, num_frames, patches
         self.pixels = model.pixels
 
     @torch.inference_mode()
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         features = self.model.encode_frames(images.unflatten(0, (-1, self.num_frames)))
-        return features.cls.flatten(0, 1), features.patches.flatten(0, 1) if self.with_patches else None
+        return features.cls.flatten(0, 1), features.patches.flatten(0, 1) if self.patches else None
 
 
 def _count_blocks(state: Mapping[str, Tensor], prefix: str) -> int:

@@ -330,15 +330,15 @@ def tower_name(visual: torch.nn.Module) -> str:
 class FrozenImageTower(torch.nn.Module):
     """open_clip's image tower without gradients: frames in, per-frame embedding (+ patch tokens) out."""
 
-    def __init__(self, clip: torch.nn.Module, with_patches: bool = False):
+    def __init__(self, clip: torch.nn.Module, patches: bool = False):
         super().__init__()
         self.visual = clip.visual
         self.pixels = model_pixels(clip)
-        if with_patches and not has_patch_tokens(self.visual):
+        if patches and not has_patch_tokens(self.visual):
             raise AnimClipError(f"the image tower {tower_name(self.visual)} has no patch tokens, which "
                                 "backbone.patches=fp16 and model.video_specific_prompt need: use a ViT backbone, or "
                                 "backbone.patches=none and model.video_specific_prompt=false")
-        self.with_patches = with_patches
+        self.patches = patches  # returns patch tokens too
         self.requires_grad_(False)
         self.eval()
 
@@ -365,7 +365,7 @@ class FrozenImageTower(torch.nn.Module):
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(N,3,S,S)`` normalised -> embeddings ``(N,D)`` and patches ``(N,P,W)`` or None."""
-        if not self.with_patches:
+        if not self.patches:
             return self.visual(images), None
         out = self.visual.forward_intermediates(images, indices=1, output_fmt="NLC")
         return out["image_features"], out["image_intermediates"][-1]

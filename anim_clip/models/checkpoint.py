@@ -1,4 +1,5 @@
-"""Checkpoints: our own format, and safe reading of any checkpoint file.
+"""Checkpoint files: our own format, and safe reading of any checkpoint file. Building a model
+from a checkpoint is :mod:`anim_clip.models.factory`'s job; this module knows no model class.
 
 A checkpoint is untrusted input (a pickle can run code), so every file is read with
 ``torch.load(weights_only=True)``. The only non-plain object allowed is the yacs ``CfgNode``
@@ -8,11 +9,14 @@ needing anything else is refused with one line naming it.
 Our format (``anim-clip/1``, one ``torch.save`` dict, written atomically)::
 
     {"format": "anim-clip/1", "kind": "head" | "e2e", "config": config_to_dict(cfg),
-     "head": {"embed_dim", "num_frames", "patch_width", "gcn_hidden", "external_species"}, "model": state_dict,
-     "vocab": {"actions": [...], "species": [...]} | None, ...extra}
+     "head": {"embed_dim", "num_frames", "patch_width", "gcn_hidden"},
+     "inputs": {"species": "annotated" | "predictor" | "zero-shot" | "none", "patches": bool},
+     "model": state_dict, "vocab": {"actions": [...], "species": [...]} | None, ...extra}
 
-A head's state dict holds its vocabulary (text embeddings, graph) when it has one, so a
-checkpoint predicts without the dataset's text cache.
+``inputs`` is the head's :class:`~anim_clip.models.inputs.HeadInputs`. Files written before it was
+stored carry ``external_species`` among the head's dims instead; their inputs are derived from their
+config, as the run that wrote them derived them. A head's state dict holds its vocabulary (text
+embeddings, graph) when it has one, so a checkpoint predicts without the dataset's text cache.
 """
 
 from __future__ import annotations
@@ -32,14 +36,11 @@ from torch import Tensor, nn
 from anim_clip.config import Config, config_from_dict, config_to_dict
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
-from anim_clip.models.animal_clip import CUSTOM, AnimalCLIP, CrossFrameTower, clip_from_state_dict
-from anim_clip.models.backbone import FrozenImageTower, create_clip
-from anim_clip.models.factory import end_to_end
-from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.ui import console
+from anim_clip.models.inputs import HeadInputs
 
 FORMAT = "anim-clip/1"
-_RESERVED = ("format", "kind", "config", "head", "model", "vocab")
+_RESERVED = ("format", "kind", "config", "head", "inputs", "model", "vocab")
+LEGACY_DIMS = ("external_species",)  # head dims of files written before ``inputs`` was stored
 
 
 def load_untrusted(path: str | Path) -> Any:
@@ -111,6 +112,7 @@ class Checkpoint:
     kind: Literal["head", "e2e"]
     config: Config
     head_dims: dict[str, Any]
+    inputs: HeadInputs
     model: dict[str, Tensor]
     vocab: dict[str, list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -123,23 +125,24 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: AnimalCLIPHead | AnimalCLIP,
+    model: nn.Module,
     cfg: Config,
     *,
     vocab: dict[str, list[str]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (a head or the end-to-end model) atomically; ``extra`` adds top-level
-    entries (epoch, metrics, optimiser state: plain data and tensors only)."""
+    """Write ``model`` (a head, or the end-to-end model holding one as ``model.head``) atomically;
+    ``extra`` adds top-level entries (epoch, metrics, optimiser state: plain data and tensors only)."""
     clash = sorted(set(extra or {}) & set(_RESERVED))
     if clash:
         raise ValueError(f"extra entries may not replace {clash}")
-    head = model.head if isinstance(model, AnimalCLIP) else model
+    head = getattr(model, "head", model)
     payload = {
         "format": FORMAT,
-        "kind": "e2e" if isinstance(model, AnimalCLIP) else "head",
+        "kind": "head" if head is model else "e2e",
         "config": config_to_dict(dataclasses.replace(cfg, model=head.cfg)),
         "head": dict(head.dims),
+        "inputs": head.inputs.to_dict(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "vocab": vocab,
         **(extra or {}),
@@ -191,67 +194,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise AnimClipError(f"{path}: not an anim-clip checkpoint (format {found!r}, expected {FORMAT!r})")
     try:
         config = config_from_dict(obj["config"])
+        stored = obj.get("inputs")
         return Checkpoint(
             path=Path(path),
             kind=obj["kind"],
             config=config,
-            head_dims=obj["head"],
+            head_dims={k: v for k, v in obj["head"].items() if k not in LEGACY_DIMS},
+            inputs=HeadInputs.of_config(config) if stored is None else HeadInputs.from_dict(stored),
             model=obj["model"],
             vocab=obj.get("vocab"),
             extra={k: v for k, v in obj.items() if k not in _RESERVED},
         )
     except (KeyError, AnimClipError) as e:
         raise AnimClipError(f"{path}: damaged anim-clip checkpoint: {e}") from None
-
-
-def model_from_checkpoint(
-    ckpt: Checkpoint, mode: Literal["cached", "e2e"] | None = None, *, load_pretrained: bool = True
-) -> AnimalCLIPHead | AnimalCLIP:
-    """The model in ``mode`` (default: the checkpoint's kind). An end-to-end checkpoint gives its
-    head for cached mode; a head checkpoint goes end to end on ``config.backbone`` (its
-    pretrained weights unless ``load_pretrained=False``) with fresh message tokens."""
-    mode = mode or ("e2e" if ckpt.kind == "e2e" else "cached")
-    head_state = ckpt.head_state()
-    head = AnimalCLIPHead(ckpt.config.model, **ckpt.head_dims)
-    if "vocab.action_text" in head_state:
-        head.set_vocabulary(
-            head_state["vocab.action_text"], head_state["vocab.species_text"], head_state["vocab.graph.adjacency"]
-        )
-    if mode == "cached" or ckpt.kind == "head":
-        load_state_strict(head, head_state, ckpt.path)
-        if mode == "cached":
-            return head
-        return end_to_end(ckpt.config, head, load_pretrained=load_pretrained)
-    model = AnimalCLIP(checkpoint_clip(ckpt), head)
-    load_state_strict(model, ckpt.model, ckpt.path)
-    return model
-
-
-def checkpoint_clip(ckpt: Checkpoint) -> nn.Module:
-    """The open_clip model an end-to-end checkpoint's weights load into: its backbone as recorded,
-    rebuilt without weights (the same architecture, activation and preprocessing), or for a
-    converted release checkpoint of no open_clip architecture, read from the state dict's shapes."""
-    backbone = ckpt.config.backbone
-    if backbone.model == CUSTOM:
-        return clip_from_state_dict(ckpt.model, quick_gelu=backbone.quick_gelu)
-    return create_clip(backbone, load_weights=False)[0]
-
-
-def head_and_tower(ckpt: Checkpoint) -> tuple[AnimalCLIPHead, nn.Module, str]:
-    """The checkpoint's head, the image tower that feeds it (the model's own cross-frame tower end
-    to end; the frozen open_clip tower of ``config.backbone`` for a head) and where the tower's
-    weights came from."""
-    if ckpt.kind == "e2e":
-        model = model_from_checkpoint(ckpt)
-        tower = CrossFrameTower(model, model.head.dims["num_frames"], model.head.video_specific_prompt is not None)
-        return model.head, tower, "checkpoint"
-    head = model_from_checkpoint(ckpt, "cached")
-    clip, weights = create_clip(ckpt.config.backbone)
-    if weights.random:
-        console.print(f"[bold red]WARNING: {weights.model} has RANDOM weights (no weights in the checkpoint's "
-                      "backbone config): these predictions carry no pretrained knowledge[/]")
-    tower = FrozenImageTower(clip, with_patches=head.video_specific_prompt is not None)
-    if tower.embed_dim != head.dims["embed_dim"]:
-        raise AnimClipError(f"{ckpt.path}: the head takes {head.dims['embed_dim']}-d features, "
-                            f"{weights.model} gives {tower.embed_dim}-d")
-    return head, tower, weights.pretrained or "random"

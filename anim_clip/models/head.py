@@ -17,6 +17,7 @@ from anim_clip.config import ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.models.features import FrameFeatures, HeadOutput
 from anim_clip.models.graph_refine import GCN_HIDDEN, BipartiteGraph, GraphRefinement, take
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.models.mit import MultiFrameIntegration
 from anim_clip.models.prompts import PromptGenerator, VideoSpecificPrompt
 
@@ -55,19 +56,20 @@ class AnimalCLIPHead(nn.Module):
     """MIT, species–action graph refinement, category-specific text and video prompts, and
     optionally X-CLIP's video-specific prompt; logits = ``logit_scale`` × cosine.
 
-    ``forward(features, species)`` with ``species (B, A)`` float: the annotated (oracle) species
-    vector; with ``species_source='predicted'`` it is replaced by a zero-shot prediction from the
-    frame features, unless the head has an ``external_species`` predictor (``species.model``,
-    recorded in its checkpoint): then ``species`` is that predictor's probabilities, used as given;
-    with ``'none'`` it is replaced by zeros. The vocabulary (text embeddings + graph) can be
-    given here, set later (:meth:`set_vocabulary`), or passed per call (release checkpoints carry
-    none: the release re-encodes its text and graph at every call).
+    ``inputs`` (:class:`~anim_clip.models.inputs.HeadInputs`) says what it was trained to take:
+    ``forward(features, species)`` uses ``species (B, A)`` as given (annotated, or the species
+    predictor's probabilities), or replaces it by its own zero-shot guess from the frames, or by
+    zeros. Scoring may resolve the species vector with other inputs (a user's species at predict
+    time) through :meth:`species_vector`; the head itself never changes. The vocabulary (text
+    embeddings + graph) can be given here, set later (:meth:`set_vocabulary`), or passed per call
+    (release checkpoints carry none: the release re-encodes its text and graph at every call).
     """
 
     def __init__(
         self,
         cfg: ModelConfig,
         *,
+        inputs: HeadInputs,
         embed_dim: int,
         num_frames: int,
         adjacency: Tensor | None = None,
@@ -75,16 +77,13 @@ class AnimalCLIPHead(nn.Module):
         species_text: Tensor | None = None,
         patch_width: int | None = None,
         gcn_hidden: int = GCN_HIDDEN,
-        external_species: bool = False,
     ):
         super().__init__()
-        if cfg.video_specific_prompt and patch_width is None:
+        if inputs.patches and patch_width is None:
             raise AnimClipError("video_specific_prompt needs the patch-token width (patch_width)")
         self.cfg = dataclasses.replace(cfg)
-        self.dims = {
-            "embed_dim": embed_dim, "num_frames": num_frames, "patch_width": patch_width, "gcn_hidden": gcn_hidden,
-            "external_species": external_species,
-        }
+        self.inputs = inputs
+        self.dims = {"embed_dim": embed_dim, "num_frames": num_frames, "patch_width": patch_width, "gcn_hidden": gcn_hidden}
         self.mit = MultiFrameIntegration(num_frames, embed_dim, cfg.mit_layers)
         self.refine = (
             GraphRefinement(embed_dim, gcn_hidden, residual=cfg.refine_graph == "normalized") if cfg.refine else None
@@ -92,9 +91,7 @@ class AnimalCLIPHead(nn.Module):
         self.text_prompt = self._category_prompt() if cfg.text_prompt else None
         self.video_prompt = self._category_prompt() if cfg.video_prompt else None
         self.video_specific_prompt = (
-            VideoSpecificPrompt(patch_width, embed_dim, cfg.prompt_layers, cfg.prompts_alpha)
-            if cfg.video_specific_prompt
-            else None
+            VideoSpecificPrompt(patch_width, embed_dim, cfg.prompt_layers, cfg.prompts_alpha) if inputs.patches else None
         )
         self.vocab: HeadVocabulary | None = None
         given = [t is not None for t in (adjacency, action_text, species_text)]
@@ -126,27 +123,14 @@ class AnimalCLIPHead(nn.Module):
             raise AnimClipError("the head has no vocabulary: call set_vocabulary(action_text, species_text, adjacency)")
         return vocab
 
-    @property
-    def external_species(self) -> bool:
-        """Whether ``predicted`` species come from a separate predictor (``species.model``), given
-        to the head, rather than from the head's own zero-shot on its frames."""
-        return self.dims["external_species"]
-
-    @external_species.setter
-    def external_species(self, value: bool) -> None:
-        self.dims["external_species"] = value
-
-    @property
-    def predicts_species(self) -> bool:
-        """Whether the head predicts its species vector itself, ignoring a given one."""
-        return self.cfg.species_source == "predicted" and not self.external_species
-
-    def species_vector(self, cls: Tensor, species: Tensor | None, vocab: HeadVocabulary | None = None) -> Tensor:
-        """The species vector the head conditions on, per ``species_source`` (docs/method.md D1):
-        a zero-shot prediction from the frames ``cls (B, T, D)`` when the head
-        :attr:`predicts_species`, else :meth:`given_species`."""
-        if not self.predicts_species:
-            return self.given_species(species, cls.shape[0], vocab).to(cls.dtype)
+    def species_vector(self, cls: Tensor, species: Tensor | None, inputs: HeadInputs | None = None,
+                       vocab: HeadVocabulary | None = None) -> Tensor:
+        """``(B, A)``: the species vector the head conditions on under ``inputs`` (default: its own,
+        :attr:`inputs`): its zero-shot guess from the frames ``cls (B, T, D)``, else
+        :meth:`given_species`."""
+        inputs = inputs or self.inputs
+        if inputs.species != "zero-shot":
+            return self.given_species(species, cls.shape[0], inputs, vocab).to(cls.dtype)
         vocab = self._vocab(vocab)
         # Zero-shot CLIP on the frame-mean CLS embedding; a fixed predictor, never trained.
         with torch.no_grad():
@@ -154,11 +138,13 @@ class AnimalCLIPHead(nn.Module):
             logits = self.cfg.logit_scale * video @ F.normalize(vocab.species_text, dim=-1).T
             return logits.softmax(dim=-1)
 
-    def given_species(self, species: Tensor | None, count: int, vocab: HeadVocabulary | None = None) -> Tensor:
-        """``(count, A)``: the given species vectors as they are (``oracle``: annotated or named by the
-        user; ``predicted`` with an external predictor: its probabilities), or zeros (``none``)."""
+    def given_species(self, species: Tensor | None, count: int, inputs: HeadInputs | None = None,
+                      vocab: HeadVocabulary | None = None) -> Tensor:
+        """``(count, A)``: zeros when ``inputs`` (default: the head's own) take no species, else the
+        given species vectors as they are (the annotation, a user's species, a predictor's
+        probabilities), checked to be ``(count, A)``."""
         vocab = self._vocab(vocab)
-        if self.cfg.species_source == "none":
+        if (inputs or self.inputs).species == "none":
             return vocab.species_text.new_zeros(count, vocab.num_species)
         if species is None or tuple(species.shape) != (count, vocab.num_species):
             got = None if species is None else tuple(species.shape)
@@ -219,6 +205,6 @@ class AnimalCLIPHead(nn.Module):
         """Logits of a batch: the text half once per distinct species vector of the batch (exact:
         clips sharing species share the computation, and its gradient is theirs summed)."""
         vocab = self._vocab(vocab)
-        species = self.species_vector(features.cls.to(vocab.action_text.dtype), species, vocab)
+        species = self.species_vector(features.cls.to(vocab.action_text.dtype), species, vocab=vocab)
         distinct, index = torch.unique(species, dim=0, return_inverse=True)
         return self.score(features, species, self.conditioned_text(distinct, vocab), index, vocab)

@@ -29,6 +29,7 @@ from anim_clip.models.checkpoint import (
     torch_save,
 )
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.inputs import HeadInputs
 
 # (release prefix, our prefix); the first match wins.
 _PREFIXES = (
@@ -46,6 +47,7 @@ _PREFIXES = (
 )
 _GENERATOR_MLP = ((".mlp.0.", ".mlp.c_fc."), (".mlp.3.", ".mlp.c_proj."))
 UNUSED_RELEASE_KEYS = ("prompts_visual_ln.weight", "prompts_visual_ln.bias", "prompts_visual_proj")
+RELEASE_INPUTS = HeadInputs("annotated")  # the release feeds the annotated species, never patch tokens
 
 
 def _rename(key: str, to_ours: bool) -> str | None:
@@ -125,7 +127,7 @@ def load_release_model(
     cfg, dims = release_head_config(state)
     if num_frames is not None and num_frames != dims["num_frames"]:
         raise AnimClipError(f"{source}: the checkpoint integrates {dims['num_frames']} frames, not {num_frames}")
-    model = AnimalCLIP(clip_from_state_dict(state, quick_gelu=True), AnimalCLIPHead(cfg, **dims))
+    model = AnimalCLIP(clip_from_state_dict(state, quick_gelu=True), AnimalCLIPHead(cfg, inputs=RELEASE_INPUTS, **dims))
     load_state_strict(model, state, source)
     return model.eval()
 
@@ -200,11 +202,15 @@ def convert_release_checkpoint(
     return save_checkpoint(dst, model, cfg, vocab=vocab, extra={"release": {"source": str(src), **rest}})
 
 
-def release_incompatibilities(cfg: ModelConfig) -> list[str]:
-    """Options the release's ``XCLIP`` cannot express."""
-    wanted = {"refine": True, "refine_graph": "release", "text_prompt": True, "video_prompt": True,
-              "species_source": "oracle", "video_specific_prompt": False}
-    return [f"model.{k}={getattr(cfg, k)!r}" for k, v in wanted.items() if getattr(cfg, k) != v]
+def release_incompatibilities(cfg: ModelConfig, inputs: HeadInputs) -> list[str]:
+    """Options the release's ``XCLIP`` cannot express (it takes annotated species, no patch tokens)."""
+    wanted = {"refine": True, "refine_graph": "release", "text_prompt": True, "video_prompt": True}
+    bad = [f"model.{k}={getattr(cfg, k)!r}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if inputs.species != RELEASE_INPUTS.species:
+        bad.append(f"{inputs.species} species (it takes annotated ones)")
+    if inputs.patches:
+        bad.append("model.video_specific_prompt=True")
+    return bad
 
 
 def convert_to_release(src: str | Path, dst: str | Path) -> Path:
@@ -214,7 +220,7 @@ def convert_to_release(src: str | Path, dst: str | Path) -> Path:
     ckpt = load_checkpoint(src)
     if ckpt.kind != "e2e":
         raise AnimClipError(f"{src}: a head-only checkpoint; the release needs the image and text towers too")
-    bad = release_incompatibilities(ckpt.config.model)
+    bad = release_incompatibilities(ckpt.config.model, ckpt.inputs)
     if bad:
         raise AnimClipError(f"{src}: the release cannot express {', '.join(bad)}")
     state = ours_to_release(ckpt.model)

@@ -1,5 +1,6 @@
-"""The separate zero-shot species predictor (``species.model``, BioCLIP say) that a head trained with
-``model.species_source=predicted`` conditions on (docs/method.md §2.5, D1).
+"""The separate zero-shot species predictor (``species.model``, BioCLIP say) whose probabilities a
+head with ``predictor`` species inputs conditions on (:mod:`anim_clip.models.inputs`, docs/method.md
+§2.5, D1).
 
 Any open_clip model the backbone accepts (a name with ``species.pretrained``, ``hf-hub:``,
 ``local-dir:``) is built as the backbone is (:func:`~anim_clip.models.backbone.create_clip`). Its
@@ -19,19 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anim_clip.config import BackboneConfig, Config, SpeciesConfig
+from anim_clip.config import BackboneConfig, SpeciesConfig
 from anim_clip.data.transforms import Pixels
 from anim_clip.errors import ConfigError
 from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, check_backbone, create_clip, encode_texts
 from anim_clip.ui import console
 
 SECTION = "species"  # the config section refusals name
-
-
-def conditions_on_predictor(cfg: Config) -> bool:
-    """Whether the head's species vector is the separate predictor's probabilities (given to it as
-    an annotation is), rather than the annotation, its own zero-shot, or nothing."""
-    return cfg.model.species_source == "predicted" and cfg.species.model is not None
 
 
 def predictor_backbone(cfg: SpeciesConfig) -> BackboneConfig:

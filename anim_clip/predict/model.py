@@ -1,15 +1,11 @@
 """A trained checkpoint on a user's own videos: the scores of each.
 
 Each video (any container the decoders read, any length) is one segment, or with a window a
-series of overlapping segments. A segment gets the checkpoint's test views (clips × crops,
-docs/method.md §4.4–4.5), decoded once for all of them; the views go through the image tower (the
-frozen open_clip tower of ``config.backbone`` for a head checkpoint, the model's own cross-frame
-tower for an end-to-end one) and the head, and the softmax over actions is averaged over the views
-(docs/method.md §5). A video's scores are the mean over its segments, so a windowed video is scored
-on all of its length rather than on T frames spread over it. Species not named by the user are
-predicted: by the checkpoint's separate species predictor (``species.model``) when its config has
-one, from the same views rendered with the predictor's own pixels, its probabilities averaged over
-them; else zero-shot by the head.
+series of overlapping segments. A segment gets the checkpoint's test views, decoded once for all of
+them, scored by :class:`~anim_clip.evaluate.scorer.VideoScorer` (image tower, species input, head),
+the softmax over actions averaged over the views (docs/method.md §5). A video's scores are the mean
+over its segments, so a windowed video is scored on all of its length rather than on T frames
+spread over it.
 
 Many videos are scored as one stream (:meth:`Predictor.stream`): decoding threads run ahead
 (:mod:`anim_clip.predict.stream`) and the segments of any videos share the tower's batches, so
@@ -18,43 +14,23 @@ neither the number nor the length of the videos sets the memory used.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from anim_clip.config import Config
-from anim_clip.data.sampling import TEST_CROPS, eval_views
-from anim_clip.data.video import FallbackNotice, VideoFile, open_video
+from anim_clip.data.video import VideoFile, open_video
 from anim_clip.errors import AnimClipError, VideoDecodeError
-from anim_clip.evaluate.scoring import score_views
-from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder
-from anim_clip.models.checkpoint import Checkpoint, head_and_tower, load_checkpoint
-from anim_clip.models.features import FrameFeatures
-from anim_clip.models.species import species_predictor
+from anim_clip.evaluate.scorer import VideoScorer
+from anim_clip.frames import DecodedClip
+from anim_clip.models.checkpoint import Checkpoint
 from anim_clip.predict.stream import DecodeAhead
-from anim_clip.runtime.distributed import default_device
 
 SPECIES_SHOWN = 3  # predicted species reported per video
-
-
-@dataclass(frozen=True)
-class SpeciesSetting:
-    """What the head conditions on: the species named by the user (``oracle``, multi-hot
-    ``vector``), a prediction from the frames (``predicted``: by the separate species
-    ``predictor`` when there is one, else the head's own zero-shot) or nothing (``none``).
-    ``note`` tells the user when the choice was made for them."""
-
-    source: Literal["oracle", "predicted", "none"]
-    vector: Tensor | None = None
-    note: str | None = None
-    predictor: str | None = None  # species.model, when it predicts the species
 
 
 @dataclass
@@ -89,47 +65,6 @@ class VideoPrediction:
         """The k best actions with their scores, best first."""
         order = np.argsort(-self.scores, kind="stable")[:k]
         return [(self.actions[i], float(self.scores[i])) for i in order]
-
-
-def species_vector(names: Sequence[str], vocabulary: Sequence[str]) -> Tensor:
-    """Multi-hot ``(A,)`` over the checkpoint's species; names match case-insensitively and an
-    unknown one is refused with the closest known names, so a typo never silently drops a species."""
-    index = {name.lower(): i for i, name in enumerate(vocabulary)}
-    vector = torch.zeros(len(vocabulary))
-    for name in names:
-        i = index.get(name.strip().lower())
-        if i is None:
-            close = difflib.get_close_matches(name.strip().lower(), list(index), n=3, cutoff=0.5)
-            hint = (f"close matches: {', '.join(vocabulary[index[c]] for c in close)}" if close else
-                    f"known species: {', '.join(vocabulary[:10])}{', ...' if len(vocabulary) > 10 else ''}")
-            raise AnimClipError(f"unknown species {name!r} (--species); {hint}")
-        vector[i] = 1.0
-    return vector
-
-
-def species_setting(trained: str, names: Sequence[str] | None, predict: bool,
-                    vocabulary: Sequence[str] | None, predictor: str | None = None) -> SpeciesSetting:
-    """The species input from the options, the source the checkpoint was trained with
-    (``model.species_source``) and its species ``predictor`` (``species.model``); an oracle-trained
-    checkpoint given no species predicts them."""
-    if names and predict:
-        raise AnimClipError("give --species or --predict-species, not both")
-    if trained == "none":
-        if names or predict:
-            raise AnimClipError("this checkpoint was trained without species (model.species_source=none): "
-                                "--species and --predict-species do not apply")
-        return SpeciesSetting("none")
-    if names:
-        if vocabulary is None:
-            raise AnimClipError("this checkpoint records no species names, so --species cannot name one; "
-                                "use --predict-species")
-        return SpeciesSetting("oracle", species_vector(names, vocabulary))
-    how = f"by the species predictor {predictor}" if predictor else "zero-shot"
-    note = f"species are predicted {how} from the frames" if predictor else None
-    if not predict and trained == "oracle":
-        note = (f"no --species given: species are predicted {how} from the frames (this checkpoint was trained "
-                "with annotated species; --species NAME gives them)")
-    return SpeciesSetting("predicted", note=note, predictor=predictor)
 
 
 def demo_world_note(cfg: Config, actions: Sequence[str], species: Sequence[str] | None) -> str | None:
@@ -193,50 +128,8 @@ class _Scoring:
         return self.opened is not None and len(self.actions) == len(self.opened.segments)
 
 
-class Predictor:
-    """A checkpoint ready to score videos: tower, head, view plan and species input, built once."""
-
-    def __init__(self, checkpoint: str | Path | Checkpoint, *, species: Sequence[str] | None = None,
-                 predict_species: bool = False, clips: int | None = None, crops: int | None = None,
-                 device: str | torch.device | None = None, decoder: str | None = None):
-        self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        self.cfg = with_decoder(_with_views(self.ckpt.config, clips, crops), decoder)
-        self.device = torch.device(device) if device is not None else default_device()
-        head, tower, self.weights = head_and_tower(self.ckpt)
-        if head.vocab is None:
-            raise AnimClipError(f"{self.ckpt.path}: the checkpoint carries no vocabulary (text embeddings of its "
-                                "actions and species), so it cannot predict on its own")
-        vocab = self.ckpt.vocab or {}
-        self.actions = list(vocab.get("actions") or [f"action {i}" for i in range(head.vocab.num_actions)])
-        self.species_names = vocab.get("species")
-        self.species = species_setting(head.cfg.species_source, species, predict_species, self.species_names,
-                                       self.cfg.species.model)
-        # the head's own switch between oracle, predicted (given by the predictor, or its own zero-shot), none
-        head.cfg.species_source = self.species.source
-        head.external_species = self.species.predictor is not None
-        self.species_predictor, self.species_weights = None, None
-        if self.species.predictor is not None:
-            predictor, self.species_weights = species_predictor(self.cfg.species, self.species_names or [])
-            self.species_predictor = predictor.to(self.device).eval()
-        self.head = head.to(self.device).eval()
-        self.tower = tower.to(self.device).eval()
-        self.encoder = FrameEncoder(self.tower, self.device, self.cfg, self.species_predictor)
-        self.num_frames = head.dims["num_frames"]
-        self.fallbacks = FallbackNotice()
-
-    def describe(self) -> dict[str, Any]:
-        """What produced the scores, for the JSON file."""
-        s = self.cfg.sampling
-        return {
-            "checkpoint": str(self.ckpt.path), "kind": self.ckpt.kind,
-            "backbone": {"model": self.cfg.backbone.model, "weights": self.weights},
-            "views": {"frames": self.num_frames, "clips": s.test_clips, "crops": s.test_crops, "image_size": s.image_size},
-            "decoder": s.decoder,
-            "actions": self.actions,
-            "species_source": self.species.source, "species_note": self.species.note,
-            "species_predictor": None if self.species_weights is None else
-            {"model": self.species.predictor, "weights": self.species_weights.pretrained or "random"},
-        }
+class Predictor(VideoScorer):
+    """A :class:`VideoScorer` that scores many videos as one stream, or windows of them."""
 
     def predict(self, path: str | Path, *, window: float | None = None, stride: float | None = None) -> VideoPrediction:
         """Scores of one video; a video that cannot be decoded comes back with ``error`` set."""
@@ -272,7 +165,7 @@ class Predictor:
                 yield v, VideoPrediction(state.path, self.actions, error=clip.error)
                 continue
             self.fallbacks(clip.fallback)
-            scored = score_views(self.head, features, self._given(features), self.cfg)
+            scored = self.score(features)
             state.actions[segment] = scored.scores.mean(0).cpu().numpy()
             state.species[segment] = scored.species.mean(0).float().cpu().numpy()
             state.frames_used += len(np.unique(clip.frame_indices))
@@ -305,26 +198,6 @@ class Predictor:
         bounds = window_bounds(video.num_frames, video.fps, window, resolve_stride(window, stride))
         return [(a, b, *frame_range(a, b, video.fps, video.num_frames)) for a, b in bounds]
 
-    def decode(self, video: VideoFile, first: int, stop: int, index: int) -> DecodedClip:
-        """The test views of frames ``[first, stop)``, every needed frame decoded once."""
-        s = self.cfg.sampling
-        views = eval_views(stop - first, video.height, video.width, self.num_frames, s.test_clips, s.test_crops,
-                           s.image_size, s.resize)
-        return decode_views(video, index, views, first)
-
-    def _given(self, features: FrameFeatures) -> Tensor | None:
-        """The species vector every view of a segment is given: the species named, or the species
-        predictor's probabilities averaged over the views; None when the head predicts them itself
-        or takes none."""
-        vector = features.species.mean(0) if self.species_predictor is not None else self.species.vector
-        return None if vector is None else vector.to(self.device).expand(features.cls.shape[0], -1)
-
-    def encode(self, decoded: Iterable[DecodedClip]) -> Iterator[tuple[FrameFeatures, Tensor | None]]:
-        """Each decoded segment's features, and the species vector ``(A,)`` its views are given."""
-        for _, features in self.encoder.encode(decoded):
-            given = self._given(features)
-            yield features, None if given is None else given[0]
-
     def _prediction(self, state: _Scoring, windowed: bool) -> VideoPrediction:
         """A finished video's scores: the mean over its segments (and each window's, with a window)."""
         opened = state.opened
@@ -333,27 +206,16 @@ class Predictor:
         windows = [Window(a, b, scores) for (a, b, _, _), scores in zip(opened.segments, actions)] if windowed else []
         return VideoPrediction(state.path, self.actions, actions.mean(0), self._species_report(species.mean(0)),
                                windows, opened.num_frames, opened.fps, frames_used=state.frames_used,
-                               species_source=self.species.source)
+                               species_source=self.inputs.source)
 
     def _species_report(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
         """Oracle: the species given; predicted: the most probable ones; none: nothing."""
-        if self.species.source == "none":
+        if self.inputs.species == "none":
             return []
         order = np.argsort(-probabilities, kind="stable")
-        order = order[probabilities[order] > 0] if self.species.source == "oracle" else order[:SPECIES_SHOWN]
+        order = order[probabilities[order] > 0] if self.inputs.species == "annotated" else order[:SPECIES_SHOWN]
         names = self.species_names or [f"species {i}" for i in range(len(probabilities))]
         return [(names[i], float(probabilities[i])) for i in order]
-
-
-def _with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
-    """``cfg`` with the test views overridden where asked (validated here: a bad value is an option)."""
-    if clips is not None and clips < 1:
-        raise AnimClipError(f"--clips must be at least 1, got {clips}")
-    if crops is not None and crops not in TEST_CROPS:
-        raise AnimClipError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
-    s = cfg.sampling
-    views = dataclasses.replace(s, test_clips=clips or s.test_clips, test_crops=crops or s.test_crops)
-    return dataclasses.replace(cfg, sampling=views)
 
 
 def predict_videos(checkpoint: str | Path | Checkpoint, videos: Sequence[str | Path], *,

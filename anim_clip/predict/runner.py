@@ -36,11 +36,11 @@ def run_settings(predictor: Predictor, window: float | None, stride: float | Non
     the checkpoint spells them, views and decoder as used): a journal written with other values is
     refused rather than mixed with new scores."""
     s = predictor.cfg.sampling
-    vector = predictor.species.vector
+    vector = predictor.named
     given = [] if vector is None else [predictor.species_names[i] for i in vector.nonzero().flatten().tolist()]
     return {
         "checkpoint sha256": file_sha256(predictor.ckpt.path), "--species": given,
-        "species source": predictor.species.source, "--window": window,
+        "species source": predictor.inputs.source, "--window": window,
         "--stride": None if window is None else resolve_stride(window, stride),
         "--clips": s.test_clips, "--crops": s.test_crops, "--decoder": s.decoder, "--top-k": top_k,
     }
@@ -78,7 +78,7 @@ def run_predict(model: str | Path, inputs: Sequence[str | Path] = (), *, out: st
     index, count = shard or default_shard()
     predictor = Predictor(checkpoint, species=species, predict_species=predict_species, clips=clips, crops=crops,
                           device=device, decoder=decoder)
-    for note in (demo_world_note(predictor.cfg, predictor.actions, predictor.species_names), predictor.species.note):
+    for note in (demo_world_note(predictor.cfg, predictor.actions, predictor.species_names), predictor.species_note):
         if note:
             console.print(f"[yellow]{note}[/]", soft_wrap=True)
     out = Path(out)

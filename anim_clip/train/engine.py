@@ -42,10 +42,10 @@ from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
 from anim_clip.models.head import AnimalCLIPHead
-from anim_clip.models.species import conditions_on_predictor
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.cache.reader import class_text, head_dims, open_cached_data, pending_note, pooled_text, with_cache_decoder
 from anim_clip.train.cached import CachedTrainData
-from anim_clip.train.inputs import Inputs
+from anim_clip.train.shared import SharedData
 from anim_clip.runtime.distributed import Distributed, setup_distributed
 from anim_clip.train.losses import LOSSES, Loss
 from anim_clip.models.features import Batch
@@ -154,8 +154,7 @@ def _set_deterministic(cfg: Config) -> None:
 
 def _cached_mode(cfg: Config, cache: FeatureCache, dataset: Dataset, ctx: EvalContext, dist: Distributed,
                  allow_incomplete: bool) -> Mode:
-    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, cfg.model.video_specific_prompt,
-                                       allow_incomplete)
+    cache_obj, data = open_cached_data(cfg, cache, dataset, dist.device, HeadInputs.of_config(cfg), allow_incomplete)
     head = build_head(cfg, **head_dims(cache_obj), **vocabulary(cfg, cache_obj, dataset)).to(dist.device)
     return Mode(head, CachedTrainData(data["train"]), lambda split: evaluate_split(head, data[split], cfg, ctx, dist),
                 lambda: final_report(head, cache_obj, data, "test", cfg, ctx, dist),
@@ -169,7 +168,7 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
         if dist.is_main:
             console.print(f"warm start: the head of {file}")
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
-    tower = CrossFrameTower(model, cfg.sampling.num_frames, model.head.video_specific_prompt is not None)
+    tower = CrossFrameTower(model, cfg.sampling.num_frames, model.head.inputs.patches)
     split_cfg = {"val": with_views(cfg, 1, 1), "test": cfg}  # per-epoch selection on 1 x 1 views, as the release
 
     def evaluate(split: str) -> dict[str, Any]:
@@ -183,20 +182,20 @@ def _e2e_mode(cfg: Config, dataset: Dataset, ctx: EvalContext, dist: Distributed
 def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resume: bool = False,
           select_on_test: bool = False, progress: bool = True, device: torch.device | None = None,
           init_head: str | Path | None = None, allow_incomplete: bool = False,
-          allow_config_change: bool = False, inputs: Inputs | None = None) -> TrainResult:
+          allow_config_change: bool = False, shared: SharedData | None = None) -> TrainResult:
     """Train as ``cfg.train.mode`` says: the head on the feature cache ``cache`` (cached; on the clips
     extracted so far only if ``allow_incomplete``), or the whole model on the raw videos of
     ``cfg.data`` (e2e, optionally warm-started from the head of a cached run, ``init_head``; a
     resumed run takes its head from its own ``last.pt`` instead).
 
     A resumed run keeps the config its ``last.pt`` was trained with unless ``allow_config_change``;
-    nothing is written to ``out`` until everything before the first epoch has succeeded. ``inputs``
+    nothing is written to ``out`` until everything before the first epoch has succeeded. ``shared``
     (a sweep's) gives the dataset and cache already opened by earlier runs."""
     if cfg.train.mode == "cached" and cache is None:
         raise AnimClipError("cached mode trains on a feature cache: give --cache (made by `anim-clip extract`)")
     if cfg.train.mode == "e2e" and cache is not None:
         raise AnimClipError("e2e mode trains on the raw videos of data.root; drop --cache")
-    if cfg.train.mode == "e2e" and conditions_on_predictor(cfg):
+    if cfg.train.mode == "e2e" and HeadInputs.of_config(cfg).species == "predictor":
         raise AnimClipError(f"e2e mode does not run the species predictor species.model={cfg.species.model}: its "
                             "probabilities live in a feature cache; train in cached mode (--cache), or set "
                             "species.model=null (predicted species: the head's own zero-shot)")
@@ -210,11 +209,11 @@ def train(cfg: Config, *, cache: str | Path | None = None, out: str | Path, resu
         cfg = with_cache_decoder(cfg, cache)
     changes = _config_changes(run, saved, cfg, allow_config_change)
     _set_deterministic(cfg)
-    inputs = inputs or Inputs()
-    dataset = inputs.dataset(cfg.data)
+    shared = shared or SharedData()
+    dataset = shared.dataset(cfg.data)
     ctx = eval_context(dataset, cfg)
     if cfg.train.mode == "cached":
-        mode = _cached_mode(cfg, inputs.cache(cache), dataset, ctx, dist, allow_incomplete)
+        mode = _cached_mode(cfg, shared.cache(cache), dataset, ctx, dist, allow_incomplete)
     else:
         mode = _e2e_mode(cfg, dataset, ctx, dist, None if resume else init_head)
     freeze_dead_parameters(mode.model)

@@ -4,7 +4,7 @@ reference, the baselines once) as CSV, JSON and a plot, in percent.
 
 A sweep pays once for what every run would pay alone: ``--parallel`` long-lived worker processes
 (one by default) each import torch once, keep the cache's splits in memory on the device for all
-the runs they train (:class:`~anim_clip.train.inputs.Inputs`), and every run reads the baselines
+the runs they train (:class:`~anim_clip.train.shared.SharedData`), and every run reads the baselines
 from the cache's store, which the first one fills (:func:`~anim_clip.evaluate.baselines.cached_baselines`).
 Several workers share the device and the CPU's threads (each gets its share).
 
@@ -41,7 +41,7 @@ from anim_clip.evaluate.report import primary_metric
 from anim_clip.evaluate.plots import _save as save_figure  # the one PNG writer: atomic, figure closed
 from anim_clip.evaluate.plots import plt
 from anim_clip.io import atomic_write_json, atomic_write_text
-from anim_clip.train.inputs import Inputs
+from anim_clip.train.shared import SharedData
 from anim_clip.ui import console, progress_bar, table
 
 
@@ -108,13 +108,13 @@ def cell_threads(parallel: int) -> int:
 # the workers: one process each, alive for the whole sweep
 
 
-_INPUTS: Inputs | None = None  # the worker's: datasets and cache splits opened by its earlier runs
+_SHARED: SharedData | None = None  # the worker's: datasets and cache splits opened by its earlier runs
 
 
 def _start_worker(threads: int) -> None:
-    global _INPUTS
+    global _SHARED
     torch.set_num_threads(threads)
-    _INPUTS = Inputs()
+    _SHARED = SharedData()
 
 
 def _train_cell(run: SweepRun, config: str, overrides: list[str], cache: Path, allow_incomplete: bool) -> str | None:
@@ -127,7 +127,7 @@ def _train_cell(run: SweepRun, config: str, overrides: list[str], cache: Path, a
         try:
             cfg = load_config(config, [*overrides, *run.overrides()])
             train(cfg, cache=cache, out=run.path, resume=(run.path / "last.pt").exists(), progress=False,
-                  allow_incomplete=allow_incomplete, inputs=_INPUTS)
+                  allow_incomplete=allow_incomplete, shared=_SHARED)
             return None
         except AnimClipError as e:
             console.print(f"error: {e}", soft_wrap=True, highlight=False)

@@ -1,5 +1,5 @@
 """Where a training run's dataset and feature cache come from: ``train`` alone opens them afresh; a
-sweep's worker keeps one :class:`Inputs` for all its runs, so each dataset is parsed and the cache
+sweep's worker keeps one :class:`SharedData` for all its runs, so each dataset is parsed and the cache
 read onto the device once (the runs differ in settings, not in what they read)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LoadedCache(FeatureCache):
         return self._splits[key]
 
 
-class Inputs:
+class SharedData:
     """Datasets by data config and caches by folder, each opened on first use."""
 
     def __init__(self) -> None:
