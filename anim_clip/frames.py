@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anim_clip.config import Config
-from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
+from anim_clip.data.sampling import TEST_CROPS, ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import render_views, rendered_pixels
 from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
 from anim_clip.errors import AnimClipError, DecoderUnavailable, VideoDecodeError
@@ -105,6 +105,18 @@ def with_decoder(cfg: Config, decoder: str | None) -> Config:
                           "decoding with decord[/]", soft_wrap=True)
             decoder = "decord"
     return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, decoder=decoder))
+
+
+def with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
+    """``cfg`` with ``clips`` × ``crops`` test views where given (per-epoch selection uses 1 × 1, as the
+    release; ``predict --clips --crops``), refusing views the sampler cannot plan."""
+    if clips is not None and clips < 1:
+        raise AnimClipError(f"--clips must be at least 1, got {clips}")
+    if crops is not None and crops not in TEST_CROPS:
+        raise AnimClipError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
+    s = cfg.sampling
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(s, test_clips=clips or s.test_clips,
+                                                                 test_crops=crops or s.test_crops))
 
 
 Decode = Callable[[int], DecodedClip]

@@ -35,6 +35,7 @@ from anim_clip.evaluate.baselines import cached_baselines
 from anim_clip.evaluate.metrics import mean_average_precision
 from anim_clip.runtime.rundir import RunDir
 from anim_clip.train.engine import train
+from anim_clip.models.inputs import HeadInputs
 from benchmarks.common import save
 
 PREVIOUS = {"train.epochs": 30, "train.head_lr": 1e-3, "train.batch_size": 32, "train.weight_decay": 1e-3,
@@ -82,7 +83,8 @@ def last_validation(run: Path) -> float:
 def probe_on_validation(root: Path, seed: int) -> float:
     """The linear probe's mAP on the validation share of ``seed``, fitted on the rest."""
     cfg = demo_config(root / "data", overrides({}, "train.val_fraction=0.2", f"train.seed={seed}"))
-    cache, data = open_cached_data(cfg, root / "cache", load_dataset(cfg.data), torch.device("cpu"), False)
+    cache, data = open_cached_data(cfg, root / "cache", load_dataset(cfg.data), torch.device("cpu"),
+                                   HeadInputs.of_config(cfg))
     scores, _ = cached_baselines(cache, data, "val", cfg, multilabel=True)
     return mean_average_precision(scores["linear_probe"], data["val"].targets().numpy())[0]
 

@@ -23,7 +23,6 @@ vector is distinct and the path deduplicates nothing), and the path in bf16 auto
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -40,6 +39,7 @@ from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.evaluate.scoring import probabilities, score_views, split_scores
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.inputs import HeadInputs
 from benchmarks.common import RESULTS, save
 
 D, T, VIEWS = 512, 8, 12
@@ -50,7 +50,7 @@ def ak_head(seed: int = 0) -> tuple[AnimalCLIPHead, Dataset]:
     dataset = load_dataset(DataConfig(format="ak"))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = AnimalCLIPHead(Config().model, embed_dim=D, num_frames=T,
+    head = AnimalCLIPHead(Config().model, inputs=HeadInputs("annotated"), embed_dim=D, num_frames=T,
                           adjacency=torch.from_numpy(dataset.graph("release").adjacency()),
                           action_text=torch.randn(dataset.num_actions, D, generator=gen),
                           species_text=torch.randn(dataset.num_species, D, generator=gen))
@@ -69,7 +69,7 @@ def cached_split(root: Path, species: np.ndarray, device: torch.device, seed: in
         for i in writer.pending:
             writer.write(i, FrameFeatures(torch.randn(VIEWS, T, D, generator=gen)), np.zeros((VIEWS, T)), "synthetic")
     split = FeatureCache(root).split("test", device)
-    return CachedSplitData(split, torch.arange(n, device=device), needs_patches=False)
+    return CachedSplitData(split, torch.arange(n, device=device), HeadInputs("annotated"))
 
 
 def per_view_logits(head: AnimalCLIPHead, data: CachedSplitData, rows: torch.Tensor) -> torch.Tensor:
@@ -87,11 +87,11 @@ def per_view_logits(head: AnimalCLIPHead, data: CachedSplitData, rows: torch.Ten
     return torch.cat(out)
 
 
-def path_logits(head: AnimalCLIPHead, data: CachedSplitData, rows: torch.Tensor, cfg: Config) -> torch.Tensor:
+def path_logits(head: AnimalCLIPHead, data: CachedSplitData, rows: torch.Tensor, precision: str) -> torch.Tensor:
     """``(N·V, C)`` logits of the same views through the path (views held in memory)."""
     cls = data.split.cls[rows].float()
     return score_views(head, FrameFeatures(cls.flatten(0, 1)), data.split.species[rows].float().repeat_interleave(VIEWS, 0),
-                       cfg).logits
+                       data.inputs, precision, "softmax").logits
 
 
 def timed(fn) -> tuple[Any, float]:
@@ -100,16 +100,18 @@ def timed(fn) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def compare(head: AnimalCLIPHead, data: CachedSplitData, cfg: Config, clips: int, per_view_clips: int) -> dict[str, Any]:
-    """The per-view path on ``per_view_clips`` clips, the path on ``clips``; both on ``cfg``'s precision."""
+def compare(head: AnimalCLIPHead, data: CachedSplitData, precision: str, clips: int,
+            per_view_clips: int) -> dict[str, Any]:
+    """The per-view path on ``per_view_clips`` clips, the path on ``clips``; both in ``precision``, the
+    head's species inputs ``data.inputs``."""
     rows = torch.arange(clips, device=data.indices.device)
     checked = rows[:per_view_clips]
-    scores, seconds = timed(lambda: split_scores(head, data, rows, cfg))
+    scores, seconds = timed(lambda: split_scores(head, data, rows, precision, "softmax"))
     old, old_seconds = timed(lambda: per_view_logits(head, data, checked))
-    new = path_logits(head, data, checked, cfg)
-    old_scores = probabilities(old, cfg.eval.scores).view(len(checked), VIEWS, -1).mean(1)
-    distinct = (len(torch.unique(data.split.species[rows].float(), dim=0)) if head.cfg.species_source == "oracle"
-                else clips * VIEWS)  # predicted: a soft vector per view
+    new = path_logits(head, data, checked, precision)
+    old_scores = probabilities(old, "softmax").view(len(checked), VIEWS, -1).mean(1)
+    distinct = (len(torch.unique(data.split.species[rows].float(), dim=0)) if data.inputs.given
+                else clips * VIEWS)  # zero-shot: a soft vector per view
     return {
         "clips": clips, "views": VIEWS, "distinct_species_vectors": distinct,
         "per_view_clips": per_view_clips, "per_view_seconds": old_seconds,
@@ -123,21 +125,19 @@ def compare(head: AnimalCLIPHead, data: CachedSplitData, cfg: Config, clips: int
 
 def run(head: AnimalCLIPHead, data: CachedSplitData, clips: int, per_view_clips: int,
         predicted_clips: int) -> dict[str, Any]:
-    fp32 = dataclasses.replace(Config(), backbone=dataclasses.replace(Config().backbone, precision="fp32"))
-    bf16 = dataclasses.replace(fp32, backbone=dataclasses.replace(fp32.backbone, precision="bf16"))
-    result = compare(head, data, fp32, clips, per_view_clips)
+    result = compare(head, data, "fp32", clips, per_view_clips)
     print(f"oracle species, fp32: per view {result['per_view_clips_per_s']:.2f} clips/s, path "
           f"{result['clips_per_s']:.1f} clips/s ({result['speedup']:.1f}x), max |logit diff| "
           f"{result['max_abs_logit_diff']:.2e}")
     rows = torch.arange(clips, device=data.indices.device)
-    reference = split_scores(head, data, rows, fp32)
-    low, seconds = timed(lambda: split_scores(head, data, rows, bf16))
+    reference = split_scores(head, data, rows, "fp32", "softmax")
+    low, seconds = timed(lambda: split_scores(head, data, rows, "bf16", "softmax"))
     result["bf16"] = {"clips_per_s": clips / seconds, "max_abs_score_diff_vs_fp32": float((low - reference).abs().max()),
                       "top1_agreement": float((low.argmax(1) == reference.argmax(1)).float().mean())}
     print(f"oracle species, bf16 path: {result['bf16']['clips_per_s']:.1f} clips/s")
-    head.cfg.species_source = "predicted"
-    result["predicted"] = compare(head, data, fp32, predicted_clips, predicted_clips)
-    head.cfg.species_source = "oracle"
+    head.inputs = HeadInputs("zero-shot")  # the per-view reference is the head's own forward: the same inputs
+    result["predicted"] = compare(head, data.with_inputs(head.inputs), "fp32", predicted_clips, predicted_clips)
+    head.inputs = HeadInputs("annotated")
     print(f"predicted species, fp32: per view {result['predicted']['per_view_clips_per_s']:.2f} clips/s, path "
           f"{result['predicted']['clips_per_s']:.2f} clips/s")
     return result

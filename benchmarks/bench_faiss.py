@@ -42,6 +42,7 @@ from anim_clip.config import ModelConfig, load_config
 from anim_clip.data.dataset import load_dataset
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.ui import console, table
+from anim_clip.models.inputs import HeadInputs
 
 D, K = 512, 10
 BATCH_QUERIES, SINGLE_QUERIES, REPEATS = 1000, 200, 3
@@ -65,7 +66,7 @@ def ak_head(num_species: int | None) -> tuple[AnimalCLIPHead, list[str], list[st
     keep = num_species or A
     nodes = torch.cat([torch.arange(keep), torch.arange(A, A + C)])
     g = torch.Generator().manual_seed(0)
-    head = AnimalCLIPHead(ModelConfig(), embed_dim=D, num_frames=8, adjacency=adjacency[nodes][:, nodes],
+    head = AnimalCLIPHead(ModelConfig(), inputs=HeadInputs("annotated"), embed_dim=D, num_frames=8, adjacency=adjacency[nodes][:, nodes],
                           action_text=torch.randn(C, D, generator=g), species_text=torch.randn(keep, D, generator=g))
     return head.eval(), list(dataset.actions), list(dataset.species[:keep])
 

@@ -36,11 +36,11 @@ from benchmarks.common import save
 
 def eval_seconds(head: AnimalCLIPHead, cfg: Config, root: Path) -> dict[str, float]:
     """The test split scored by the path and by the per-view path, seconds each."""
-    _, data = open_cached_data(cfg, root / "cache", load_dataset(cfg.data), torch.device("cpu"), False)
+    _, data = open_cached_data(cfg, root / "cache", load_dataset(cfg.data), torch.device("cpu"), head.inputs)
     test = data["test"]
     head.eval()
     start = time.perf_counter()
-    split_scores(head, test, test.indices, cfg)
+    split_scores(head, test, test.indices, cfg.backbone.precision, cfg.eval.scores)
     middle = time.perf_counter()
     per_view_logits(head, test, test.indices)
     return {"eval_path_s": middle - start, "eval_per_view_s": time.perf_counter() - middle}

@@ -46,6 +46,7 @@ from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.cache.reader import open_cached_data
 from anim_clip.runtime.distributed import Distributed
 from anim_clip.train.engine import train
+from anim_clip.models.inputs import HeadInputs
 
 CPU = torch.device("cpu")
 
@@ -302,7 +303,7 @@ def test_spread(stored):
 
 def test_clip_query_flags_actions_the_species_cannot_perform(stored, head, trained):
     cfg = trained["cfg"]
-    clip = clip_from_cache(trained["cache"], "test00002.mp4", cfg, False)
+    clip = clip_from_cache(trained["cache"], "test00002.mp4", cfg, head.inputs)
     report = clip_report(stored, head, clip, trained["cfg"], k=7)
     can_perform = load_dataset(cfg.data).graph(cfg.data.graph).can_perform()
     species = np.flatnonzero(clip.species.numpy())
@@ -322,12 +323,12 @@ def test_clip_query_flags_actions_the_species_cannot_perform(stored, head, train
     assert any("cannot perform it" in f for f in report["flags"]) == (not performable[top])
     assert [t["action"] for t in report["true_actions"]] == [stored.space.actions[c] for c in np.flatnonzero(clip.targets)]
     with pytest.raises(AnimClipError, match="no clip 'missing.mp4'"):
-        clip_from_cache(trained["cache"], "missing.mp4", cfg, False)
+        clip_from_cache(trained["cache"], "missing.mp4", cfg, head.inputs)
 
 
 def test_confusions_follow_the_spearman_definition(stored, head, trained):
     cfg = trained["cfg"]
-    _, data = open_cached_data(cfg, trained["cache"], load_dataset(cfg.data), CPU, False)
+    _, data = open_cached_data(cfg, trained["cache"], load_dataset(cfg.data), CPU, HeadInputs.of_config(cfg))
     result = confusion_report(stored, head, data["test"], cfg, k=2, top=5)
     report = result.report
     expected = spearmanr(result.confusions, result.similarity).statistic
@@ -406,7 +407,7 @@ def test_faiss_training_survives_video_decoding_loaded_first():
 def test_clip_from_a_video_scores_like_the_same_clip_from_the_cache(stored, head, trained, tmp_path):
     """``analyze clip --video`` decodes, renders and encodes the clip itself (the predict path):
     with the clip's annotated species it must score as the cached clip, up to the cache's fp16."""
-    cached = clip_from_cache(trained["cache"], "test00001.mp4", trained["cfg"], False)
+    cached = clip_from_cache(trained["cache"], "test00001.mp4", trained["cfg"], head.inputs)
     from_cache = clip_report(stored, head, cached, trained["cfg"], k=7)
     species = [a for s in np.flatnonzero(cached.species.numpy()) for a in ("--species", stored.space.species[s])]
     video = trained["root"] / "data" / "videos" / "test00001.mp4"

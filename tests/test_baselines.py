@@ -28,6 +28,7 @@ from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.baselines import (PROBE_C, PROBE_VAL_FRACTION, cached_baselines, fit_probe,
                                           temporal_statistics, train_probe)
 from anim_clip.runtime.rundir import RunDir
+from anim_clip.models.inputs import HeadInputs
 
 
 def stored(cache: Path, path: str) -> np.ndarray:
@@ -101,7 +102,7 @@ def fp32(data: Path, *extra: str) -> Config:
 
 
 def opened(cfg: Config, cache: Path):
-    return open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    return open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), HeadInputs.of_config(cfg))
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])

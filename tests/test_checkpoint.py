@@ -259,7 +259,7 @@ def test_the_head_inputs_are_stored_and_older_files_derive_them_from_their_confi
     assert model_from_checkpoint(load_checkpoint(path)).inputs == HeadInputs("predictor")
     payload = torch.load(path, weights_only=True)
     del payload["inputs"]
-    payload["head"]["external_species"] = True
+    payload["config"], payload["head"]["external_species"] = config_to_dict(cfg), True
     torch.save(payload, tmp_path / "older.pt")
     older = load_checkpoint(tmp_path / "older.pt")
     assert older.inputs == HeadInputs("predictor") and "external_species" not in older.head_dims

@@ -111,7 +111,7 @@ def by_hand(ckpt_path: Path, video_path: Path, species: list[str] | None, clips:
         s = (head.cfg.logit_scale * video_embedding @ F.normalize(vocab.species_text, dim=-1).T).softmax(-1)
     else:
         s = torch.tensor([[float(name in species) for name in ckpt.vocab["species"]]]).expand(len(views), -1)
-    head.cfg.species_source = "oracle"  # s is the species vector, whichever way it was made
+    assert head.inputs.species == "annotated"  # trained on annotated species: s is given, whichever way it was made
     with torch.no_grad():
         return head(features, s).logits.softmax(-1).mean(0).numpy(), s.mean(0).numpy()
 
@@ -141,9 +141,9 @@ def test_species_options(head_ckpt: Path, videos: list[Path]):
     assert given.species == [("Fox", 1.0)]
     assert np.abs(given.scores - predicted.scores).max() > 1e-3
     default = Predictor(head_ckpt, device="cpu")  # trained with annotated species, none given: predicted, and said
-    assert default.species.source == "predicted" and "--species" in default.species.note
+    assert default.inputs.species == "zero-shot" and "--species" in default.species_note
     np.testing.assert_allclose(default.predict(videos[0]).scores, predicted.scores, rtol=0, atol=1e-6)
-    assert Predictor(head_ckpt, predict_species=True, device="cpu").species.note is None
+    assert Predictor(head_ckpt, predict_species=True, device="cpu").species_note is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

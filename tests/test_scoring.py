@@ -1,5 +1,5 @@
 """The one scoring path: the text half once per distinct species vector gives the logits of the
-per-view path (the head run on every view by itself), for oracle, predicted and no species, on the
+per-view path (the head run on every view by itself), for given, zero-shot and no species, on the
 parity fixture and on a trained demo run; training's in-batch deduplication gives the same
 gradients; every command that scores goes through the path; the precision policy."""
 
@@ -18,25 +18,26 @@ from anim_clip.analysis.clips import clip_from_cache, clip_from_video, clip_repo
 from anim_clip.analysis.store import build_and_save
 from anim_clip.cache.extract import extract
 from anim_clip.cache.reader import open_cached_data
-from anim_clip.config import Config
 from anim_clip.data.dataset import load_dataset
 from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
 from anim_clip.evaluate import scoring
 from anim_clip.evaluate.cached import eval_context, evaluate_checkpoint
 from anim_clip.evaluate.report import evaluation_report
+from anim_clip.evaluate.scorer import VideoScorer
 from anim_clip.evaluate.scoring import clip_scores, score_views, split_scores
 from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.models.factory import model_from_checkpoint
 from anim_clip.models.features import FrameFeatures
 from anim_clip.models.head import AnimalCLIPHead
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.predict import Predictor
 from anim_clip.runtime import precision
 from anim_clip.train.engine import train
 
 CPU = torch.device("cpu")
-SOURCES = ["oracle", "predicted", "none"]
+SPECIES_INPUTS = ["annotated", "zero-shot", "none"]  # a predictor's probabilities are given as annotations are
 
 
 def per_view_logits(head: AnimalCLIPHead, features: FrameFeatures, species: torch.Tensor | None) -> torch.Tensor:
@@ -46,22 +47,18 @@ def per_view_logits(head: AnimalCLIPHead, features: FrameFeatures, species: torc
                           for r in range(len(features.cls))])
 
 
-def fp32(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, precision="fp32"))
-
-
-@pytest.mark.parametrize("source", SOURCES)
-def test_the_fixtures_views_score_as_the_per_view_path(fixture: dict, source: str):
+@pytest.mark.parametrize("kind", SPECIES_INPUTS)
+def test_the_fixtures_views_score_as_the_per_view_path(fixture: dict, kind: str):
     head = fixture_head(fixture).eval()
-    head.cfg.species_source = source
+    head.inputs = HeadInputs(kind)  # the reference, the head's own forward, takes the same inputs
     features = FrameFeatures(fixture["outputs"]["frame_features"])
     species = fixture["inputs"]["species"]
     views = FrameFeatures(features.cls.repeat(3, 1, 1))  # repeated species rows, as in a split
     given = species.repeat(3, 1)
-    scored = score_views(head, views, given, fp32(Config()))
+    scored = score_views(head, views, given, head.inputs, "fp32", "softmax")
     expected = per_view_logits(head, views, given)
     torch.testing.assert_close(scored.logits, expected, atol=1e-5, rtol=0)
-    if source == "oracle":  # and the release's own logits, through the new path
+    if kind == "annotated":  # and the release's own logits, through the new path
         torch.testing.assert_close(scored.logits[: len(species)], fixture["outputs"]["logits"], atol=1e-4, rtol=1e-4)
 
 
@@ -79,15 +76,15 @@ def trained(tmp_path_factory) -> dict:
     return {"root": root, "cfg": cfg, "cache": root / "cache", "run": root / "run"}
 
 
-@pytest.mark.parametrize("source", SOURCES)
-def test_a_cached_split_scores_as_the_per_view_path_and_reports_the_same_metrics(trained: dict, source: str):
+@pytest.mark.parametrize("kind", SPECIES_INPUTS)
+def test_a_cached_split_scores_as_the_per_view_path_and_reports_the_same_metrics(trained: dict, kind: str):
     cfg = trained["cfg"]
     head = model_from_checkpoint(load_checkpoint(trained["run"] / "last.pt"), "cached").eval()
-    head.cfg.species_source = source
+    head.inputs = HeadInputs(kind)  # the reference, the head's own forward, takes the same inputs
     dataset = load_dataset(cfg.data)
-    _, data = open_cached_data(cfg, trained["cache"], dataset, CPU, False)
+    _, data = open_cached_data(cfg, trained["cache"], dataset, CPU, head.inputs)
     test = data["test"]
-    new = split_scores(head, test, test.indices, cfg)
+    new = split_scores(head, test, test.indices, cfg.backbone.precision, cfg.eval.scores)
     cls = test.split.cls[test.indices].float()  # (N, V, T, D)
     n, v = cls.shape[:2]
     given = test.split.species[test.indices].float().repeat_interleave(v, 0)
@@ -103,7 +100,9 @@ def test_a_cached_split_scores_as_the_per_view_path_and_reports_the_same_metrics
     for action, ap in new_ap.items():
         assert ap == (None if old_ap[action] is None else pytest.approx(old_ap[action], abs=1e-6)), action
     # clips held in memory take the same path
-    torch.testing.assert_close(clip_scores(head, FrameFeatures(cls), test.species().float(), cfg), new, atol=1e-5, rtol=0)
+    held = clip_scores(head, FrameFeatures(cls), test.species().float(), head.inputs, cfg.backbone.precision,
+                       cfg.eval.scores)
+    torch.testing.assert_close(held, new, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mixed", [False, True])
@@ -153,12 +152,12 @@ def test_every_command_that_scores_goes_through_the_one_path(trained: dict, monk
     uses_the_path("predict --window", lambda: Predictor(run / "last.pt", device="cpu").predict(video, window=0.5))
     stored = build_and_save(run / "last.pt", num_gpus=0, device=CPU)
     head = model_from_checkpoint(load_checkpoint(run / "last.pt"), "cached").eval()
-    cached = clip_from_cache(cache, "test00001.mp4", cfg, False)
+    cached = clip_from_cache(cache, "test00001.mp4", cfg, head.inputs)
     uses_the_path("analyze clip", lambda: clip_report(stored, head, cached, cfg))
-    predictor = Predictor(run / "last.pt", device="cpu")
-    uses_the_path("analyze clip --video", lambda: clip_report(stored, predictor.head, clip_from_video(predictor, video),
-                                                              predictor.cfg))
-    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), CPU, False)
+    scorer = VideoScorer(run / "last.pt", device="cpu")
+    uses_the_path("analyze clip --video", lambda: clip_report(stored, scorer.head, clip_from_video(scorer, video),
+                                                              scorer.cfg))
+    _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), CPU, head.inputs)
     uses_the_path("analyze confusions", lambda: confusion_report(stored, head, data["test"], cfg))
     uses_the_path("validation during training", lambda: train(
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1)), cache=cache,
@@ -181,8 +180,7 @@ def test_bf16_scores_stay_close_to_fp32(fixture: dict):
     head = fixture_head(fixture).eval()
     features = FrameFeatures(fixture["outputs"]["frame_features"])
     species = fixture["inputs"]["species"]
-    bf16 = dataclasses.replace(Config(), backbone=dataclasses.replace(Config().backbone, precision="bf16"))
-    low, high = score_views(head, features, species, bf16), score_views(head, features, species, fp32(Config()))
+    low, high = (score_views(head, features, species, head.inputs, kind, "softmax") for kind in ("bf16", "fp32"))
     assert low.logits.dtype == torch.float32
     spread = float(high.logits.max() - high.logits.min())
     assert float((low.logits - high.logits).abs().max()) < 0.05 * spread

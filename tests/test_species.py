@@ -45,6 +45,7 @@ from anim_clip.evaluate.videos import evaluate_checkpoint_on_videos
 from anim_clip.frames import plan_views
 from anim_clip.models.checkpoint import load_checkpoint
 from anim_clip.models.factory import model_from_checkpoint
+from anim_clip.models.inputs import HeadInputs
 from anim_clip.models.features import FrameFeatures
 from anim_clip.predict import Predictor, predict_videos
 from anim_clip.runtime.distributed import setup_distributed
@@ -160,8 +161,7 @@ def scores_given(ckpt_path: Path, cache: Path, species: str) -> tuple[np.ndarray
     ckpt = load_checkpoint(ckpt_path)
     head = model_from_checkpoint(ckpt, "cached").eval()
     split = FeatureCache(cache).split("test")
-    head.cfg.species_source = "oracle" if species != "zero-shot" else "predicted"
-    head.external_species = False
+    head.inputs = HeadInputs("zero-shot" if species == "zero-shot" else "annotated")  # the reference's own inputs
     vectors = split.species_probs if species == "predicted" else split.species.float()
     with torch.no_grad():
         probabilities = torch.stack([head(FrameFeatures(split.cls[:, v].float()), vectors).logits.softmax(-1)
@@ -177,9 +177,9 @@ def mean_ap(scores: np.ndarray, targets: np.ndarray) -> float:
 def test_training_and_evaluation_condition_on_the_cached_probabilities(run: Path, cache: Path, data: Path,
                                                                       predictor: str):
     ckpt = load_checkpoint(run / "last.pt")
-    assert ckpt.head_dims["external_species"] is True and ckpt.config.species.model == predictor
+    assert ckpt.inputs == HeadInputs("predictor") and ckpt.config.species.model == predictor
     cfg = ckpt.config
-    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), ckpt.inputs)
     train_split = splits["train"].split
     rows, views = splits["train"].indices[:4], torch.tensor([0, 1, 0, 1])
     [batch] = splits["train"].batches([(rows, views)])  # what the training epochs are made of
@@ -234,7 +234,7 @@ def test_predict_and_eval_on_videos_run_the_predictor(run: Path, oracle_run: Pat
         prediction = predictor.predict(video)
         assert [name for name, _ in prediction.species] == [dataset.species[i] for i in top]
         np.testing.assert_allclose([p for _, p in prediction.species], expected[top], atol=1e-5)
-    assert "species are predicted by the species predictor" in predictor.species.note
+    assert "species are predicted by the species predictor" in predictor.species_note
     given = predict_videos(run / "last.pt", [video], species=[dataset.species[0]], device="cpu")[0]
     assert given.species == [(dataset.species[0], 1.0)]
     cached = json.loads((run / "eval.json").read_text())
@@ -259,7 +259,7 @@ def test_analyze_clip_gives_the_head_the_predictor_probabilities(run: Path, cach
     stored = build_and_save(run / "last.pt", num_gpus=0, device=torch.device("cpu"))
     head = model_from_checkpoint(load_checkpoint(run / "last.pt"), "cached").eval()
     split = FeatureCache(cache).split("test")
-    cached = clip_from_cache(cache, split.clip_ids[0], cfg, False)
+    cached = clip_from_cache(cache, split.clip_ids[0], cfg, head.inputs)
     torch.testing.assert_close(cached.species, split.species_probs[0])
     from_cache = clip_report(stored, head, cached, cfg, k=7)
     assert from_cache["species_source"] == "predicted"

@@ -39,6 +39,7 @@ from anim_clip.train.mixing import mix_batch
 from anim_clip.train.optim import param_groups
 from anim_clip.train.plan import EpochPlan, batches_per_epoch
 from anim_clip.train.schedule import WarmupCosine, learning_rate
+from anim_clip.models.inputs import HeadInputs
 
 OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
              "train.batch_size=4", "train.accumulation=2", "train.epochs=3", "train.warmup_epochs=1", "train.log_every=1"]
@@ -90,7 +91,7 @@ def test_run_directory_and_report(run: Path, data: Path, cache: Path):
 
     ckpt = load_checkpoint(run / "last.pt")
     cfg = ckpt.config
-    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), HeadInputs.of_config(cfg))
     scores = cached_scores(model_from_checkpoint(ckpt, "cached"), splits["test"], cfg, setup_distributed())
     targets = splits["test"].targets().numpy()
     multilabel = any(len(c.actions) > 1 for split in ("train", "test") for c in load_dataset(cfg.data).clips(split))
@@ -464,7 +465,7 @@ def test_an_epoch_of_cached_batches_covers_every_clip(data: Path, cache: Path):
     from anim_clip.cache.reader import open_cached_data
 
     cfg = cfg_for(data)
-    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), False)
+    _, splits = open_cached_data(cfg, cache, load_dataset(cfg.data), torch.device("cpu"), HeadInputs.of_config(cfg))
     train_data = CachedTrainData(splits["train"])
     clips = len(train_data.indices)
     batches = batches_per_epoch(clips, 8, 1, 1)

@@ -24,8 +24,7 @@ from anim_clip.data.sampling import eval_views
 from anim_clip.data.video import FallbackNotice, VideoFile
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.scoring import ViewScores, score_views
-from anim_clip.evaluate.videos import with_views
-from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder
+from anim_clip.frames import DecodedClip, FrameEncoder, decode_views, with_decoder, with_views
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint
 from anim_clip.models.factory import head_and_tower
 from anim_clip.models.features import FrameFeatures

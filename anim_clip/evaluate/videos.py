@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, hold_out
-from anim_clip.data.sampling import TEST_CROPS
 from anim_clip.data.video import FallbackNotice, check_decoder
 from anim_clip.errors import AnimClipError, VideoDecodeError
 from anim_clip.evaluate.report import EvalContext, evaluation_report, predictor_accuracy, species_input
@@ -70,18 +69,6 @@ def video_split(dataset: Dataset, split: str, cfg: Config) -> VideoSplit:
     clips, index = dataset.clips(source), rows.numpy()
     return VideoSplit([dataset.video_path(clips[i]) for i in index], dataset.targets(source)[index],
                       dataset.species_vectors(source)[index])
-
-
-def with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
-    """``cfg`` with ``clips`` × ``crops`` test views where given (per-epoch selection uses 1 × 1, as the
-    release; ``predict --clips --crops``), refusing views the sampler cannot plan."""
-    if clips is not None and clips < 1:
-        raise AnimClipError(f"--clips must be at least 1, got {clips}")
-    if crops is not None and crops not in TEST_CROPS:
-        raise AnimClipError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
-    s = cfg.sampling
-    return dataclasses.replace(cfg, sampling=dataclasses.replace(s, test_clips=clips or s.test_clips,
-                                                                 test_crops=crops or s.test_crops))
 
 
 def _decode_test_views(paths: list[Path], cfg: Config, index: int) -> DecodedClip:

@@ -15,7 +15,7 @@ _EXPORTS = {
     "AnimalCLIP": "animal_clip",
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
-    "load_untrusted": "checkpoint",
+    "load_untrusted": "untrusted",
     "model_from_checkpoint": "factory",
     "save_checkpoint": "checkpoint",
     "build_head": "factory",

@@ -285,7 +285,7 @@ def create_clip(cfg: BackboneConfig, *, load_weights: bool = True,
                                            force_quick_gelu=cfg.quick_gelu,
                                            force_preprocess_cfg=_preprocess_override(cfg, load_weights))
     except Exception as e:  # weights of another shape, damaged or hostile files, unknown tags, no network
-        from anim_clip.models.checkpoint import load_refusal
+        from anim_clip.models.untrusted import load_refusal
 
         source = info.pretrained or cfg.model
         if isinstance(e, RuntimeError) and any(s in str(e) for s in ("Unexpected key", "Missing key", "size mismatch")):

@@ -20,16 +20,10 @@ from anim_clip.config import Config, ModelConfig
 from anim_clip.errors import AnimClipError
 from anim_clip.io import atomic_write
 from anim_clip.models.animal_clip import CUSTOM, AnimalCLIP, clip_configs_from_state_dict, clip_from_state_dict
-from anim_clip.models.checkpoint import (
-    load_checkpoint,
-    load_state_strict,
-    load_untrusted,
-    plain,
-    save_checkpoint,
-    torch_save,
-)
+from anim_clip.models.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, torch_save
 from anim_clip.models.head import AnimalCLIPHead
 from anim_clip.models.inputs import HeadInputs
+from anim_clip.models.untrusted import load_untrusted, plain
 
 # (release prefix, our prefix); the first match wins.
 _PREFIXES = (

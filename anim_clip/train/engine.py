@@ -37,7 +37,8 @@ from anim_clip.data.dataset import Dataset
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.cached import eval_context, evaluate_split, final_report, write_report
 from anim_clip.evaluate.report import EvalContext, primary_metric
-from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split, with_views
+from anim_clip.evaluate.videos import evaluate_videos, split_rows, video_split
+from anim_clip.frames import with_views
 from anim_clip.models.animal_clip import AnimalCLIP, CrossFrameTower
 from anim_clip.models.checkpoint import Checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from anim_clip.models.factory import build_head, end_to_end
