@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anim_clip.cache.extract import config_signature, species_signature
+from anim_clip.cache.signature import config_signature, species_signature
 from anim_clip.cache.store import SPECIES_PROBS, CachedSplit, FeatureCache, TextFeatures, check_compatible
 from anim_clip.config import Config, SamplingConfig
 from anim_clip.data.dataset import Dataset, hold_out
