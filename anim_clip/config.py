@@ -22,6 +22,7 @@ import yaml
 
 from anim_clip.errors import ConfigError
 from anim_clip.io import atomic_write_text
+from anim_clip.ui import console
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Triple = tuple[float, float, float]
@@ -98,10 +99,17 @@ class BackboneConfig:
     model: str = "ViT-B-16"  # an open_clip model name, hf-hub:org/repo or local-dir:/path (these bring their weights)
     pretrained: str | None = "openai"  # for a name: open_clip tag, a local checkpoint file, or None (random)
     quick_gelu: bool = True  # force QuickGELU (the OpenAI weights need it); false = the model config's activation
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, and for the head on CPUs with bf16 units
     patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
     batch_frames: int = ranged(256, low=1)  # frames per forward pass during extraction
     compile: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    """How every command runs its models, whichever they are: the tower, the head, the species predictor."""
+
+    # the one precision policy (anim_clip.runtime.precision); auto: bf16 on GPUs, and for the head on CPUs with bf16 units
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass
@@ -179,6 +187,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     species: SpeciesConfig = field(default_factory=SpeciesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -285,8 +294,24 @@ def _in_range(value: Any, section: type, name: str, key: str) -> Any:
     return value
 
 
+# Renamed keys, old -> new: a config still naming an old one (a YAML file, --set, the config saved in a
+# checkpoint) loads, said in one line. A later rename adds its line here.
+RENAMED = {"backbone.precision": "runtime.precision"}
+
+
+def _current(key: str) -> str:
+    """``key``'s name now, saying so when the config used an old one (:data:`RENAMED`)."""
+    new = RENAMED.get(key)
+    if new is None:
+        return key
+    console.print(f"[yellow]{key} is deprecated; use {new}[/]", soft_wrap=True, highlight=False)
+    return new
+
+
 def _apply(cfg: Config, key: str, value: Any) -> None:
-    """Set ``section.key`` on ``cfg`` after validating the value against the field's type and range."""
+    """Set ``section.key`` on ``cfg`` after validating the value against the field's type and range;
+    every key a config is read with passes here, old names included."""
+    key = _current(key)
     parts = key.split(".")
     sections = _fields(Config)
     if len(parts) != 2 or parts[0] not in sections or parts[1] not in _fields(sections[parts[0]]):

@@ -130,7 +130,7 @@ class FrameEncoder:
     """Renders decoded clips' views on ``device`` as ``tower`` takes them (its ``pixels``, with the
     config's overrides) and encodes them with it (an image tower returning per-frame embeddings and
     optional patch tokens), about ``backbone.batch_frames`` frames per forward pass, in
-    ``backbone.precision`` (:mod:`anim_clip.runtime.precision`). With a species ``predictor``, the
+    ``runtime.precision`` (:mod:`anim_clip.runtime.precision`). With a species ``predictor``, the
     same views are also rendered as the predictor takes them (its own pixels) and its per-view
     species probabilities come with the features (``FrameFeatures.species``)."""
 
@@ -138,7 +138,7 @@ class FrameEncoder:
                  predictor: SpeciesPredictor | None = None):
         self.tower, self.device, self.predictor = tower, device, predictor
         self.batch_frames = cfg.backbone.batch_frames
-        self.precision = cfg.backbone.precision
+        self.precision = cfg.runtime.precision
         self.pixels = rendered_pixels(cfg.sampling, tower.pixels)
 
     def encode(self, clips: Iterable[DecodedClip]) -> Iterator[tuple[DecodedClip, FrameFeatures | None]]:

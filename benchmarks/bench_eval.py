@@ -123,8 +123,8 @@ def compare(head: AnimalCLIPHead, data: CachedSplitData, cfg: Config, clips: int
 
 def run(head: AnimalCLIPHead, data: CachedSplitData, clips: int, per_view_clips: int,
         predicted_clips: int) -> dict[str, Any]:
-    fp32 = dataclasses.replace(Config(), backbone=dataclasses.replace(Config().backbone, precision="fp32"))
-    bf16 = dataclasses.replace(fp32, backbone=dataclasses.replace(fp32.backbone, precision="bf16"))
+    fp32 = dataclasses.replace(Config(), runtime=dataclasses.replace(Config().runtime, precision="fp32"))
+    bf16 = dataclasses.replace(fp32, runtime=dataclasses.replace(fp32.runtime, precision="bf16"))
     result = compare(head, data, fp32, clips, per_view_clips)
     print(f"oracle species, fp32: per view {result['per_view_clips_per_s']:.2f} clips/s, path "
           f"{result['clips_per_s']:.1f} clips/s ({result['speedup']:.1f}x), max |logit diff| "

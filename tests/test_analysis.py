@@ -59,7 +59,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis")
     make_demo_data(root / "data", train_clips=16, test_clips=8, num_frames=16, size=64)
     cfg = demo_config(root / "data", ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
-                                      "backbone.precision=fp32",  # compared with fp32 computations
+                                      "runtime.precision=fp32",  # compared with fp32 computations
                                       "train.epochs=2", "train.batch_size=8", "train.accumulation=1"])
     extract(cfg, root / "cache", progress=False, device=CPU)
     train(cfg, cache=root / "cache", out=root / "run", progress=False)

@@ -36,7 +36,7 @@ from anim_clip.train.engine import train
 
 T = 4
 COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "sampling.normalization=model",  # demo.yaml pins clip
-          "backbone.precision=fp32", "train.batch_size=4", "train.accumulation=1", "train.epochs=2",
+          "runtime.precision=fp32", "train.batch_size=4", "train.accumulation=1", "train.epochs=2",
           "train.warmup_epochs=1", "train.log_every=1"]
 TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}  # a 32-token context
 SIGLIP_LIKE = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}

@@ -242,6 +242,18 @@ def test_head_checkpoint_round_trip(tmp_path, fixture):
         save_checkpoint(tmp_path / "x.pt", head, cfg, extra={"model": 1})
 
 
+def test_a_checkpoint_saved_with_a_renamed_config_key_loads_saying_so(tmp_path, fixture, capsys):
+    """A checkpoint saved before ``backbone.precision`` became ``runtime.precision`` keeps its setting."""
+    path = save_checkpoint(tmp_path / "head.pt", fixture_head(fixture), Config())
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["backbone"]["precision"] = "bf16"  # the layout such a checkpoint has
+    del payload["config"]["runtime"]
+    torch.save(payload, path)
+    capsys.readouterr()
+    assert load_checkpoint(path).config.runtime.precision == "bf16"
+    assert capsys.readouterr().out.splitlines() == ["backbone.precision is deprecated; use runtime.precision"]
+
+
 def test_a_head_checkpoint_goes_end_to_end_on_the_configured_backbone(tmp_path, fixture):
     cfg = Config()
     cfg.backbone.model, cfg.backbone.pretrained = "anim-clip-tiny", None  # 128-d, like the fixture's head

@@ -305,7 +305,7 @@ def test_features_of_another_precision_are_not_mixed_into_a_cache(data: Path, re
     # `auto` runs the tower in bf16 on a GPU and fp32 on a CPU: a resume on other hardware is refused
     assert FeatureCache(reference).config["backbone"]["tower_precision"] == "float32"
     with pytest.raises(CacheError, match=r"backbone\.tower_precision='float32', this run uses 'bfloat16'"):
-        extract(config(data, "backbone.precision=bf16"), reference, progress=False)
+        extract(config(data, "runtime.precision=bf16"), reference, progress=False)
 
 
 @pytest.mark.skipif(decoder_unavailable("torchcodec") is not None, reason=f"torchcodec: {decoder_unavailable('torchcodec')}")

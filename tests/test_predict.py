@@ -48,7 +48,7 @@ def demo(tmp_path_factory) -> Path:
 def cfg(demo: Path, tmp_path_factory) -> Config:
     """The tiny demo config whose backbone weights are a local file that differs from the seeded
     random init, so a prediction that ignored ``backbone.pretrained`` would not match."""
-    cfg = load_config("demo", ["backbone.pretrained=null", f"sampling.num_frames={T}", "backbone.precision=fp32",
+    cfg = load_config("demo", ["backbone.pretrained=null", f"sampling.num_frames={T}", "runtime.precision=fp32",
                                f"data.annotations={demo}", f"data.root={demo / 'videos'}"])
     clip, _ = create_clip(cfg.backbone)
     generator = torch.Generator().manual_seed(1)

@@ -46,7 +46,7 @@ def per_view_logits(head: AnimalCLIPHead, features: FrameFeatures, species: torc
 
 
 def fp32(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, precision="fp32"))
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, precision="fp32"))
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -69,7 +69,7 @@ def trained(tmp_path_factory) -> dict:
     """A tiny demo run with a held-out share (validation scores through the path every epoch)."""
     root = tmp_path_factory.mktemp("scoring")
     make_demo_data(root / "data", train_clips=24, test_clips=12, num_frames=16, size=64, seed=3)
-    cfg = demo_config(root / "data", ["backbone.pretrained=null", "backbone.precision=fp32", "sampling.num_frames=4",
+    cfg = demo_config(root / "data", ["backbone.pretrained=null", "runtime.precision=fp32", "sampling.num_frames=4",
                                       "sampling.train_views=2", "sampling.test_clips=2", "train.epochs=2",
                                       "train.batch_size=4", "train.accumulation=1", "train.val_fraction=0.25",
                                       "train.num_workers=0"])
@@ -180,7 +180,7 @@ def test_bf16_scores_stay_close_to_fp32(fixture: dict):
     head = fixture_head(fixture).eval()
     features = FrameFeatures(fixture["outputs"]["frame_features"])
     species = fixture["inputs"]["species"]
-    bf16 = dataclasses.replace(Config(), backbone=dataclasses.replace(Config().backbone, precision="bf16"))
+    bf16 = dataclasses.replace(Config(), runtime=dataclasses.replace(Config().runtime, precision="bf16"))
     low, high = score_views(head, features, species, bf16), score_views(head, features, species, fp32(Config()))
     assert low.logits.dtype == torch.float32
     spread = float(high.logits.max() - high.logits.min())

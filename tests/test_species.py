@@ -51,7 +51,7 @@ from anim_clip.train.engine import train
 
 T = 4
 SIZE = 32  # the predictor's input; the action backbone takes 64 px
-COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "backbone.precision=fp32", "train.batch_size=4",
+COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "runtime.precision=fp32", "train.batch_size=4",
           "train.accumulation=1", "train.epochs=2", "train.warmup_epochs=1"]
 PREDICTED = "model.species_source=predicted"
 

@@ -50,7 +50,7 @@ def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower, 
     fp32 and bf16 features) and the pixels it was fed (the backbone's own preprocessing with the
     config's overrides); with a species ``predictor``, its part and the pixels it was fed (its own)."""
     signature = config_signature(cfg, weights)
-    dtype = autocast_dtype(cfg.backbone.precision, device, "tower") or torch.float32
+    dtype = autocast_dtype(cfg.runtime.precision, device, "tower") or torch.float32
     signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape,
                                  tower_precision=str(dtype).removeprefix("torch."))
     signature["pixels"] = dataclasses.asdict(rendered_pixels(cfg.sampling, tower.pixels))

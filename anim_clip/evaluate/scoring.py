@@ -78,7 +78,7 @@ def score_views(head: AnimalCLIPHead, features: FrameFeatures, species: Tensor |
     logits = torch.empty(len(used), head.vocab.num_actions, device=used.device)
     video = torch.empty(len(used), head.dims["embed_dim"], device=used.device)
     read = lambda batches: (features[rows] for rows in batches)  # noqa: E731
-    for rows, out in scored_batches(head, distinct, index, read, cfg.backbone.precision):
+    for rows, out in scored_batches(head, distinct, index, read, cfg.runtime.precision):
         logits[rows], video[rows] = out.logits.float(), out.video.float()
     return ViewScores(logits, probabilities(logits, cfg.eval.scores), video, used)
 
@@ -111,7 +111,7 @@ def split_scores(head: AnimalCLIPHead, data: CachedSplitData, rows: Tensor, cfg:
     def read(batches: list[Tensor]) -> Iterator[FrameFeatures]:
         return (batch.features for batch in data.batches([(rows[r // views], r % views) for r in batches]))
 
-    for view_rows, out in scored_batches(head, distinct, index, read, cfg.backbone.precision):
+    for view_rows, out in scored_batches(head, distinct, index, read, cfg.runtime.precision):
         scores[view_rows] = probabilities(out.logits.float(), cfg.eval.scores)
     return scores.view(len(rows), views, -1).mean(1)
 
