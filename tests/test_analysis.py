@@ -23,7 +23,7 @@ from anim_clip.analysis.clips import (
     confusion_matrix,
     confusion_report,
 )
-from anim_clip.analysis.commands import analyze_app
+from anim_clip.cli.analyze import analyze_app
 from anim_clip.analysis.index import PromptIndex, device_note, search_device
 from anim_clip.analysis.plots import prompt_map
 from anim_clip.analysis.queries import confusable, neighbors, spread

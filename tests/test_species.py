@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from test_backbones import write_local_dir
 
 from anim_clip.analysis.clips import clip_from_cache, clip_report
-from anim_clip.analysis.commands import analyze_app
+from anim_clip.cli.analyze import analyze_app
 from anim_clip.analysis.store import build_and_save
 from anim_clip.cache.extract import extract
 from anim_clip.cache.inspect import cache_info, cache_info_tables, verify_cache

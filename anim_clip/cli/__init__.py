@@ -1,4 +1,7 @@
-"""The ``anim-clip`` command line: thin typer commands that parse options and call the library."""
+"""The ``anim-clip`` command line: thin typer commands that parse options and call the library.
+
+Every command lives in this package: the top-level ones here, each subcommand group in a module of
+its own (``cache``, ``analyze``); ``main()`` is the console script's entry point."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.markup import escape
 
-from anim_clip.analysis.commands import analyze_app
+from anim_clip.cli.analyze import analyze_app
+from anim_clip.cli.cache import cache_app
 from anim_clip.config import shipped_configs
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
@@ -137,7 +141,6 @@ def describe_cmd(
         console.print(f"{len(names)} {name} x {k} descriptions -> [bold]{path}[/]")
 
 
-cache_app = typer.Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 app.add_typer(analyze_app, name="analyze")
 
@@ -178,37 +181,6 @@ def extract_cmd(
     if any(r.interrupted for r in reports):
         _interruption.kept = None  # extract said what it kept
         raise typer.Exit(130)
-
-
-@cache_app.command("info")
-def cache_info_cmd(
-    path: Annotated[Path, typer.Argument(help="The cache folder.")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
-) -> None:
-    """Summarise a cache: splits, shapes, done and failed clips, sizes on disk, how it was built."""
-    from anim_clip.cache.inspect import cache_info, cache_info_tables
-    from anim_clip.io import atomic_write_json
-
-    info = cache_info(path)
-    for t in cache_info_tables(info):
-        console.print(t)
-    if json_out is not None:
-        atomic_write_json(json_out, info)
-
-
-@cache_app.command("verify")
-def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder.")]) -> None:
-    """Check a cache: shapes, finite values of every done clip, done flags, metadata. Exit code 0 = sound."""
-    from anim_clip.cache.inspect import cache_warnings, verify_cache
-
-    problems = verify_cache(path)
-    for problem in problems:
-        console.print(f"[red]problem:[/] {problem}", soft_wrap=True, highlight=False)
-    if problems:
-        raise typer.Exit(1)
-    for warning in cache_warnings(path):  # a mixed cache is sound: said, exit code 0
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
-    console.print(f"[green]{path}: OK[/]")
 
 
 @app.command("train")
