@@ -26,6 +26,9 @@ from anim_clip.ui import console
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Triple = tuple[float, float, float]
+Decoder = Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"]  # torchcodec-cuda: NVDEC on the GPU
+TrainMode = Literal["cached", "e2e"]
+TestCrops = Literal[1, 3]  # spatial views per test clip: the centre, or the centre and both ends
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class SamplingConfig:
     """How frames are taken from a video and turned into model input (docs/method.md §4.4, §4.5)."""
 
     num_frames: int = ranged(8, low=1)
-    decoder: Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"] = "decord"  # torchcodec-cuda: NVDEC on the GPU
+    decoder: Decoder = "decord"
     decode_threads: int = ranged(1, low=1)
     image_size: int = ranged(224, low=1)
     resize: int = ranged(256, low=1)  # short side before cropping (train, 1-crop test)
@@ -89,7 +92,7 @@ class SamplingConfig:
     interpolation: Literal["model", "bilinear", "bicubic"] = "model"  # resizing; model = the backbone's own
     train_views: int = ranged(4, low=1)  # augmented views cached per training clip
     test_clips: int = ranged(1, low=1)  # temporal views per test clip
-    test_crops: Literal[1, 3] = 1  # spatial views per test clip
+    test_crops: TestCrops = 1
 
 
 @dataclass
@@ -143,7 +146,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation; defaults are the release's recipe (docs/method.md §6)."""
 
-    mode: Literal["cached", "e2e"] = "cached"
+    mode: TrainMode = "cached"
     epochs: int = ranged(30, low=1)
     batch_size: int = ranged(16, low=1)
     accumulation: int = ranged(4, low=1)
