@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anim_clip.config import Config
+from anim_clip.config import Config, SamplingConfig
 from anim_clip.data.sampling import ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import render_views, rendered_pixels
 from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
@@ -33,18 +33,16 @@ from anim_clip.ui import console
 TRAIN_SPLIT = "train"
 
 
-def plan_views(split: str, index: int, num_frames: int, height: int, width: int, cfg: Config) -> list[ViewSpec]:
+def plan_views(split: str, index: int, num_frames: int, height: int, width: int, s: SamplingConfig) -> list[ViewSpec]:
     """Training splits: V augmented views, seeded by the clip's index so every shard, resume and
     re-run draws the same ones. Other splits: the deterministic clips × crops test views."""
-    s = cfg.sampling
     if split == TRAIN_SPLIT:
         rng = np.random.default_rng((index, s.train_views, s.num_frames))
         return train_views(num_frames, height, width, s.num_frames, s.train_views, s.image_size, s.resize, rng)
     return eval_views(num_frames, height, width, s.num_frames, s.test_clips, s.test_crops, s.image_size, s.resize)
 
 
-def num_views(split: str, cfg: Config) -> int:
-    s = cfg.sampling
+def num_views(split: str, s: SamplingConfig) -> int:
     return s.train_views if split == TRAIN_SPLIT else s.test_clips * s.test_crops
 
 
@@ -83,7 +81,7 @@ def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.d
     Never raises for a bad video: the clip comes back with ``error`` set."""
     try:
         with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads, device) as video:
-            views = plan_views(split, index, video.num_frames, video.height, video.width, cfg)
+            views = plan_views(split, index, video.num_frames, video.height, video.width, cfg.sampling)
             return decode_views(video, index, views)
     except VideoDecodeError as e:
         return DecodedClip(index, error=e.reason)

@@ -135,7 +135,7 @@ def test_the_cache_records_and_applies_the_models_own_pixels(pipeline: dict, dat
     assert cache.config["backbone"]["embed_dim"] == tower.embed_dim
     split = cache.split("test")
     with open_video(data / "videos" / split.clip_ids[0], "pyav") as video:  # the other decoder, as an oracle
-        views = plan_views("test", 0, video.num_frames, video.height, video.width, cfg)
+        views = plan_views("test", 0, video.num_frames, video.height, video.width, cfg.sampling)
         unique, positions = union_indices(views)
         frames = video.get_frames(unique)
     rendered = render_views(frames, views, positions, pixels.size, pixels.mean, pixels.std, pixels.interpolation)

@@ -111,7 +111,7 @@ def test_cache_holds_the_backbone_output(data: Path, reference: Path):
     mean, std = normalization_stats("clip")
     for i in (0, 5):
         with open_video(data / "videos" / split.clip_ids[i], "pyav") as video:  # the other decoder, as an oracle
-            views = plan_views("test", i, video.num_frames, video.height, video.width, cfg)
+            views = plan_views("test", i, video.num_frames, video.height, video.width, cfg.sampling)
             unique, positions = union_indices(views)
             frames = video.get_frames(unique)
         np.testing.assert_array_equal(split.frame_indices[i].numpy(), np.stack([v.frame_indices for v in views]))

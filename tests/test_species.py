@@ -103,7 +103,7 @@ def by_hand(cfg: Config, video: Path, split: str, index: int) -> torch.Tensor:
     model = open_clip.create_model(cfg.species.model).eval()
     tokenize = open_clip.get_tokenizer(cfg.species.model)
     with open_video(video, "pyav") as file:
-        views = plan_views(split, index, file.num_frames, file.height, file.width, cfg)
+        views = plan_views(split, index, file.num_frames, file.height, file.width, cfg.sampling)
         unique, positions = union_indices(views)
         frames = file.get_frames(unique)
     images = render_views(frames, views, positions, SIZE, (0.5,) * 3, (0.5,) * 3, "bicubic")

@@ -174,7 +174,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             clip_ids=[c.path for c in clips],
             targets=dataset.targets(split),
             species=dataset.species_vectors(split),
-            views=num_views(split, cfg),
+            views=num_views(split, cfg.sampling),
             frames=cfg.sampling.num_frames,
             dim=signature["backbone"]["embed_dim"],
             view_kind="augmented" if split == TRAIN_SPLIT else f"{cfg.sampling.test_clips} clips x {cfg.sampling.test_crops} crops",
@@ -231,7 +231,7 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     frames_rate = RateColumn("frames", per_item="frames_per_clip")
     with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
         task = bar.add_task(label, total=len(jobs),
-                            frames_per_clip=num_views(split, cfg) * cfg.sampling.num_frames)
+                            frames_per_clip=num_views(split, cfg.sampling) * cfg.sampling.num_frames)
         try:
             for clip, features in encoder.encode(_decoded(pool, jobs, split, cfg, device, depth=2 * workers)):
                 if features is None:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from anim_clip.cli.analyze import analyze_app
 from anim_clip.cli.cache import cache_app
 from anim_clip.cli.options import Split, Weights
-from anim_clip.config import Decoder, TestCrops, TrainMode, shipped_configs
+from anim_clip.config import DataConfig, Decoder, TestCrops, TrainMode, shipped_configs
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
 
@@ -83,7 +83,7 @@ def make_demo_data_cmd(
     from anim_clip.demo import demo_config
 
     summary = make_demo_data(out_dir, train_clips=train_clips, test_clips=test_clips, seed=seed, size=size, num_frames=frames, progress=True)
-    _print_dataset(demo_config(out_dir))
+    _print_dataset(demo_config(out_dir).data)
     console.print(f"demo dataset in [bold]{out_dir}[/] ({summary.train_clips} train / {summary.test_clips} test clips)")
 
 
@@ -94,19 +94,19 @@ def dataset_info_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Read a dataset's label, species, relation and split files and summarise them (no video is opened)."""
-    summary = _print_dataset(_load(config, set_))
+    summary = _print_dataset(_load(config, set_).data)
     if json_out is not None:
         from anim_clip.io import atomic_write_json
 
         atomic_write_json(json_out, summary)
 
 
-def _print_dataset(cfg) -> dict:
+def _print_dataset(data: DataConfig) -> dict:
     from anim_clip.data.dataset import load_dataset
     from anim_clip.data.summary import dataset_summary, summary_table
 
-    dataset = load_dataset(cfg.data)
-    summary = dataset_summary(dataset, cfg.data.graph)
+    dataset = load_dataset(data)
+    summary = dataset_summary(dataset, data.graph)
     console.print(summary_table(summary))
     if "release_vs_train_graph" in summary:
         console.print(f"release relation file vs graph rebuilt from train: {summary['release_vs_train_graph']}")
