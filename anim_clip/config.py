@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -307,8 +308,14 @@ def _current(key: str) -> str:
     new = RENAMED.get(key)
     if new is None:
         return key
-    console.print(f"[yellow]{key} is deprecated; use {new}[/]", soft_wrap=True, highlight=False)
+    say_renamed(key, new)
     return new
+
+
+@functools.cache
+def say_renamed(old: str, new: str) -> None:
+    """One line, once per process: a sweep or a command reading several configs says it once."""
+    console.print(f"[yellow]{old} is deprecated; use {new}[/]", soft_wrap=True, highlight=False)
 
 
 def _apply(cfg: Config, key: str, value: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from processes import file_size_limit, run_cli
 
-from anim_clip.config import BackboneConfig, Config
+from anim_clip.config import BackboneConfig, Config, say_renamed
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.errors import AnimClipError
 from anim_clip.models import (
@@ -249,6 +249,7 @@ def test_a_checkpoint_saved_with_a_renamed_config_key_loads_saying_so(tmp_path, 
     payload["config"]["backbone"]["precision"] = "bf16"  # the layout such a checkpoint has
     del payload["config"]["runtime"]
     torch.save(payload, path)
+    say_renamed.cache_clear()
     capsys.readouterr()
     assert load_checkpoint(path).config.runtime.precision == "bf16"
     assert capsys.readouterr().out.splitlines() == ["backbone.precision is deprecated; use runtime.precision"]

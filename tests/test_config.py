@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from anim_clip.config import CONFIG_DIR, Config, config_from_dict, config_to_dict, load_config, save_config
+from anim_clip.config import CONFIG_DIR, Config, config_from_dict, config_to_dict, load_config, save_config, say_renamed
 from anim_clip.errors import ConfigError
 
 
@@ -154,8 +154,12 @@ DEPRECATED = "backbone.precision is deprecated; use runtime.precision"
 def test_a_renamed_key_still_loads_from_a_file_and_set_saying_so_in_one_line(tmp_path, capsys):
     old = tmp_path / "old.yaml"
     old.write_text("extends: demo\nbackbone:\n  precision: bf16\n")
+    say_renamed.cache_clear()
     assert load_config(old).runtime.precision == "bf16"
     assert capsys.readouterr().out.splitlines() == [DEPRECATED]
+    assert load_config(old).runtime.precision == "bf16"
+    assert capsys.readouterr().out == ""  # said once per process (a sweep reads its config once per run)
+    say_renamed.cache_clear()
     assert load_config("demo", ["backbone.precision=bf16"]).runtime.precision == "bf16"
     assert capsys.readouterr().out.splitlines() == [DEPRECATED]
     assert load_config(old, ["runtime.precision=auto"]).runtime.precision == "auto"  # the later setting wins
@@ -169,6 +173,7 @@ def test_a_renamed_key_still_loads_from_a_file_and_set_saying_so_in_one_line(tmp
 def test_a_saved_config_with_a_renamed_key_loads(capsys):
     tree = config_to_dict(Config())
     tree["backbone"]["precision"] = tree.pop("runtime")["precision"] = "fp32"
+    say_renamed.cache_clear()
     assert config_from_dict(tree).runtime.precision == "fp32"
     assert capsys.readouterr().out.splitlines() == [DEPRECATED]
 
