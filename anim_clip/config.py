@@ -4,7 +4,8 @@ A config is built from (1) the dataclass defaults, (2) a YAML file (a path, or t
 file shipped in ``anim_clip/configs``), (3) ``--set section.key=value`` overrides, in that order.
 Every value is checked against its field's type and allowed range (``ranged``, one place:
 ``_in_range``), NaN and inf are refused, and an unknown key is reported with the closest
-known one. The resolved config is saved beside every result so a run can be reproduced.
+known one; a renamed key (``RENAMED``) is still read under its old name, said once. The resolved
+config is saved beside every result so a run can be reproduced.
 """
 
 from __future__ import annotations
