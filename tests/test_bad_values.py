@@ -76,6 +76,18 @@ def test_a_bad_choice_is_refused_by_the_command_line_listing_the_choices(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_command_lines_choices_are_the_librarys():
+    """The CLI spells a few of the library's choices so that --help loads neither torch nor faiss."""
+    from typing import get_args
+
+    from anim_clip.analysis.index import INDEX_KINDS
+    from anim_clip.cli.analyze import IndexKind
+    from anim_clip.cli.options import Weights
+    from anim_clip.runtime.rundir import WEIGHTS
+
+    assert get_args(IndexKind) == INDEX_KINDS and get_args(Weights) == WEIGHTS
+
+
 def test_the_library_refuses_a_weights_choice_it_does_not_know(tmp_path):
     """A Python caller gets the same refusal, rather than last.pt for any word but best."""
     from anim_clip.errors import AnimClipError

@@ -18,11 +18,12 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 
+IndexKind = Literal["flat", "ivf", "hnsw"]  # analysis.index.IndexKind, spelt here so --help imports no faiss
+
 RunArg = Annotated[Path, typer.Argument(help="A run directory (its last.pt, or best.pt with --weights best) or a checkpoint file (head or end-to-end).")]
 WeightsOpt = Annotated[Weights, typer.Option(help="In a run directory: last or best.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Where the JSON report goes (default: <checkpoint>.prompt-space/<command>.json).")]
 SpeciesOpt = Annotated[Optional[str], typer.Option("--species", help="A species, by name as in the checkpoint's vocabulary (or its id).")]
-IndexKind = Literal["flat", "ivf", "hnsw"]  # analysis.index.IndexKind, named here so --help needs no faiss
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Torch device for the model, e.g. cuda:1 or cpu (default: the GPU when there is one).")]
 
 
