@@ -4,13 +4,15 @@ A config is built from (1) the dataclass defaults, (2) a YAML file (a path, or t
 file shipped in ``anim_clip/configs``), (3) ``--set section.key=value`` overrides, in that order.
 Every value is checked against its field's type and allowed range (``ranged``, one place:
 ``_in_range``), NaN and inf are refused, and an unknown key is reported with the closest
-known one. The resolved config is saved beside every result so a run can be reproduced.
+known one; a renamed key (``RENAMED``) is still read under its old name, said once. The resolved
+config is saved beside every result so a run can be reproduced.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -22,9 +24,13 @@ import yaml
 
 from anim_clip.errors import ConfigError
 from anim_clip.io import atomic_write_text
+from anim_clip.ui import console
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Triple = tuple[float, float, float]
+Decoder = Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"]  # torchcodec-cuda: NVDEC on the GPU
+TrainMode = Literal["cached", "e2e"]
+TestCrops = Literal[1, 3]  # spatial views per test clip: the centre, or the centre and both ends
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class SamplingConfig:
     """How frames are taken from a video and turned into model input (docs/method.md §4.4, §4.5)."""
 
     num_frames: int = ranged(8, low=1)
-    decoder: Literal["decord", "pyav", "torchcodec", "torchcodec-cuda"] = "decord"  # torchcodec-cuda: NVDEC on the GPU
+    decoder: Decoder = "decord"
     decode_threads: int = ranged(1, low=1)
     image_size: int = ranged(224, low=1)
     resize: int = ranged(256, low=1)  # short side before cropping (train, 1-crop test)
@@ -88,7 +94,7 @@ class SamplingConfig:
     interpolation: Literal["model", "bilinear", "bicubic"] = "model"  # resizing; model = the backbone's own
     train_views: int = ranged(4, low=1)  # augmented views cached per training clip
     test_clips: int = ranged(1, low=1)  # temporal views per test clip
-    test_crops: Literal[1, 3] = 1  # spatial views per test clip
+    test_crops: TestCrops = 1
 
 
 @dataclass
@@ -98,10 +104,17 @@ class BackboneConfig:
     model: str = "ViT-B-16"  # an open_clip model name, hf-hub:org/repo or local-dir:/path (these bring their weights)
     pretrained: str | None = "openai"  # for a name: open_clip tag, a local checkpoint file, or None (random)
     quick_gelu: bool = True  # force QuickGELU (the OpenAI weights need it); false = the model config's activation
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs, and for the head on CPUs with bf16 units
     patches: Literal["none", "fp16"] = "none"  # store patch tokens in the cache
     batch_frames: int = ranged(256, low=1)  # frames per forward pass during extraction
     compile: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    """How every command runs its models, whichever they are: the tower, the head, the species predictor."""
+
+    # the one precision policy (anim_clip.runtime.precision); auto: bf16 on GPUs, and for the head on CPUs with bf16 units
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass
@@ -135,7 +148,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation; defaults are the release's recipe (docs/method.md §6)."""
 
-    mode: Literal["cached", "e2e"] = "cached"
+    mode: TrainMode = "cached"
     epochs: int = ranged(30, low=1)
     batch_size: int = ranged(16, low=1)
     accumulation: int = ranged(4, low=1)
@@ -179,6 +192,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     species: SpeciesConfig = field(default_factory=SpeciesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -285,8 +299,30 @@ def _in_range(value: Any, section: type, name: str, key: str) -> Any:
     return value
 
 
+# Renamed keys, old -> new: a config still naming an old one (a YAML file, --set, the config saved in a
+# checkpoint) loads, said in one line. A later rename adds its line here.
+RENAMED = {"backbone.precision": "runtime.precision"}
+
+
+def _current(key: str) -> str:
+    """``key``'s name now, saying so when the config used an old one (:data:`RENAMED`)."""
+    new = RENAMED.get(key)
+    if new is None:
+        return key
+    say_renamed(key, new)
+    return new
+
+
+@functools.cache
+def say_renamed(old: str, new: str) -> None:
+    """One line, once per process: a sweep or a command reading several configs says it once."""
+    console.print(f"[yellow]{old} is deprecated; use {new}[/]", soft_wrap=True, highlight=False)
+
+
 def _apply(cfg: Config, key: str, value: Any) -> None:
-    """Set ``section.key`` on ``cfg`` after validating the value against the field's type and range."""
+    """Set ``section.key`` on ``cfg`` after validating the value against the field's type and range;
+    every key a config is read with passes here, old names included."""
+    key = _current(key)
     parts = key.split(".")
     sections = _fields(Config)
     if len(parts) != 2 or parts[0] not in sections or parts[1] not in _fields(sections[parts[0]]):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anim_clip.config import Config
+from anim_clip.config import Config, SamplingConfig
 from anim_clip.data.sampling import TEST_CROPS, ViewSpec, eval_views, train_views, union_indices
 from anim_clip.data.transforms import render_views, rendered_pixels
 from anim_clip.data.video import BACKENDS, VideoFile, check_decoder, open_video
@@ -33,18 +33,16 @@ from anim_clip.ui import console
 TRAIN_SPLIT = "train"
 
 
-def plan_views(split: str, index: int, num_frames: int, height: int, width: int, cfg: Config) -> list[ViewSpec]:
+def plan_views(split: str, index: int, num_frames: int, height: int, width: int, s: SamplingConfig) -> list[ViewSpec]:
     """Training splits: V augmented views, seeded by the clip's index so every shard, resume and
     re-run draws the same ones. Other splits: the deterministic clips × crops test views."""
-    s = cfg.sampling
     if split == TRAIN_SPLIT:
         rng = np.random.default_rng((index, s.train_views, s.num_frames))
         return train_views(num_frames, height, width, s.num_frames, s.train_views, s.image_size, s.resize, rng)
     return eval_views(num_frames, height, width, s.num_frames, s.test_clips, s.test_crops, s.image_size, s.resize)
 
 
-def num_views(split: str, cfg: Config) -> int:
-    s = cfg.sampling
+def num_views(split: str, s: SamplingConfig) -> int:
     return s.train_views if split == TRAIN_SPLIT else s.test_clips * s.test_crops
 
 
@@ -83,7 +81,7 @@ def decode_clip(path: Path, split: str, index: int, cfg: Config, device: torch.d
     Never raises for a bad video: the clip comes back with ``error`` set."""
     try:
         with open_video(path, cfg.sampling.decoder, cfg.sampling.decode_threads, device) as video:
-            views = plan_views(split, index, video.num_frames, video.height, video.width, cfg)
+            views = plan_views(split, index, video.num_frames, video.height, video.width, cfg.sampling)
             return decode_views(video, index, views)
     except VideoDecodeError as e:
         return DecodedClip(index, error=e.reason)
@@ -94,7 +92,7 @@ def with_decoder(cfg: Config, decoder: str | None) -> Config:
     it (a run trained with the GPU decoder, predicting on a laptop): then decord, said aloud."""
     if decoder is not None:
         if decoder not in BACKENDS:
-            raise AnimClipError(f"--decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
+            raise AnimClipError(f"decoder must be one of {', '.join(BACKENDS)}, got {decoder!r}")
         check_decoder(decoder)
     else:
         decoder = cfg.sampling.decoder
@@ -111,9 +109,9 @@ def with_views(cfg: Config, clips: int | None, crops: int | None) -> Config:
     """``cfg`` with ``clips`` × ``crops`` test views where given (per-epoch selection uses 1 × 1, as the
     release; ``predict --clips --crops``), refusing views the sampler cannot plan."""
     if clips is not None and clips < 1:
-        raise AnimClipError(f"--clips must be at least 1, got {clips}")
+        raise AnimClipError(f"clips (temporal test views) must be at least 1, got {clips}")
     if crops is not None and crops not in TEST_CROPS:
-        raise AnimClipError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
+        raise AnimClipError(f"crops (spatial test views) must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
     s = cfg.sampling
     return dataclasses.replace(cfg, sampling=dataclasses.replace(s, test_clips=clips or s.test_clips,
                                                                  test_crops=crops or s.test_crops))
@@ -142,7 +140,7 @@ class FrameEncoder:
     """Renders decoded clips' views on ``device`` as ``tower`` takes them (its ``pixels``, with the
     config's overrides) and encodes them with it (an image tower returning per-frame embeddings and
     optional patch tokens), about ``backbone.batch_frames`` frames per forward pass, in
-    ``backbone.precision`` (:mod:`anim_clip.runtime.precision`). With a species ``predictor``, the
+    ``runtime.precision`` (:mod:`anim_clip.runtime.precision`). With a species ``predictor``, the
     same views are also rendered as the predictor takes them (its own pixels) and its per-view
     species probabilities come with the features (``FrameFeatures.species``)."""
 
@@ -150,7 +148,7 @@ class FrameEncoder:
                  predictor: SpeciesPredictor | None = None):
         self.tower, self.device, self.predictor = tower, device, predictor
         self.batch_frames = cfg.backbone.batch_frames
-        self.precision = cfg.backbone.precision
+        self.precision = cfg.runtime.precision
         self.pixels = rendered_pixels(cfg.sampling, tower.pixels)
 
     def encode(self, clips: Iterable[DecodedClip]) -> Iterator[tuple[DecodedClip, FrameFeatures | None]]:

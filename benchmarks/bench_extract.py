@@ -36,7 +36,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         make_demo_data(data, train_clips=1, test_clips=args.clips, seed=0)
         for name, overrides in MODELS.items():
-            cfg = demo_config(data, ["backbone.pretrained=null", "backbone.precision=auto",  # the demo pins fp32
+            cfg = demo_config(data, ["backbone.pretrained=null", "runtime.precision=auto",  # the demo pins fp32
                                      f"sampling.decoder={args.decoder}", *overrides])
             start = time.perf_counter()
             with GpuUtilisation() as gpu:

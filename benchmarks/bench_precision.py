@@ -1,5 +1,5 @@
 """Does bf16 autocast of the head change what the demo learns? The evidence behind
-``backbone.precision=auto`` choosing bf16 for the head on CPUs with bf16 units.
+``runtime.precision=auto`` choosing bf16 for the head on CPUs with bf16 units.
 
 The demo dataset (seed 0) is generated and extracted once; its head is then trained with the demo
 recipe for three training seeds in fp32 and in bf16, and each run's test mAP and training time are
@@ -40,7 +40,7 @@ def eval_seconds(head: AnimalCLIPHead, cfg: Config, root: Path) -> dict[str, flo
     test = data["test"]
     head.eval()
     start = time.perf_counter()
-    split_scores(head, test, test.indices, cfg.backbone.precision, cfg.eval.scores)
+    split_scores(head, test, test.indices, cfg.runtime.precision, cfg.eval.scores)
     middle = time.perf_counter()
     per_view_logits(head, test, test.indices)
     return {"eval_path_s": middle - start, "eval_per_view_s": time.perf_counter() - middle}
@@ -57,7 +57,7 @@ def main() -> None:
         extract(demo_config(root / "data"), root / "cache", progress=False)
         for precision in ("fp32", "bf16"):
             for seed in range(args.seeds):
-                cfg = demo_config(root / "data", [f"backbone.precision={precision}", f"train.seed={seed}"])
+                cfg = demo_config(root / "data", [f"runtime.precision={precision}", f"train.seed={seed}"])
                 start = time.perf_counter()
                 result = train(cfg, cache=root / "cache", out=root / f"{precision}-{seed}", progress=False)
                 runs.append({"precision": precision, "seed": seed, "test_mAP": result.report["mAP"],

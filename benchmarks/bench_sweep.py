@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anim_clip.cache.extract import config_signature, extract
+from anim_clip.cache.extract import extract
+from anim_clip.cache.signature import config_signature
 from anim_clip.cache.store import SplitSpec, SplitWriter, TextFeatures, create_split, create_store, write_text
 from anim_clip.config import Config, load_config
 from anim_clip.data.dataset import load_dataset

@@ -58,7 +58,7 @@ MB = 2**20
 def ak_config(model: str, frames: int, mode: str, precision: str) -> Config:
     """The release recipe (``ak``) for ``mode``: the engine reads the mode for the step's precision."""
     return load_config("ak", ["backbone.pretrained=null", f"backbone.model={model}", f"sampling.num_frames={frames}",
-                              f"train.mode={mode}", f"backbone.precision={precision}"])
+                              f"train.mode={mode}", f"runtime.precision={precision}"])
 
 
 def ak_model(cfg: Config, mode: str, checkpointing: bool) -> torch.nn.Module:

@@ -23,7 +23,7 @@ from anim_clip.analysis.clips import (
     confusion_matrix,
     confusion_report,
 )
-from anim_clip.analysis.commands import analyze_app
+from anim_clip.cli.analyze import analyze_app
 from anim_clip.analysis.index import PromptIndex, device_note, search_device
 from anim_clip.analysis.plots import prompt_map
 from anim_clip.analysis.queries import confusable, neighbors, spread
@@ -57,7 +57,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis")
     make_demo_data(root / "data", train_clips=16, test_clips=8, num_frames=16, size=64)
     cfg = demo_config(root / "data", ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.train_views=2",
-                                      "backbone.precision=fp32",  # compared with fp32 computations
+                                      "runtime.precision=fp32",  # compared with fp32 computations
                                       "train.epochs=2", "train.batch_size=8", "train.accumulation=1"])
     extract(cfg, root / "cache", progress=False, device=CPU)
     train(cfg, cache=root / "cache", out=root / "run", progress=False)
@@ -385,8 +385,8 @@ def test_every_command_prints_and_writes_json(trained, tmp_path):
     assert (tmp_path / "map.png").is_file()
     result = runner.invoke(analyze_app, ["clip", run, "--clip", "x.mp4"])
     assert isinstance(result.exception, AnimClipError) and "needs --cache" in str(result.exception)
-    result = runner.invoke(analyze_app, ["build", run, "--index", "lsh"])
-    assert isinstance(result.exception, AnimClipError) and "flat, ivf, hnsw" in str(result.exception)
+    result = runner.invoke(analyze_app, ["build", run, "--index", "lsh"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'lsh' is not one of 'flat', 'ivf', 'hnsw'" in result.output
 
 
 def test_faiss_training_survives_video_decoding_loaded_first():

@@ -37,7 +37,7 @@ from anim_clip.train.engine import train
 
 T = 4
 COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "sampling.normalization=model",  # demo.yaml pins clip
-          "backbone.precision=fp32", "train.batch_size=4", "train.accumulation=1", "train.epochs=2",
+          "runtime.precision=fp32", "train.batch_size=4", "train.accumulation=1", "train.epochs=2",
           "train.warmup_epochs=1", "train.log_every=1"]
 TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}  # a 32-token context
 SIGLIP_LIKE = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
@@ -136,7 +136,7 @@ def test_the_cache_records_and_applies_the_models_own_pixels(pipeline: dict, dat
     assert cache.config["backbone"]["embed_dim"] == tower.embed_dim
     split = cache.split("test")
     with open_video(data / "videos" / split.clip_ids[0], "pyav") as video:  # the other decoder, as an oracle
-        views = plan_views("test", 0, video.num_frames, video.height, video.width, cfg)
+        views = plan_views("test", 0, video.num_frames, video.height, video.width, cfg.sampling)
         unique, positions = union_indices(views)
         frames = video.get_frames(unique)
     rendered = render_views(frames, views, positions, pixels.size, pixels.mean, pixels.std, pixels.interpolation)

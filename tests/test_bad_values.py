@@ -52,6 +52,52 @@ def test_numeric_options_out_of_range_are_usage_errors(tmp_path, command, option
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "last.pt"]  # nothing written
 
 
+@pytest.mark.parametrize("argv, choices", [
+    (["eval", "RUN", "--cache", "C", "--weights", "bset"], "'last', 'best'"),
+    (["eval", "RUN", "--cache", "C", "--split", "valid"], "'test', 'train', 'val'"),
+    (["train", "demo", "--out", "R", "--mode", "e2d"], "'cached', 'e2e'"),
+    (["describe", "lote", "--out", "D", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--kind", "action"],
+     "'actions', 'species', 'both'"),
+    (["predict", "RUN", "V", "--weights", "bset"], "'last', 'best'"),
+    (["predict", "RUN", "V", "--crops", "2"], "'1', '3'"),
+    (["predict", "RUN", "V", "--decoder", "ffmpeg"], "'decord', 'pyav', 'torchcodec', 'torchcodec-cuda'"),
+    (["analyze", "build", "RUN", "--index", "lsh"], "'flat', 'ivf', 'hnsw'"),
+    (["analyze", "neighbors", "RUN", "walk", "--weights", "bset"], "'last', 'best'"),
+    (["analyze", "confusions", "RUN", "--cache", "C", "--split", "valid"], "'test', 'train', 'val'"),
+    (["analyze", "neighbors", "RUN", "walk", "-k", "0"], "greater than or equal to 1"),
+    (["analyze", "confusable", "RUN", "--top", "0"], "greater than or equal to 1"),
+    (["analyze", "map", "RUN", "--clusters", "0"], "greater than or equal to 1"),
+])
+def test_a_bad_choice_is_refused_by_the_command_line_listing_the_choices(tmp_path, argv, choices):
+    """typer checks choices and numbers itself: a usage error naming the option and what it takes,
+    before anything is opened or written (the paths given do not even exist)."""
+    result = CliRunner().invoke(app, [str(tmp_path / a) if a.isupper() else a for a in argv], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and choices in result.output and argv[-2] in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_lines_choices_are_the_librarys():
+    """The CLI spells a few of the library's choices so that --help loads neither torch nor faiss."""
+    from typing import get_args
+
+    from anim_clip.analysis.index import INDEX_KINDS
+    from anim_clip.cli.analyze import IndexKind
+    from anim_clip.cli.options import Weights
+    from anim_clip.runtime.rundir import WEIGHTS
+
+    assert get_args(IndexKind) == INDEX_KINDS and get_args(Weights) == WEIGHTS
+
+
+def test_the_library_refuses_a_weights_choice_it_does_not_know(tmp_path):
+    """A Python caller gets the same refusal, rather than last.pt for any word but best."""
+    from anim_clip.errors import AnimClipError
+    from anim_clip.runtime.rundir import resolve_checkpoint
+
+    (tmp_path / "last.pt").write_bytes(b"x")
+    with pytest.raises(AnimClipError, match="weights must be last or best, not 'bset'"):
+        resolve_checkpoint(tmp_path, "bset")
+
+
 @pytest.mark.parametrize("command", ["train", "extract"])
 def test_a_config_number_out_of_range_is_one_line_before_anything_is_written(tmp_path, command):
     out = tmp_path / ("run" if command == "train" else "cache.zarr")

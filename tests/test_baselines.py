@@ -98,7 +98,7 @@ def primary_by_hand(scores: np.ndarray, y: np.ndarray, multilabel: bool) -> floa
 
 
 def fp32(data: Path, *extra: str) -> Config:
-    return cfg_for(data, "backbone.precision=fp32", *extra)
+    return cfg_for(data, "runtime.precision=fp32", *extra)
 
 
 def opened(cfg: Config, cache: Path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from processes import file_size_limit, run_cli
 
-from anim_clip.config import BackboneConfig, Config, config_to_dict
+from anim_clip.config import BackboneConfig, Config, config_to_dict, say_renamed
 from anim_clip.data.graph import SpeciesActionGraph
 from anim_clip.errors import AnimClipError
 from anim_clip.models import (
@@ -267,6 +267,19 @@ def test_the_head_inputs_are_stored_and_older_files_derive_them_from_their_confi
     payload["config"], payload["head"]["external_species"] = config_to_dict(cfg), False
     torch.save(payload, tmp_path / "older.pt")
     assert load_checkpoint(tmp_path / "older.pt").inputs == HeadInputs("zero-shot")
+
+
+def test_a_checkpoint_saved_with_a_renamed_config_key_loads_saying_so(tmp_path, fixture, capsys):
+    """A checkpoint saved before ``backbone.precision`` became ``runtime.precision`` keeps its setting."""
+    path = save_checkpoint(tmp_path / "head.pt", fixture_head(fixture), Config())
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["backbone"]["precision"] = "bf16"  # the layout such a checkpoint has
+    del payload["config"]["runtime"]
+    torch.save(payload, path)
+    say_renamed.cache_clear()
+    capsys.readouterr()
+    assert load_checkpoint(path).config.runtime.precision == "bf16"
+    assert capsys.readouterr().out.splitlines() == ["backbone.precision is deprecated; use runtime.precision"]
 
 
 def test_a_head_checkpoint_goes_end_to_end_on_the_configured_backbone(tmp_path, fixture):

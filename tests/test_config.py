@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from anim_clip.config import CONFIG_DIR, Config, config_from_dict, config_to_dict, load_config, save_config
+from anim_clip.config import CONFIG_DIR, Config, config_from_dict, config_to_dict, load_config, save_config, say_renamed
 from anim_clip.errors import ConfigError
 
 
@@ -146,3 +146,34 @@ def test_a_file_value_out_of_range_names_the_file_and_a_saved_one_is_checked_too
     tree["sampling"]["num_frames"] = 0
     with pytest.raises(ConfigError, match="'sampling.num_frames': 0 is out of range"):
         config_from_dict(tree)
+
+
+DEPRECATED = "backbone.precision is deprecated; use runtime.precision"
+
+
+def test_a_renamed_key_still_loads_from_a_file_and_set_saying_so_in_one_line(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("extends: demo\nbackbone:\n  precision: bf16\n")
+    say_renamed.cache_clear()
+    assert load_config(old).runtime.precision == "bf16"
+    assert capsys.readouterr().out.splitlines() == [DEPRECATED]
+    assert load_config(old).runtime.precision == "bf16"
+    assert capsys.readouterr().out == ""  # said once per process (a sweep reads its config once per run)
+    say_renamed.cache_clear()
+    assert load_config("demo", ["backbone.precision=bf16"]).runtime.precision == "bf16"
+    assert capsys.readouterr().out.splitlines() == [DEPRECATED]
+    assert load_config(old, ["runtime.precision=auto"]).runtime.precision == "auto"  # the later setting wins
+    capsys.readouterr()
+    assert load_config("demo", ["runtime.precision=bf16"]).runtime.precision == "bf16"
+    assert capsys.readouterr().out == ""  # the new name is said nothing about
+    with pytest.raises(ConfigError, match="'runtime.precision': 'fp16' is not one of"):  # checked as the new key
+        load_config("demo", ["backbone.precision=fp16"])
+
+
+def test_a_saved_config_with_a_renamed_key_loads(capsys):
+    tree = config_to_dict(Config())
+    tree["backbone"]["precision"] = tree.pop("runtime")["precision"] = "fp32"
+    say_renamed.cache_clear()
+    assert config_from_dict(tree).runtime.precision == "fp32"
+    assert capsys.readouterr().out.splitlines() == [DEPRECATED]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,29 @@ def test_unknown_label_names_the_line(tmp_path):
     with pytest.raises(DatasetFormatError, match="'Fly' is not in the label list") as err:
         load_dataset(cfg)
     assert err.value.line == 2
+
+
+def test_unknown_species_name_names_the_line(tmp_path):
+    cfg = _csv_dataset(tmp_path, "path,actions,species\na.mp4,Run,Fox\nb.mp4,Run,Yeti\n",
+                       "path,actions,species\nc.mp4,Run,Fox\n", **{"species.txt": "Fox\n"})
+    cfg.species = "species.txt"
+    with pytest.raises(DatasetFormatError, match="species 'Yeti' is not in the species list") as err:
+        load_dataset(cfg)
+    assert err.value.line == 3 and "train.csv" in str(err.value)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("x.mp4 99 0", r"action id 99 out of range \(0\.\.\d+\)"),
+    ("x.mp4 0 999", r"species id 999 out of range \(0\.\.\d+\)"),
+])
+def test_ids_out_of_range_name_the_line(tmp_path, line, message):
+    release = Path(__file__).parents[1] / "anim_clip" / "data" / "release" / "MammalNet"
+    shutil.copytree(release, tmp_path / "mn")
+    train = tmp_path / "mn" / "train.txt"
+    train.write_text(f"{train.read_text().splitlines()[0]}\n{line}\n")
+    with pytest.raises(DatasetFormatError, match=message) as err:
+        load_dataset(DataConfig(format="mammalnet", annotations=str(tmp_path / "mn")))
+    assert err.value.line == 2 and "train.txt" in str(err.value)
 
 
 def test_csv_needs_an_annotation_folder():

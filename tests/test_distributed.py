@@ -22,7 +22,7 @@ from anim_clip.train.engine import train
 # AdamW's eps raised from 1e-8: an element whose gradient is about eps moves by ±lr at the first step
 # depending on its last rounding bit, so with 1e-8 fp32 summation order alone decides a few weights;
 # with 1e-3 the update is a smooth function of the gradient and the weights differ by rounding only.
-COMMON = ["backbone.pretrained=null", "backbone.precision=fp32", "sampling.num_frames=4", "sampling.train_views=2", "train.accumulation=2",
+COMMON = ["backbone.pretrained=null", "runtime.precision=fp32", "sampling.num_frames=4", "sampling.train_views=2", "train.accumulation=2",
           "train.epochs=1", "train.warmup_epochs=0", "train.mixup_alpha=0", "train.cutmix_alpha=0", "train.eps=1e-3",
           "train.num_workers=0", "train.log_every=1", "train.min_steps_per_epoch=1"]  # full batches, not the demo's 8 steps
 PER_RANK_BATCH = 2

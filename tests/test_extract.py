@@ -111,7 +111,7 @@ def test_cache_holds_the_backbone_output(data: Path, reference: Path):
     mean, std = normalization_stats("clip")
     for i in (0, 5):
         with open_video(data / "videos" / split.clip_ids[i], "pyav") as video:  # the other decoder, as an oracle
-            views = plan_views("test", i, video.num_frames, video.height, video.width, cfg)
+            views = plan_views("test", i, video.num_frames, video.height, video.width, cfg.sampling)
             unique, positions = union_indices(views)
             frames = video.get_frames(unique)
         np.testing.assert_array_equal(split.frame_indices[i].numpy(), np.stack([v.frame_indices for v in views]))
@@ -305,7 +305,7 @@ def test_features_of_another_precision_are_not_mixed_into_a_cache(data: Path, re
     # `auto` runs the tower in bf16 on a GPU and fp32 on a CPU: a resume on other hardware is refused
     assert FeatureCache(reference).config["backbone"]["tower_precision"] == "float32"
     with pytest.raises(CacheError, match=r"backbone\.tower_precision='float32', this run uses 'bfloat16'"):
-        extract(config(data, "backbone.precision=bf16"), reference, progress=False)
+        extract(config(data, "runtime.precision=bf16"), reference, progress=False)
 
 
 @pytest.mark.skipif(decoder_unavailable("torchcodec") is not None, reason=f"torchcodec: {decoder_unavailable('torchcodec')}")

@@ -48,7 +48,7 @@ def demo(tmp_path_factory) -> Path:
 def cfg(demo: Path, tmp_path_factory) -> Config:
     """The tiny demo config whose backbone weights are a local file that differs from the seeded
     random init, so a prediction that ignored ``backbone.pretrained`` would not match."""
-    cfg = load_config("demo", ["backbone.pretrained=null", f"sampling.num_frames={T}", "backbone.precision=fp32",
+    cfg = load_config("demo", ["backbone.pretrained=null", f"sampling.num_frames={T}", "runtime.precision=fp32",
                                f"data.annotations={demo}", f"data.root={demo / 'videos'}"])
     clip, _ = create_clip(cfg.backbone)
     generator = torch.Generator().manual_seed(1)
@@ -208,9 +208,9 @@ def test_unknown_species_and_bad_options_are_one_clear_line(head_ckpt: Path):
         Predictor(head_ckpt, species=["Elephant"])
     with pytest.raises(AnimClipError, match="not both"):
         Predictor(head_ckpt, species=["Fox"], predict_species=True)
-    with pytest.raises(AnimClipError, match="--crops must be one of 1, 3"):
+    with pytest.raises(AnimClipError, match=r"crops \(spatial test views\) must be one of 1, 3"):
         Predictor(head_ckpt, crops=2)
-    with pytest.raises(AnimClipError, match="--decoder must be one of decord, pyav, torchcodec"):
+    with pytest.raises(AnimClipError, match="decoder must be one of decord, pyav, torchcodec"):
         Predictor(head_ckpt, decoder="opencv")
 
 

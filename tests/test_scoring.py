@@ -67,7 +67,7 @@ def trained(tmp_path_factory) -> dict:
     """A tiny demo run with a held-out share (validation scores through the path every epoch)."""
     root = tmp_path_factory.mktemp("scoring")
     make_demo_data(root / "data", train_clips=24, test_clips=12, num_frames=16, size=64, seed=3)
-    cfg = demo_config(root / "data", ["backbone.pretrained=null", "backbone.precision=fp32", "sampling.num_frames=4",
+    cfg = demo_config(root / "data", ["backbone.pretrained=null", "runtime.precision=fp32", "sampling.num_frames=4",
                                       "sampling.train_views=2", "sampling.test_clips=2", "train.epochs=2",
                                       "train.batch_size=4", "train.accumulation=1", "train.val_fraction=0.25",
                                       "train.num_workers=0"])
@@ -84,7 +84,7 @@ def test_a_cached_split_scores_as_the_per_view_path_and_reports_the_same_metrics
     dataset = load_dataset(cfg.data)
     _, data = open_cached_data(cfg, trained["cache"], dataset, CPU, head.inputs)
     test = data["test"]
-    new = split_scores(head, test, test.indices, cfg.backbone.precision, cfg.eval.scores)
+    new = split_scores(head, test, test.indices, cfg.runtime.precision, cfg.eval.scores)
     cls = test.split.cls[test.indices].float()  # (N, V, T, D)
     n, v = cls.shape[:2]
     given = test.split.species[test.indices].float().repeat_interleave(v, 0)
@@ -100,7 +100,7 @@ def test_a_cached_split_scores_as_the_per_view_path_and_reports_the_same_metrics
     for action, ap in new_ap.items():
         assert ap == (None if old_ap[action] is None else pytest.approx(old_ap[action], abs=1e-6)), action
     # clips held in memory take the same path
-    held = clip_scores(head, FrameFeatures(cls), test.species().float(), head.inputs, cfg.backbone.precision,
+    held = clip_scores(head, FrameFeatures(cls), test.species().float(), head.inputs, cfg.runtime.precision,
                        cfg.eval.scores)
     torch.testing.assert_close(held, new, atol=1e-5, rtol=0)
 

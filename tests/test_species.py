@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from test_backbones import write_local_dir
 
 from anim_clip.analysis.clips import clip_from_cache, clip_report
-from anim_clip.analysis.commands import analyze_app
+from anim_clip.cli.analyze import analyze_app
 from anim_clip.analysis.store import build_and_save
 from anim_clip.cache.extract import extract
 from anim_clip.cache.inspect import cache_info, cache_info_tables, verify_cache
@@ -53,7 +53,7 @@ from anim_clip.train.engine import train
 
 T = 4
 SIZE = 32  # the predictor's input; the action backbone takes 64 px
-COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "backbone.precision=fp32", "train.batch_size=4",
+COMMON = [f"sampling.num_frames={T}", "sampling.train_views=2", "runtime.precision=fp32", "train.batch_size=4",
           "train.accumulation=1", "train.epochs=2", "train.warmup_epochs=1"]
 PREDICTED = "model.species_source=predicted"
 
@@ -105,7 +105,7 @@ def by_hand(cfg: Config, video: Path, split: str, index: int) -> torch.Tensor:
     model = open_clip.create_model(cfg.species.model).eval()
     tokenize = open_clip.get_tokenizer(cfg.species.model)
     with open_video(video, "pyav") as file:
-        views = plan_views(split, index, file.num_frames, file.height, file.width, cfg)
+        views = plan_views(split, index, file.num_frames, file.height, file.width, cfg.sampling)
         unique, positions = union_indices(views)
         frames = file.get_frames(unique)
     images = render_views(frames, views, positions, SIZE, (0.5,) * 3, (0.5,) * 3, "bicubic")

@@ -98,7 +98,7 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     features = clip.features.to(device)
     views = features.cls.shape[0]
     given = None if clip.species is None else clip.species.to(device)[None].expand(views, -1)
-    scored = score_views(head, features, given, clip.inputs, cfg.backbone.precision, cfg.eval.scores)
+    scored = score_views(head, features, given, clip.inputs, cfg.runtime.precision, cfg.eval.scores)
     used = scored.species.mean(0)
     logits, probs = scored.logits.mean(0), scored.scores.mean(0)
     video = F.normalize(scored.video.mean(0), dim=-1)

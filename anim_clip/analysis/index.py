@@ -24,10 +24,11 @@ INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw")
 Device = Literal["cpu", "gpu"]
 
 HNSW_M = 32  # graph degree: faiss's usual choice for 512-d vectors
-# Candidates per query. On an AK-sized space recall@10 of prompt queries is 0.97 here and barely
-# grows with more (0.98 at 1024, at a quarter of the speed); queries far from every prompt (a clip's
-# video embedding) get poor recall whatever the value, since an action's prompts for 897 species are
-# near-duplicates (benchmarks/RESULTS-faiss.md): HNSW is for prompt-to-prompt queries.
+# Candidates per query. On an AK-sized space recall@10 of prompt queries is 0.95 here (the build is
+# not deterministic: 0.975 in another run) and no better than 0.98 at efSearch 1024; queries far from
+# every prompt (random directions, standing in for a clip's video embedding) get 0.18, since an
+# action's prompts for 897 species are near-duplicates (benchmarks/RESULTS.md, "Prompt-space analysis
+# with faiss"; benchmarks/results/faiss.json): HNSW is for prompt-to-prompt queries.
 HNSW_EF_SEARCH = 128
 IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 GPU_MAX_K = 2048  # faiss's GPU k-selection limit
@@ -39,8 +40,8 @@ def ivf_lists(rows: int) -> int:
 
 
 def ivf_probes(lists: int) -> int:
-    """sqrt(lists) lists visited per query: recall@10 >= 0.99 for prompt and clip-like queries on an
-    AK-sized space (38 of 1418 lists; benchmarks/RESULTS-faiss.md)."""
+    """sqrt(lists) lists visited per query: recall@10 of 0.997 for prompt and 0.996 for clip-like
+    queries on an AK-sized space (38 of 1418 lists; benchmarks/RESULTS.md, benchmarks/results/faiss.json)."""
     return max(1, min(lists, math.ceil(math.sqrt(lists))))
 
 

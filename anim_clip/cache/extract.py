@@ -15,7 +15,6 @@ its features (:mod:`anim_clip.models.species`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import torch
 from rich.markup import escape
 
 from anim_clip.cache.inspect import SHOWN_FAILURES, cache_decoders, decoders_text, mixed_decoders_note
+from anim_clip.cache.signature import cache_signature
 from anim_clip.cache.store import (
     SplitSpec,
     SplitWriter,
@@ -37,63 +37,16 @@ from anim_clip.cache.store import (
     read_array,
     write_text,
 )
-from anim_clip.config import Config, SpeciesConfig
+from anim_clip.config import Config
 from anim_clip.data.dataset import Dataset, load_dataset
 from anim_clip.data.descriptions import class_texts, load_descriptions
-from anim_clip.data.transforms import rendered_pixels
 from anim_clip.data.video import FallbackNotice, check_decoder, decoder_note
 from anim_clip.errors import CacheError, ConfigError
 from anim_clip.frames import TRAIN_SPLIT, DecodedClip, FrameEncoder, decode_clip, num_views
-from anim_clip.models.backbone import FrozenImageTower, WeightsInfo, create_clip, encode_texts, text_fit
-from anim_clip.models.species import SpeciesPredictor, check_predictor, species_predictor
+from anim_clip.models.backbone import FrozenImageTower, create_clip, encode_texts, text_fit
+from anim_clip.models.species import check_predictor, species_predictor
 from anim_clip.runtime.distributed import default_device
-from anim_clip.runtime.precision import autocast_dtype
 from anim_clip.ui import RateColumn, console, progress_bar
-
-
-def config_signature(cfg: Config, weights: WeightsInfo) -> dict[str, Any]:
-    """The config's part of the cache signature: what the run asked for, before any model is built."""
-    s = cfg.sampling
-    return {
-        "dataset": cfg.data.name,
-        "backbone": {
-            "model": cfg.backbone.model,
-            "weights": weights.identity,
-            "quick_gelu": cfg.backbone.quick_gelu,
-            "patches": cfg.backbone.patches,
-        },
-        "sampling": {
-            "num_frames": s.num_frames, "image_size": s.image_size, "resize": s.resize,
-            "normalization": s.normalization, "interpolation": s.interpolation, "train_views": s.train_views,
-            "test_clips": s.test_clips, "test_crops": s.test_crops,
-            "decoder": s.decoder,  # decoders' pixels differ on some video (anim_clip.data.video)
-        },
-    }
-
-
-def species_signature(cfg: SpeciesConfig, weights: WeightsInfo) -> dict[str, Any]:
-    """The species predictor's part of the signature (in a cache extracted with one): what makes its
-    probabilities: the model, its weights (as ``backbone.weights``) and the text template."""
-    return {"model": cfg.model, "weights": weights.identity, "template": cfg.template}
-
-
-def cache_signature(cfg: Config, weights: WeightsInfo, tower: FrozenImageTower, device: torch.device,
-                    predictor: tuple[SpeciesPredictor, WeightsInfo] | None = None) -> dict[str, Any]:
-    """What makes two caches' features interchangeable; stored in the cache, compared on reuse: the
-    config's part, and what the built tower is: its embedding width, patch grid, the precision it
-    runs in on ``device`` (``auto`` differs between a CPU and a GPU, so a resume elsewhere cannot mix
-    fp32 and bf16 features) and the pixels it was fed (the backbone's own preprocessing with the
-    config's overrides); with a species ``predictor``, its part and the pixels it was fed (its own)."""
-    signature = config_signature(cfg, weights)
-    dtype = autocast_dtype(cfg.backbone.precision, device, "tower") or torch.float32
-    signature["backbone"].update(embed_dim=tower.embed_dim, patch_shape=tower.patch_shape,
-                                 tower_precision=str(dtype).removeprefix("torch."))
-    signature["pixels"] = dataclasses.asdict(rendered_pixels(cfg.sampling, tower.pixels))
-    if predictor is not None:
-        model, species_weights = predictor
-        signature["species"] = {**species_signature(cfg.species, species_weights),
-                                "pixels": dataclasses.asdict(model.pixels)}
-    return signature
 
 
 def encode_class_texts(clip: torch.nn.Module, cfg: Config, dataset: Dataset) -> dict[str, TextFeatures]:
@@ -221,7 +174,7 @@ def extract(cfg: Config, out: str | Path, splits: tuple[str, ...] = ("train", "t
             clip_ids=[c.path for c in clips],
             targets=dataset.targets(split),
             species=dataset.species_vectors(split),
-            views=num_views(split, cfg),
+            views=num_views(split, cfg.sampling),
             frames=cfg.sampling.num_frames,
             dim=signature["backbone"]["embed_dim"],
             view_kind="augmented" if split == TRAIN_SPLIT else f"{cfg.sampling.test_clips} clips x {cfg.sampling.test_crops} crops",
@@ -278,7 +231,7 @@ def _extract_split(writer: SplitWriter, dataset: Dataset, split: str, cfg: Confi
     frames_rate = RateColumn("frames", per_item="frames_per_clip")
     with progress_bar("clips", frames_rate, disable=not progress) as bar, ThreadPoolExecutor(workers, "decode") as pool:
         task = bar.add_task(label, total=len(jobs),
-                            frames_per_clip=num_views(split, cfg) * cfg.sampling.num_frames)
+                            frames_per_clip=num_views(split, cfg.sampling) * cfg.sampling.num_frames)
         try:
             for clip, features in encoder.encode(_decoded(pool, jobs, split, cfg, device, depth=2 * workers)):
                 if features is None:

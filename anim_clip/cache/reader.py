@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anim_clip.cache.extract import config_signature, species_signature
+from anim_clip.cache.signature import config_signature, meaning, species_signature
 from anim_clip.cache.store import SPECIES_PROBS, CachedSplit, FeatureCache, TextFeatures, check_compatible
 from anim_clip.config import Config, SamplingConfig
 from anim_clip.data.dataset import Dataset, hold_out
@@ -36,24 +36,12 @@ from anim_clip.ui import console
 SPLITS = ("train", "test")
 SHOWN_CLIPS = 3
 FINITE_CHECK_ROWS = 1024  # clips checked for NaN/inf at once: bounds the check's memory
-# Fields that change what the features mean; views and patches may differ between runs. The backbone's
-# own preprocessing (normalization or interpolation `model`) is fixed by its model and weights.
-MATCHING = ("dataset", "backbone.model", "backbone.weights", "backbone.quick_gelu", "sampling.num_frames",
-            "sampling.image_size", "sampling.resize", "sampling.normalization", "sampling.interpolation")
-
-
-def _pick(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-    return tree
-
-
 def check_cache(cfg: Config, cache: FeatureCache, inputs: HeadInputs) -> None:
     """Refuse a cache built for another backbone, sampling or dataset, naming the field, and one
     without what the head's ``inputs`` need: patch tokens, the species predictor's probabilities."""
     check_backbone(cfg.backbone)
     expected = config_signature(cfg, resolve_weights(cfg.backbone)[1])
-    check_compatible({k: _pick(cache.config, k) for k in MATCHING}, {k: _pick(expected, k) for k in MATCHING}, cache.path)
+    check_compatible(meaning(cache.config), meaning(expected), cache.path)
     if inputs.patches and cache.config["backbone"]["patches"] == "none":
         raise AnimClipError(f"cache {cache.path} holds no patch tokens, which model.video_specific_prompt needs: "
                             "extract with --set backbone.patches=fp16")

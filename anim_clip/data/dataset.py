@@ -132,33 +132,31 @@ def _index(names: list[str]) -> dict[str, int]:
     return index
 
 
-def _resolve(entries: list[SplitEntry], path: Path, actions: dict[str, int], species: dict[str, int],
-             num_actions: int, num_species: int) -> list[Clip]:
+# How an unknown id or name is reported, per kind of class: the list it is missing from.
+_LISTS = {"action": "label list", "species": "species list"}
+
+
+def _class_id(value: int | str, index: dict[str, int], count: int, kind: str, path: Path, line: int) -> int:
+    """The vocabulary id of ``value``, an id or a name as the split file gives it; one the
+    vocabulary of ``count`` classes lacks is refused naming the file and line."""
+    if isinstance(value, int):
+        if value >= count:
+            raise DatasetFormatError(path, f"{kind} id {value} out of range (0..{count - 1})", line)
+        return value
+    if value not in index:
+        raise DatasetFormatError(path, f"{kind} {value!r} is not in the {_LISTS[kind]}", line)
+    return index[value]
+
+
+def _resolve(entries: list[SplitEntry], path: Path, actions: list[str], species: list[str]) -> list[Clip]:
     """Turn names or ids into vocabulary ids, with the line number of anything unknown."""
+    action_index, species_index = _index(actions), _index(species)
     clips = []
     for e in entries:
         pairs = []
         for s, a in e.pairs:
-            if isinstance(a, int):
-                if a >= num_actions:
-                    raise DatasetFormatError(path, f"action id {a} out of range (0..{num_actions - 1})", e.line)
-                ai = a
-            elif a in actions:
-                ai = actions[a]
-            else:
-                raise DatasetFormatError(path, f"action {a!r} is not in the label list", e.line)
-            if s is None:
-                pairs.append((None, ai))
-                continue
-            if isinstance(s, int):
-                if s >= num_species:
-                    raise DatasetFormatError(path, f"species id {s} out of range (0..{num_species - 1})", e.line)
-                si = s
-            elif s in species:
-                si = species[s]
-            else:
-                raise DatasetFormatError(path, f"species {s!r} is not in the species list", e.line)
-            pairs.append((si, ai))
+            action = _class_id(a, action_index, len(actions), "action", path, e.line)
+            pairs.append((None if s is None else _class_id(s, species_index, len(species), "species", path, e.line), action))
         acts = tuple(sorted({a for _, a in pairs}))
         spec = tuple(sorted({s for s, _ in pairs if s is not None}))
         known = tuple(sorted({(s, a) for s, a in pairs if s is not None}))
@@ -204,8 +202,12 @@ def _check_clip_paths(entries: dict[str, list[SplitEntry]], files: dict[str, Pat
             seen[clip] = (files[split], e)
 
 
-def _vocab_from_entries(entries: list[list[SplitEntry]], position: int) -> list[str]:
-    names = {pair[position] for split in entries for e in split for pair in e.pairs}
+def _vocabulary(path: Path | None, plain_names: bool, entries: dict[str, list[SplitEntry]], position: int) -> list[str]:
+    """A class list: read from ``path`` (plain names, one a line, or the release's id,name list), or
+    without one, the sorted names at ``position`` of the split files' (species, action) pairs."""
+    if path is not None:
+        return read_name_list(path) if plain_names else read_class_list(path)
+    names = {pair[position] for split in entries.values() for e in split for pair in e.pairs}
     return sorted(n for n in names if n is not None)
 
 
@@ -228,22 +230,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     root = Path(cfg.root).expanduser() if cfg.root else None
     _check_clip_paths(entries, split_paths, root, cfg.allow_outside_root)
 
-    labels_path, species_path = _file(cfg, folder, "labels"), _file(cfg, folder, "species")
-    if labels_path is not None:
-        actions = read_name_list(labels_path) if cfg.format == "csv" else read_class_list(labels_path)
-    else:
-        actions = _vocab_from_entries(list(entries.values()), 1)
-    if species_path is not None:
-        species = read_name_list(species_path) if cfg.format == "csv" else read_class_list(species_path)
-    else:
-        species = _vocab_from_entries(list(entries.values()), 0)
-
-    action_index = _index(actions)
-    species_index = _index(species)
-    splits = {
-        s: _resolve(entries[s], split_paths[s], action_index, species_index, len(actions), len(species))
-        for s in SPLITS
-    }
+    plain_names = cfg.format == "csv"
+    actions = _vocabulary(_file(cfg, folder, "labels"), plain_names, entries, 1)
+    species = _vocabulary(_file(cfg, folder, "species"), plain_names, entries, 0)
+    splits = {s: _resolve(entries[s], split_paths[s], actions, species) for s in SPLITS}
 
     release_graph = None
     relation_path = _file(cfg, folder, "relation")

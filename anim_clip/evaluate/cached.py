@@ -49,7 +49,7 @@ def cached_scores(model: AnimalCLIPHead, data: CachedSplitData, cfg: Config, dis
     torchrun each rank scores every world-th clip and the scores are gathered."""
     was_training = model.training
     model.eval()
-    scores = split_scores(model, data, data.indices[dist.rank :: dist.world], cfg.backbone.precision, cfg.eval.scores)
+    scores = split_scores(model, data, data.indices[dist.rank :: dist.world], cfg.runtime.precision, cfg.eval.scores)
     model.train(was_training)
     gathered = dist.all_gather_rows(scores)
     order = torch.cat([torch.arange(len(data.indices))[r :: dist.world] for r in range(dist.world)])

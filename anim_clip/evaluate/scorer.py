@@ -131,5 +131,5 @@ class VideoScorer:
 
     def score(self, features: FrameFeatures) -> ViewScores:
         """Every view of one segment through the head, given :meth:`given`'s species."""
-        return score_views(self.head, features, self.given(features), self.inputs, self.cfg.backbone.precision,
+        return score_views(self.head, features, self.given(features), self.inputs, self.cfg.runtime.precision,
                            self.cfg.eval.scores)

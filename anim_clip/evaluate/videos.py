@@ -107,7 +107,7 @@ def video_scores(head: AnimalCLIPHead, tower: nn.Module, videos: VideoSplit, cfg
         for clips in decoded_batches(partial(_decode_test_views, videos.paths, cfg), mine, cfg.train.num_workers):
             yield from clips
 
-    inputs, precision, kind = head.inputs, cfg.backbone.precision, cfg.eval.scores
+    inputs, precision, kind = head.inputs, cfg.runtime.precision, cfg.eval.scores
     for clip, features in FrameEncoder(tower, dist.device, cfg, predictor).encode(decoded()):
         fallbacks(clip.fallback)
         if features is None:

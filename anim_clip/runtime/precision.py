@@ -1,4 +1,4 @@
-"""One numeric-precision policy, read from ``backbone.precision``, for everything that runs a model.
+"""One numeric-precision policy, read from ``runtime.precision``, for everything that runs a model.
 
 ``fp32`` runs in fp32 and ``bf16`` in bf16 autocast, everywhere. ``auto`` picks bf16 on a GPU;
 on a CPU it picks bf16 for the head only where the CPU multiplies bf16 natively (AVX512-BF16 or
@@ -53,4 +53,4 @@ def autocast(precision: str, device: torch.device, part: Part) -> AbstractContex
 def training_autocast(cfg: Config, device: torch.device) -> AbstractContextManager:
     """A training step's precision: the head's in cached mode; end to end, the tower's, whose
     forward and backward dominate the step."""
-    return autocast(cfg.backbone.precision, device, "head" if cfg.train.mode == "cached" else "tower")
+    return autocast(cfg.runtime.precision, device, "head" if cfg.train.mode == "cached" else "tower")

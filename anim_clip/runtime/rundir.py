@@ -17,6 +17,7 @@ from anim_clip.errors import AnimClipError
 from anim_clip.io import append_durably, atomic_write_text
 from anim_clip.runtime.distributed import default_shard
 
+WEIGHTS = ("last", "best")  # which checkpoint of a run directory a command takes (the CLI's options.Weights)
 
 class RunDir:
     def __init__(self, path: str | Path):
@@ -109,7 +110,9 @@ class RunDir:
 
 
 def resolve_checkpoint(path: str | Path, weights: str) -> Path:
-    """A run directory (its ``last.pt`` or ``best.pt``) or a checkpoint file."""
+    """A run directory (its ``last.pt`` or ``best.pt``, as ``weights`` says) or a checkpoint file."""
+    if weights not in WEIGHTS:  # anything else would silently mean last.pt
+        raise AnimClipError(f"weights must be {' or '.join(WEIGHTS)}, not {weights!r}")
     path = Path(path)
     if path.is_dir():
         chosen = RunDir(path).best if weights == "best" else RunDir(path).last

@@ -1,4 +1,7 @@
-"""The ``anim-clip`` command line: thin typer commands that parse options and call the library."""
+"""The ``anim-clip`` command line: thin typer commands that parse options and call the library.
+
+Every command lives in this package: the top-level ones here, each subcommand group in a module of
+its own (``cache``, ``analyze``); ``main()`` is the console script's entry point."""
 
 from __future__ import annotations
 
@@ -7,13 +10,15 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Literal, Optional
 
 import typer
 from rich.markup import escape
 
-from anim_clip.analysis.commands import analyze_app
-from anim_clip.config import shipped_configs
+from anim_clip.cli.analyze import analyze_app
+from anim_clip.cli.cache import cache_app
+from anim_clip.cli.options import Split, Weights
+from anim_clip.config import DataConfig, Decoder, TestCrops, TrainMode, shipped_configs
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
 
@@ -78,7 +83,7 @@ def make_demo_data_cmd(
     from anim_clip.demo import demo_config
 
     summary = make_demo_data(out_dir, train_clips=train_clips, test_clips=test_clips, seed=seed, size=size, num_frames=frames, progress=True)
-    _print_dataset(demo_config(out_dir))
+    _print_dataset(demo_config(out_dir).data)
     console.print(f"demo dataset in [bold]{out_dir}[/] ({summary.train_clips} train / {summary.test_clips} test clips)")
 
 
@@ -89,19 +94,19 @@ def dataset_info_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Read a dataset's label, species, relation and split files and summarise them (no video is opened)."""
-    summary = _print_dataset(_load(config, set_))
+    summary = _print_dataset(_load(config, set_).data)
     if json_out is not None:
         from anim_clip.io import atomic_write_json
 
         atomic_write_json(json_out, summary)
 
 
-def _print_dataset(cfg) -> dict:
+def _print_dataset(data: DataConfig) -> dict:
     from anim_clip.data.dataset import load_dataset
     from anim_clip.data.summary import dataset_summary, summary_table
 
-    dataset = load_dataset(cfg.data)
-    summary = dataset_summary(dataset, cfg.data.graph)
+    dataset = load_dataset(data)
+    summary = dataset_summary(dataset, data.graph)
     console.print(summary_table(summary))
     if "release_vs_train_graph" in summary:
         console.print(f"release relation file vs graph rebuilt from train: {summary['release_vs_train_graph']}")
@@ -115,7 +120,7 @@ def describe_cmd(
     base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (ollama).")],
     model: Annotated[str, typer.Option(help="Model name the endpoint serves.")],
     k: Annotated[int, typer.Option("-k", min=1, help="Descriptions per class (the release's loader expects 50).")] = 50,
-    kind: Annotated[str, typer.Option(help="What to describe: actions, species or both.")] = "both",
+    kind: Annotated[Literal["actions", "species", "both"], typer.Option(help="What to describe: actions, species or both.")] = "both",
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or written).")] = "OPENAI_API_KEY",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Response cache (default: OUT/.cache); cached requests are never sent again.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take in all, reply included (a server that stalls or trickles is cut off, then retried).", callback=_positive_seconds)] = 120.0,
@@ -125,8 +130,6 @@ def describe_cmd(
     from anim_clip.data.dataset import load_dataset
     from anim_clip.data.describe import ChatClient, describe_classes
 
-    if kind not in ("actions", "species", "both"):
-        raise AnimClipError(f"--kind must be actions, species or both, not {kind!r}")
     dataset = load_dataset(_load(config, set_).data)
     _interruption.kept = _files_written(out_dir, "; run the same command again to go on")
     client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, cache_dir=cache_dir or out_dir / ".cache")
@@ -137,7 +140,6 @@ def describe_cmd(
         console.print(f"{len(names)} {name} x {k} descriptions -> [bold]{path}[/]")
 
 
-cache_app = typer.Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 app.add_typer(analyze_app, name="analyze")
 
@@ -180,43 +182,12 @@ def extract_cmd(
         raise typer.Exit(130)
 
 
-@cache_app.command("info")
-def cache_info_cmd(
-    path: Annotated[Path, typer.Argument(help="The cache folder.")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
-) -> None:
-    """Summarise a cache: splits, shapes, done and failed clips, sizes on disk, how it was built."""
-    from anim_clip.cache.inspect import cache_info, cache_info_tables
-    from anim_clip.io import atomic_write_json
-
-    info = cache_info(path)
-    for t in cache_info_tables(info):
-        console.print(t)
-    if json_out is not None:
-        atomic_write_json(json_out, info)
-
-
-@cache_app.command("verify")
-def cache_verify_cmd(path: Annotated[Path, typer.Argument(help="The cache folder.")]) -> None:
-    """Check a cache: shapes, finite values of every done clip, done flags, metadata. Exit code 0 = sound."""
-    from anim_clip.cache.inspect import cache_warnings, verify_cache
-
-    problems = verify_cache(path)
-    for problem in problems:
-        console.print(f"[red]problem:[/] {problem}", soft_wrap=True, highlight=False)
-    if problems:
-        raise typer.Exit(1)
-    for warning in cache_warnings(path):  # a mixed cache is sound: said, exit code 0
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
-    console.print(f"[green]{path}: OK[/]")
-
-
 @app.command("train")
 def train_cmd(
     config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.jsonl, last.pt / best.pt, eval.json, plots/.")],
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache from `anim-clip extract` (cached mode only).")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="cached: the head on a feature cache; e2e: fine-tune the cross-frame ViT with the head on the raw videos of data.root (default: the config's train.mode).")] = None,
+    mode: Annotated[Optional[TrainMode], typer.Option("--mode", help="cached: the head on a feature cache; e2e: fine-tune the cross-frame ViT with the head on the raw videos of data.root (default: the config's train.mode).")] = None,
     init_head: Annotated[Optional[Path], typer.Option("--init-head", help="e2e only: start from the head of this cached-mode run directory (its last.pt) or checkpoint file.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch, bit-exactly.")] = False,
     allow_config_change: Annotated[bool, typer.Option("--allow-config-change", help="With --resume: go on with settings that differ from the run's (refused otherwise); the change is recorded in metrics.jsonl and config.yaml says what now runs.")] = False,
@@ -231,8 +202,6 @@ def train_cmd(
 
     from anim_clip.train.engine import train
 
-    if mode is not None and mode not in ("cached", "e2e"):
-        raise AnimClipError(f"--mode must be cached or e2e, not {mode!r}")
     cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
     _interruption.kept = lambda: _run_kept(out)
     result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
@@ -246,8 +215,8 @@ def eval_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory (uses its last.pt, or best.pt with --weights best) or a checkpoint file.")],
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache holding the split to evaluate (a head checkpoint).")] = None,
     videos: Annotated[bool, typer.Option("--videos", help="Evaluate on the raw videos of the checkpoint's config instead of a cache, with its test views (sampling.test_clips x sampling.test_crops); needed for end-to-end checkpoints.")] = False,
-    split: Annotated[str, typer.Option(help="Split to evaluate: test, train, or val (the held-out share of train).")] = "test",
-    weights: Annotated[str, typer.Option(help="In a run directory: last (the release's protocol) or best.")] = "last",
+    split: Annotated[Split, typer.Option(help="Split to evaluate: test, train, or val (the held-out share of train).")] = "test",
+    weights: Annotated[Weights, typer.Option(help="In a run directory: last (the release's protocol) or best.")] = "last",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where eval.json and plots go (default: the run directory).")] = None,
     allow_incomplete: AllowIncompleteOpt = False,
 ) -> None:
@@ -255,8 +224,6 @@ def eval_cmd(
     class accuracy for single-label data, inconsistent predictions; a table, eval.json and PNG plots. On a cache,
     the same metrics of three baselines beside the head's: class frequency, zero-shot CLIP, and a linear probe
     fitted on the cached training clips."""
-    if weights not in ("last", "best"):
-        raise AnimClipError(f"--weights must be last or best, not {weights!r}")
     if videos == (cache is not None):
         raise AnimClipError("give either --cache CACHE (a head on cached features) or --videos (the raw videos)")
     if videos:
@@ -326,15 +293,15 @@ def predict_cmd(
     model: Annotated[Path, typer.Argument(help="A run directory from `anim-clip train` (its last.pt, or best.pt with --weights best) or a checkpoint file: a head (run on the frozen open_clip backbone its config names) or an end-to-end model.")],
     inputs: Annotated[Optional[list[Path]], typer.Argument(help="Video files (mp4, avi, mov, ...; any length) and folders, searched recursively for videos.")] = None,
     list_file: Annotated[Optional[Path], typer.Option("--list", help="A text file naming videos or folders, one a line (relative to the file's folder; # comments).")] = None,
-    weights: Annotated[str, typer.Option(help="In a run directory: last or best.")] = "last",
+    weights: Annotated[Weights, typer.Option(help="In a run directory: last or best.")] = "last",
     species: Annotated[Optional[list[str]], typer.Option("--species", help="A species in the videos, named as in the checkpoint's vocabulary (repeatable): the head conditions on it instead of predicting it.")] = None,
     predict_species: Annotated[bool, typer.Option("--predict-species", help="Predict the species zero-shot from the frames and report them (the default when no --species is given).")] = False,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Actions shown per video (and per window in predictions.json).")] = 5,
     window: Annotated[Optional[float], typer.Option("--window", callback=_positive_seconds, help="Slide a window of this many seconds over each video and write a timeline: timeline.csv and timeline_<video>.png.")] = None,
     stride: Annotated[Optional[float], typer.Option("--stride", callback=_positive_seconds, help="Seconds between window starts (default: half the window).")] = None,
     clips: Annotated[Optional[int], typer.Option("--clips", min=1, help="Temporal views per video or window (default: the checkpoint's sampling.test_clips).")] = None,
-    crops: Annotated[Optional[int], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
-    decoder: Annotated[Optional[str], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
+    crops: Annotated[Optional[TestCrops], typer.Option("--crops", help="Spatial views per clip, 1 or 3 (default: the checkpoint's sampling.test_crops).")] = None,
+    decoder: Annotated[Optional[Decoder], typer.Option("--decoder", help="Video decoder: decord, pyav, torchcodec, or torchcodec-cuda (NVDEC on the GPU). Default: the checkpoint's, or decord where this machine lacks it.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads, each decoding one video ahead of the image tower.")] = 4,
     shard: Annotated[Optional[str], typer.Option(help="Score only shard i of n (e.g. 2/4, a Slurm array task) into its own journal; default: one shard per torchrun rank. Then `anim-clip predict-merge OUT`.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Torch device, e.g. cuda:1 or cpu (default: the GPU when there is one).")] = None,
@@ -351,8 +318,6 @@ def predict_cmd(
     finishes: running the same command again scores only the videos left. Exit code 1 if a video failed."""
     from anim_clip.predict import run_predict
 
-    if weights not in ("last", "best"):
-        raise AnimClipError(f"--weights must be last or best, not {weights!r}")
     if not inputs and list_file is None:
         raise AnimClipError("no videos: name video files or folders, or give --list FILE")
     _interruption.kept = _files_written(out)

@@ -4,10 +4,11 @@ and writes its JSON (by default into the prompt-space folder beside the checkpoi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
+from anim_clip.cli.options import Split, Weights
 from anim_clip.errors import AnimClipError
 from anim_clip.ui import console
 
@@ -17,29 +18,19 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 
+IndexKind = Literal["flat", "ivf", "hnsw"]  # analysis.index.IndexKind, spelt here so --help imports no faiss
+
 RunArg = Annotated[Path, typer.Argument(help="A run directory (its last.pt, or best.pt with --weights best) or a checkpoint file (head or end-to-end).")]
-WeightsOpt = Annotated[str, typer.Option(help="In a run directory: last or best.")]
+WeightsOpt = Annotated[Weights, typer.Option(help="In a run directory: last or best.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Where the JSON report goes (default: <checkpoint>.prompt-space/<command>.json).")]
 SpeciesOpt = Annotated[Optional[str], typer.Option("--species", help="A species, by name as in the checkpoint's vocabulary (or its id).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Torch device for the model, e.g. cuda:1 or cpu (default: the GPU when there is one).")]
 
 
-def _weights(weights: str) -> str:
-    if weights not in ("last", "best"):
-        raise AnimClipError(f"--weights must be last or best, not {weights!r}")
-    return weights
-
-
-def _positive(value: int, name: str) -> int:
-    if value < 1:
-        raise AnimClipError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 def _open(run: Path, weights: str):
     from anim_clip.analysis.store import open_space
 
-    return open_space(run, _weights(weights))
+    return open_space(run, weights)
 
 
 def _emit(stored, name: str, report: dict[str, Any], tables: list, json_out: Path | None) -> Path:
@@ -75,21 +66,19 @@ def _cached_model(stored, device: str | None):
 @analyze_app.command("build")
 def build_cmd(
     run: RunArg,
-    index: Annotated[str, typer.Option("--index", help="faiss index: flat (exact), ivf or hnsw (approximate, for large spaces).")] = "flat",
+    index: Annotated[IndexKind, typer.Option("--index", help="faiss index: flat (exact), ivf or hnsw (approximate, for large spaces).")] = "flat",
     cache: Annotated[Optional[Path], typer.Option(help="A feature cache: also add the multi-species sets that occur in its splits as conditions.")] = None,
     weights: WeightsOpt = "last",
 ) -> None:
     """Build (or rebuild) the prompt space: every species' conditioned class embeddings and the unconditioned
     ones, in a faiss inner-product index saved beside the checkpoint with its id map."""
-    from anim_clip.analysis.index import HNSW_NOTE, INDEX_KINDS
+    from anim_clip.analysis.index import HNSW_NOTE
     from anim_clip.analysis.store import build_and_save, species_sets_in
     from anim_clip.analysis.tables import space_table
     from anim_clip.runtime.rundir import resolve_checkpoint
 
-    if index not in INDEX_KINDS:
-        raise AnimClipError(f"--index must be one of {', '.join(INDEX_KINDS)}, not {index!r}")
     sets = species_sets_in(cache) if cache is not None else None
-    stored = build_and_save(resolve_checkpoint(run, _weights(weights)), index, species_sets=sets,
+    stored = build_and_save(resolve_checkpoint(run, weights), index, species_sets=sets,
                             sets_from=None if cache is None else str(cache))
     console.print(space_table(stored.meta, stored.index.device))
     if stored.index.kind == "hnsw":
@@ -101,7 +90,7 @@ def neighbors_cmd(
     run: RunArg,
     action: Annotated[str, typer.Argument(help="The action, by name (or id).")],
     species: SpeciesOpt = None,
-    k: Annotated[int, typer.Option("-k", help="Neighbours to list.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to list.")] = 10,
     weights: WeightsOpt = "last",
     json_out: JsonOpt = None,
 ) -> None:
@@ -111,7 +100,7 @@ def neighbors_cmd(
     from anim_clip.analysis.tables import neighbors_tables
 
     stored = _open(run, weights)
-    report = neighbors(stored, action, species, _positive(k, "-k"))
+    report = neighbors(stored, action, species, k)
     _emit(stored, "neighbors", report, neighbors_tables(report), json_out)
 
 
@@ -119,7 +108,7 @@ def neighbors_cmd(
 def confusable_cmd(
     run: RunArg,
     species: SpeciesOpt = None,
-    top: Annotated[int, typer.Option(help="Pairs per species (and overall).")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Pairs per species (and overall).")] = 10,
     performable: Annotated[bool, typer.Option("--performable", help="Only pairs of actions that the species performs (species–action graph).")] = False,
     weights: WeightsOpt = "last",
     json_out: JsonOpt = None,
@@ -129,7 +118,7 @@ def confusable_cmd(
     from anim_clip.analysis.tables import confusable_tables
 
     stored = _open(run, weights)
-    report = confusable(stored.space, species, _positive(top, "--top"), performable)
+    report = confusable(stored.space, species, top, performable)
     _emit(stored, "confusable", report, confusable_tables(report), json_out)
 
 
@@ -158,7 +147,7 @@ def clip_cmd(
     split: Annotated[Optional[str], typer.Option(help="The cache split holding --clip (default: search every split).")] = None,
     video: Annotated[Optional[Path], typer.Option("--video", help="A video file instead, run through the predict path (the checkpoint's test views and image tower).")] = None,
     species: Annotated[Optional[list[str]], typer.Option("--species", help="With --video: a species in it (repeatable); default: predicted zero-shot.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Actions and prompts to list.")] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, help="Actions and prompts to list.")] = 5,
     device: DeviceOpt = None,
     weights: WeightsOpt = "last",
     json_out: JsonOpt = None,
@@ -183,7 +172,7 @@ def clip_cmd(
             raise AnimClipError("--species applies to --video; a cached clip carries its annotated species")
         head, cfg = _cached_model(stored, device)
         item = clip_from_cache(cache, clip, cfg, head.inputs, split)
-    report = clip_report(stored, head, item, cfg, _positive(k, "-k"))
+    report = clip_report(stored, head, item, cfg, k)
     _emit(stored, "clip", report, clip_tables(report), json_out)
     if stored.index.kind == "hnsw":
         from anim_clip.analysis.index import HNSW_NOTE
@@ -197,9 +186,9 @@ def clip_cmd(
 def confusions_cmd(
     run: RunArg,
     cache: Annotated[Path, typer.Option(help="The feature cache holding the split.")],
-    split: Annotated[str, typer.Option(help="Split to score: test, train, or val (the held-out share of train).")] = "test",
-    k: Annotated[int, typer.Option("-k", help="A wrong prediction counts as a prompt neighbour when among the true action's k nearest prompts.")] = 5,
-    top: Annotated[int, typer.Option(help="Most confused pairs to list.")] = 10,
+    split: Annotated[Split, typer.Option(help="Split to score: test, train, or val (the held-out share of train).")] = "test",
+    k: Annotated[int, typer.Option("-k", min=1, help="A wrong prediction counts as a prompt neighbour when among the true action's k nearest prompts.")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="Most confused pairs to list.")] = 10,
     device: DeviceOpt = None,
     weights: WeightsOpt = "last",
     json_out: JsonOpt = None,
@@ -217,8 +206,7 @@ def confusions_cmd(
     _, data = open_cached_data(cfg, cache, load_dataset(cfg.data), device_, head.inputs, use=stored_in(split))
     if split not in data:
         raise AnimClipError(f"no split {split!r} to score; choose one of {', '.join(data)}")
-    result = confusion_report(stored, head, data[split], cfg, split=split, k=_positive(k, "-k"),
-                              top=_positive(top, "--top"))
+    result = confusion_report(stored, head, data[split], cfg, split=split, k=k, top=top)
     _emit(stored, "confusions", result.report, confusions_tables(result.report), json_out)
 
 
@@ -227,7 +215,7 @@ def map_cmd(
     run: RunArg,
     species: Annotated[Optional[str], typer.Option("--species", help="Highlight (and name) this species' prompts.")] = None,
     action: Annotated[Optional[str], typer.Option("--action", help="Highlight this action's prompts across species.")] = None,
-    clusters: Annotated[int, typer.Option(help="faiss k-means clusters that colour the map.")] = 8,
+    clusters: Annotated[int, typer.Option(min=1, help="faiss k-means clusters that colour the map.")] = 8,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG (default: <checkpoint>.prompt-space/map.png).")] = None,
     weights: WeightsOpt = "last",
     json_out: JsonOpt = None,
@@ -237,6 +225,6 @@ def map_cmd(
     from anim_clip.analysis.tables import map_table
 
     stored = _open(run, weights)
-    report = prompt_map(stored.space, out or stored.directory / "map.png", clusters=_positive(clusters, "--clusters"),
+    report = prompt_map(stored.space, out or stored.directory / "map.png", clusters=clusters,
                         species=species, action=action)
     _emit(stored, "map", report, [map_table(report)], json_out)
