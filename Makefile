@@ -25,8 +25,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/anim-clip demo
 
-# Two worker processes of one thread each (pytest-xdist): the tests are small and mostly
-# single-threaded, so two at a time halve the wall time on two cores, where two threads per test do not.
+# Two pytest-xdist workers of one thread each: the tests are small and mostly single-threaded, so two
+# at a time halve the wall time on two cores, where two threads per test (and per CLI process they
+# start) only contend.
 test: setup
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
 
