@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, check: bool = True, wrap: list[str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """This checkout's ``python -m anim_clip ARGS``, run from ``cwd`` (default: here), after the
-    command ``wrap`` (e.g. :func:`unprivileged`) when given."""
+    command ``wrap`` (e.g. :func:`unprivileged`) when given; with the suite's OMP_NUM_THREADS, if
+    set (``make test``: one thread, so two test workers and their commands do not contend)."""
+    threads = {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if "OMP_NUM_THREADS" in os.environ else {}
     proc = subprocess.run([*(wrap or []), sys.executable, "-m", "anim_clip", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                                                     "PYTHONPATH": str(ROOT)})
+                                                     "PYTHONPATH": str(ROOT), **threads})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

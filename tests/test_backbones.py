@@ -19,7 +19,6 @@ from anim_clip.cache.extract import extract
 from anim_clip.cache.store import FeatureCache
 from anim_clip.config import Config
 from anim_clip.data.dataset import load_dataset
-from anim_clip.data.demo import make_demo_data
 from anim_clip.data.descriptions import CLIP_TEXT, class_texts
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.transforms import CLIP_MEAN, CLIP_STD, Pixels, render_views, rendered_pixels
@@ -70,10 +69,8 @@ def register_timm(folder: Path, timm_name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=12, test_clips=6, num_frames=16, size=64, seed=2)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=12, test_clips=6, num_frames=16, size=64, seed=2)  # test_species's too
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from anim_clip.cache.reader import open_cached_data
 from anim_clip.cache.store import FeatureCache
 from anim_clip.config import Config
 from anim_clip.data.dataset import load_dataset
-from anim_clip.data.demo import make_demo_data
 from anim_clip.data.sampling import union_indices
 from anim_clip.data.video import open_video
 from anim_clip.data.transforms import render_views
@@ -59,10 +58,8 @@ PREDICTED = "model.species_source=predicted"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=12, test_clips=6, num_frames=16, size=64, seed=2)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=12, test_clips=6, num_frames=16, size=64, seed=2)  # test_backbones's too
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,8 @@ from rich.console import Console
 from processes import run_cli, unprivileged
 from test_ui import columns, squeezed
 
-from anim_clip.cache.extract import extract
 from anim_clip.cache.inspect import verify_cache
 from anim_clip.demo import demo_config
-from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError
 from anim_clip.evaluate.baselines import STORE
 from anim_clip.evaluate.cached import evaluate_checkpoint
@@ -42,18 +40,14 @@ SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=20, test_clips=8, num_frames=16, size=64, seed=5)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=20, test_clips=8, num_frames=16, size=64, seed=5)  # test_train's too
 
 
 @pytest.fixture
-def cache(data: Path, tmp_path: Path) -> Path:
-    """A fresh cache per test: its baseline store starts empty."""
-    out = tmp_path / "cache.zarr"
-    extract(demo_config(data, OVERRIDES), out, progress=False)
-    return out
+def cache(data: Path, demo_cache, tmp_path: Path) -> Path:
+    """A fresh copy of the session's cache per test: its baseline store starts empty."""
+    return Path(shutil.copytree(demo_cache(data, OVERRIDES), tmp_path / "cache.zarr"))
 
 
 def overrides(data: Path) -> list[str]:

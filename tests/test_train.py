@@ -21,11 +21,9 @@ import zarr
 from processes import on_small_disk, run_cli, size_limited, unprivileged
 from sklearn.metrics import average_precision_score
 
-from anim_clip.cache.extract import extract
 from anim_clip.demo import demo_config
 from anim_clip.config import TrainConfig, config_to_dict, load_config
 from anim_clip.data.dataset import load_dataset
-from anim_clip.data.demo import make_demo_data
 from anim_clip.errors import AnimClipError, CacheError, DamagedCache
 from anim_clip.evaluate.cached import evaluate_checkpoint
 from anim_clip.evaluate.plots import training_curves_figure
@@ -46,17 +44,14 @@ OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.trai
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=20, test_clips=8, num_frames=16, size=64, seed=5)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=20, test_clips=8, num_frames=16, size=64, seed=5)  # test_sweep's too
 
 
 @pytest.fixture(scope="module")
-def cache(data: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "cache.zarr"
-    extract(demo_config(data, OVERRIDES), out, progress=False)
-    return out
+def cache(data: Path, demo_cache, tmp_path_factory) -> Path:
+    """This module's copy of the session's cache: its runs store their baselines in it."""
+    return Path(shutil.copytree(demo_cache(data, OVERRIDES), tmp_path_factory.mktemp("cache") / "cache.zarr"))
 
 
 def cfg_for(data: Path, *extra: str):
