@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -29,6 +30,7 @@ from anim_clip.models import (
     save_checkpoint,
 )
 from anim_clip.models.backbone import create_clip
+from anim_clip.models.checkpoint import save_into
 from anim_clip.models.inputs import HeadInputs
 from anim_clip.models.release import RELEASE_INPUTS, UNUSED_RELEASE_KEYS, release_head_config, release_to_ours
 
@@ -149,6 +151,28 @@ def test_a_full_disk_while_saving_is_the_system_error_not_torchs(tmp_path, fixtu
     with file_size_limit(16384), pytest.raises(OSError) as err:  # EFBIG, as ENOSPC; torch: "unexpected pos"
         save_checkpoint(path, fixture_head(fixture), Config())
     assert err.value.errno == errno.EFBIG and err.value.filename == str(path) and list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_saving_stays_an_interruption_not_torchs_error(tmp_path, fixture):
+    """A SIGINT arriving while torch writes the checkpoint is raised as the ``KeyboardInterrupt`` it
+    is (the command line then says what it kept), not torch's "unexpected pos" ``RuntimeError``."""
+
+    class SignalledMidway:
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # Python's own handler: KeyboardInterrupt at the next step
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+    payload = {"model": fixture_head(fixture).state_dict()}
+    with open(tmp_path / "head.pt", "wb") as f, pytest.raises(KeyboardInterrupt):
+        save_into(payload, SignalledMidway(f))
 
 
 def test_unreadable_and_foreign_files_are_clear_errors(tmp_path, fixture):

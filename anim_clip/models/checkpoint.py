@@ -101,34 +101,46 @@ def save_checkpoint(
 
 
 class _WriteErrors:
-    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write (disk full), which
-    torch would report only as ``unexpected pos 238144 vs 238032``."""
+    """A file for ``torch.save`` that keeps what cut a write short: the ``OSError`` of a failed write
+    (disk full), or the ``KeyboardInterrupt`` of Ctrl-C or SIGTERM arriving in it. torch's writer turns
+    either into ``RuntimeError: unexpected pos 238144 vs 238032``, which would hide the disk's reason,
+    or turn an interruption into a traceback."""
 
     def __init__(self, file: BinaryIO):
         self.file = file
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
         try:
             return self.file.write(data)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:
             self.error = e
             raise
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except (OSError, KeyboardInterrupt) as e:
+            self.error = e
+            raise
+
+
+def save_into(obj: Any, file: BinaryIO) -> None:
+    """``torch.save(obj, file)``; a write that fails raises its ``OSError`` (ENOSPC, EDQUOT, ...), one
+    interrupted raises its ``KeyboardInterrupt``."""
+    writer = _WriteErrors(file)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.error is None:
+            raise
+        raise writer.error from None
 
 
 def torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)``; a failed write raises its ``OSError`` (ENOSPC, EDQUOT, ...)."""
+    """:func:`save_into` a new file at ``path``."""
     with open(path, "wb") as f:
-        writer = _WriteErrors(f)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is None:
-                raise
-            raise writer.error from None
+        save_into(obj, f)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
