@@ -169,12 +169,13 @@ def extract_cmd(
 ) -> None:
     """Phase one: decode every clip once, encode its frames with the frozen open_clip image tower and
     store per-frame features in a zarr cache. Killing it is safe: run it again to resume."""
+    cfg = _load(config, set_)  # a bad config is refused before torch and open_clip load (seconds)
+    index, count = _parse_shard(shard)
     from anim_clip.cache.extract import extract
     from anim_clip.ui import table
 
-    index, count = _parse_shard(shard)
     _interruption.kept = lambda: f"{out} keeps every clip extracted so far; run the same command again to resume"
-    reports = extract(_load(config, set_), out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
+    reports = extract(cfg, out, tuple(split or ("train", "test")), shard=index, num_shards=count, workers=workers)
     console.print(table("extraction", ["split", "clips", "done before", "extracted", "decoded by", "failed", "failure reasons",
                                        "MB written", "clips/s", "frames/s"], [r.row() for r in reports]))
     if any(r.interrupted for r in reports):
@@ -200,9 +201,9 @@ def train_cmd(
     device, or on several with `torchrun --nproc-per-node N -m anim_clip train ...`."""
     import os
 
+    cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])  # refused before torch loads
     from anim_clip.train.engine import train
 
-    cfg = _load(config, [*(set_ or []), *([f"train.mode={mode}"] if mode else [])])
     _interruption.kept = lambda: _run_kept(out)
     result = train(cfg, cache=cache, out=out, resume=resume, select_on_test=select_on_test, init_head=init_head,
                    allow_incomplete=allow_incomplete, allow_config_change=allow_config_change)
@@ -316,15 +317,15 @@ def predict_cmd(
     views) as predictions.csv and predictions.json; with --window, action scores over time, behaviour events and time
     budgets; a Camtrap DP package with --camtrap-dp, labelled videos with --overlay. Each video is journaled as it
     finishes: running the same command again scores only the videos left. Exit code 1 if a video failed."""
-    from anim_clip.predict import run_predict
-
     if not inputs and list_file is None:
         raise AnimClipError("no videos: name video files or folders, or give --list FILE")
+    exports, index = _exports(events_threshold, camtrap_dp, overlay, start_time, location), _parse_shard(shard)
+    from anim_clip.predict import run_predict  # after the options are checked: it loads torch (seconds)
+
     _interruption.kept = _files_written(out)
     failed = run_predict(model, inputs or [], out=out, list_file=list_file, weights=weights, top_k=top_k,
                          species=species, predict_species=predict_species, window=window, stride=stride, clips=clips,
-                         crops=crops, device=device, decoder=decoder, workers=workers, shard=_parse_shard(shard),
-                         exports=_exports(events_threshold, camtrap_dp, overlay, start_time, location))
+                         crops=crops, device=device, decoder=decoder, workers=workers, shard=index, exports=exports)
     if failed:
         raise typer.Exit(1)
 
@@ -377,11 +378,12 @@ def model_summary_cmd(
     built with random weights (for a model name nothing is downloaded)."""
     import dataclasses
 
+    cfg = _load(config, set_)  # refused before torch loads
     from anim_clip.models.factory import end_to_end
     from anim_clip.models.summary import parameter_summary
     from anim_clip.ui import table
 
-    model = end_to_end(_load(config, set_), load_pretrained=False)
+    model = end_to_end(cfg, load_pretrained=False)
     rows = parameter_summary(model)
     console.print(table("parameters (millions)", ["module", "total", "trainable", "dead"],
                         [[r.module, f"{r.total / 1e6:.2f}", f"{r.trainable / 1e6:.2f}", f"{r.dead / 1e6:.2f}"] for r in rows]))
