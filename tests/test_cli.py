@@ -61,6 +61,21 @@ def test_help_runs():
     assert "--set" in run_cli("dataset-info", "--help").stdout
 
 
+@pytest.mark.parametrize("args, said", [
+    (["predict", "RUN", "V", "--crops", "2"], "Invalid value for '--crops': '2' is not one of '1', '3'"),
+    (["predict", "RUN", "V", "--window", "-1"], "Invalid value for '--window': expected a positive number of seconds"),
+    (["eval"], "Missing argument 'run'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_a_usage_error_is_one_line_naming_the_help(args, said):
+    """A bad option or argument is refused as every other bad input is: one line, exit code 2, pointing
+    at the command's --help (not typer's boxed usage panel on stderr)."""
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr == "", proc.stderr
+    [line] = proc.stdout.strip().splitlines()
+    assert line.startswith(f"error: {said}") and line.endswith("--help)"), line
+
+
 def test_bad_input_is_one_line_not_a_traceback(tmp_path):
     proc = run_cli("dataset-info", "ak", "--set", "train.lrr=1", check=False)
     assert proc.returncode == 2
@@ -162,11 +177,11 @@ def test_an_empty_or_unreadable_checkpoint_is_one_line(tmp_path, command, damage
     proc = run_cli(*_checkpoint_commands(checkpoint, tmp_path)[command], check=False,
                    wrap=unprivileged() if damage == "unreadable" else None)
     if damage == "unreadable" and command != "train --resume":  # an argument: click checks it is readable
-        assert proc.returncode == 2 and f"path '{checkpoint}' is not readable" in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and f"path '{checkpoint}' is not readable" in proc.stdout.lower(), proc.stdout
     else:
         reason = "empty file (0 bytes)" if damage == "empty" else "Permission denied"
         assert proc.returncode == 2 and f"error: {checkpoint}: {reason}" in proc.stdout, proc.stdout + proc.stderr
-        assert len(proc.stdout.strip().splitlines()) == 1
+    assert len(proc.stdout.strip().splitlines()) == 1 and proc.stderr == "", proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert [name for name in os.listdir(checkpoint.parent) if name != ".lock"] == ["last.pt"]  # .lock: train's

@@ -492,7 +492,11 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interruption)
     try:
-        app()  # typer turns a KeyboardInterrupt into exit code 130
+        code = app(standalone_mode=False)  # typer returns 130 for a KeyboardInterrupt, a command's typer.Exit code
+    except typer.TyperException as e:  # typer's usage errors (a bad option or argument): one line, as any refusal
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _error(f"{e.format_message().replace(': Value error, ', ': ').rstrip('.')}{where}")
     except AnimClipError as e:
         _error(str(e))
     except OSError as e:
@@ -505,6 +509,9 @@ def main() -> None:
         if _interruption.signal is not None:
             _interruption.report(_interruption.signal)
         raise
+    if _interruption.signal is not None:
+        _interruption.report(_interruption.signal)
+    sys.exit(code or 0)
 
 
 _REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
