@@ -415,8 +415,14 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
                 _apply(cfg, key, value)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
-    for text in overrides:
-        _apply(cfg, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides]
+    given = {key for key, _ in parsed}
+    for old, new in RENAMED.items():
+        if old in given and new in given:  # which one won would depend on their order
+            raise ConfigError(f"--set {old} and --set {new} name the same setting ({old} is its deprecated name): "
+                              f"keep --set {new}")
+    for key, value in parsed:
+        _apply(cfg, key, value)
     return _check_order(cfg)
 
 

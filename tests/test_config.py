@@ -168,6 +168,9 @@ def test_a_renamed_key_still_loads_from_a_file_and_set_saying_so_in_one_line(tmp
     assert capsys.readouterr().out == ""  # the new name is said nothing about
     with pytest.raises(ConfigError, match="'runtime.precision': 'fp16' is not one of"):  # checked as the new key
         load_config("demo", ["backbone.precision=fp16"])
+    for both in (["backbone.precision=bf16", "runtime.precision=fp32"], ["runtime.precision=fp32", "backbone.precision=bf16"]):
+        with pytest.raises(ConfigError, match="name the same setting .* keep --set runtime.precision"):
+            load_config("demo", both)  # which one won would depend on the order: refused, whichever it is
 
 
 def test_a_saved_config_with_a_renamed_key_loads(capsys):
