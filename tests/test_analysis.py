@@ -309,8 +309,12 @@ def test_clip_query_flags_actions_the_species_cannot_perform(stored, head, train
     species = np.flatnonzero(clip.species.numpy())
     assert report["species"] == [stored.space.species[s] for s in species]
     performable = can_perform[species].any(0)
-    for r in report["by_logit"] + report["by_prompt"] + report["anywhere"]:
+    for r in report["by_logit"] + report["by_prompt"]:
         assert r["performable"] == bool(performable[stored.space.actions.index(r["action"])])
+    for r in report["anywhere"]:  # a prompt elsewhere in the space: performable by that prompt's own species
+        row_species = list(stored.space.conditions[r["row"] // stored.space.num_actions])
+        expected = can_perform[row_species].any(0) if row_species else np.ones(len(stored.space.actions), dtype=bool)
+        assert r["performable"] == bool(expected[stored.space.actions.index(r["action"])]), r
     with torch.inference_mode():
         out = head(clip.features, clip.species[None].expand(clip.features.cls.shape[0], -1))
     logits = out.logits.mean(0).numpy()

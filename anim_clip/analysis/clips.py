@@ -132,7 +132,9 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
         "anywhere": [{"row": int(i), "species": space.label(int(i) // space.num_actions),
                       "action": space.actions[int(i) % space.num_actions], "cosine": float(s),
                       "own_species": condition is not None and int(i) // space.num_actions == condition,
-                      **flags(int(i) % space.num_actions)} for i, s in zip(ids[0], scores[0]) if i >= 0],
+                      **flags(int(i) % space.num_actions),  # performable: by the row's species, not the clip's
+                      "performable": bool(space.performable(int(i) // space.num_actions)[int(i) % space.num_actions])}
+                     for i, s in zip(ids[0], scores[0]) if i >= 0],
         "true_actions": [] if truth is None else [
             {"action": space.actions[c], "logit_rank": int(logit_rank[c]), "cosine_rank": int(cosine_rank[c]),
              "probability": float(probs[c])} for c in np.flatnonzero(truth)],

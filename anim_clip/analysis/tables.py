@@ -90,10 +90,12 @@ def clip_tables(report: dict[str, Any]) -> list[Table]:
     logits = table(f"{who}: top actions by logit", ["action", "logit", "prob", "cosine rank", "performable", "true"],
                    [(r["action"], _f(r["logit"], 2), _f(r["probability"]), r["cosine_rank"], _yes(r["performable"]),
                      _yes(r["true"])) for r in report["by_logit"]])
-    prompts = table(f"{who}: nearest prompts of its species", ["action", "cosine", "logit rank", "performable", "true"],
+    under = "under its predicted species vector (soft)" if predicted else "of its species"
+    prompts = table(f"{who}: nearest prompts {under}", ["action", "cosine", "logit rank", "performable", "true"],
                     [(r["action"], _f(r["cosine"]), r["logit_rank"], _yes(r["performable"]), _yes(r["true"]))
                      for r in report["by_prompt"]])
-    anywhere = table(f"{who}: nearest prompts anywhere", ["species", "action", "cosine", "performable"],
+    anywhere = table(f"{who}: nearest prompts anywhere (performable: by that row's species)",
+                     ["species", "action", "cosine", "performable"],
                      [(r["species"], r["action"], _f(r["cosine"]), _yes(r["performable"])) for r in report["anywhere"]])
     return [logits, prompts, anywhere]
 
