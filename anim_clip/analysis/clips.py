@@ -110,9 +110,9 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
     performable = space.can_perform[species].any(0) if species else None
     truth = clip.targets
 
-    def flags(c: int) -> dict[str, Any]:
-        return {"performable": None if performable is None else bool(performable[c]),
-                "true": None if truth is None else bool(truth[c])}
+    def flags(c: int, can: np.ndarray | None = performable) -> dict[str, Any]:
+        """Whether action ``c`` is performable (by the clip's species, or by ``can``'s) and true of the clip."""
+        return {"performable": None if can is None else bool(can[c]), "true": None if truth is None else bool(truth[c])}
 
     by_logit = np.argsort(-logits, kind="stable")
     by_cosine = np.argsort(-cosines, kind="stable")
@@ -132,9 +132,8 @@ def clip_report(stored: StoredSpace, head: AnimalCLIPHead, clip: ClipInput, cfg:
         "anywhere": [{"row": int(i), "species": space.label(int(i) // space.num_actions),
                       "action": space.actions[int(i) % space.num_actions], "cosine": float(s),
                       "own_species": condition is not None and int(i) // space.num_actions == condition,
-                      **flags(int(i) % space.num_actions),  # performable: by the row's species, not the clip's
-                      "performable": bool(space.performable(int(i) // space.num_actions)[int(i) % space.num_actions])}
-                     for i, s in zip(ids[0], scores[0]) if i >= 0],
+                      **flags(int(i) % space.num_actions, space.performable(int(i) // space.num_actions))}
+                     for i, s in zip(ids[0], scores[0]) if i >= 0],  # performable by that row's species
         "true_actions": [] if truth is None else [
             {"action": space.actions[c], "logit_rank": int(logit_rank[c]), "cosine_rank": int(cosine_rank[c]),
              "probability": float(probs[c])} for c in np.flatnonzero(truth)],

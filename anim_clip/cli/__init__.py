@@ -506,9 +506,9 @@ def main() -> None:
             _error(f"{e.strerror}, writing this command's output")
         raise
     except (SystemExit, KeyboardInterrupt):
-        if _interruption.signal is not None:
-            _interruption.report(_interruption.signal)
-        raise
+        if _interruption.signal is None:
+            raise
+        code = None  # interrupted: said below with what the command kept
     if _interruption.signal is not None:
         _interruption.report(_interruption.signal)
     sys.exit(code or 0)
