@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from anim_clip.cache.extract import extract
 from anim_clip.cli import app
-from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
 from anim_clip.models.checkpoint import load_checkpoint
 
@@ -111,10 +110,8 @@ def test_a_config_number_out_of_range_is_one_line_before_anything_is_written(tmp
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=8, test_clips=4, num_frames=8, size=64, seed=3)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=8, test_clips=4, num_frames=8, size=64, seed=3)  # read only here
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from videos import indexed_frames, write_video
 
 from anim_clip.cache.extract import extract
 from anim_clip.config import load_config
-from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
 from anim_clip.errors import CacheError
 from anim_clip.models.checkpoint import load_checkpoint
@@ -27,10 +26,8 @@ OVERRIDES = ["backbone.pretrained=null", "sampling.num_frames=4", "sampling.trai
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=8, test_clips=4, num_frames=16, size=64, seed=7)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=8, test_clips=4, num_frames=16, size=64, seed=7)  # read only here
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import torch
 
 from anim_clip.cache.extract import extract
 from anim_clip.demo import demo_config
-from anim_clip.data.demo import make_demo_data
 from anim_clip.train.engine import train
 
 # Mixup off: the release mixes within each rank's batch, which a single process cannot reproduce.
@@ -29,10 +28,8 @@ PER_RANK_BATCH = 2
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, train_clips=16, test_clips=6, num_frames=16, size=64, seed=11)
-    return root
+def data(demo_data) -> Path:
+    return demo_data(train_clips=16, test_clips=6, num_frames=16, size=64, seed=11)  # read only here
 
 
 @pytest.fixture(scope="module")
