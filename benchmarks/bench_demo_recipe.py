@@ -64,20 +64,19 @@ def overrides(recipe: dict[str, Any], *extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in {**PREVIOUS, **recipe}.items()] + list(extra)
 
 
-def validation_runs(root: Path, recipe: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
-    """The last epoch's validation mAP and the training time of each seed."""
+def validation_runs(root: Path, settings: list[str], seeds: int) -> list[dict[str, Any]]:
+    """With the overrides ``settings``: the last epoch's validation mAP, the steps taken and the
+    training time of each seed."""
     runs = []
     for seed in range(seeds):
-        cfg = demo_config(root / "data", overrides(recipe, "train.val_fraction=0.2", f"train.seed={seed}"))
+        cfg = demo_config(root / "data", [*settings, "train.val_fraction=0.2", f"train.seed={seed}"])
         out = Path(tempfile.mkdtemp(dir=root))
         start = time.perf_counter()
         train(cfg, cache=root / "cache", out=out, progress=False)
-        runs.append({"seed": seed, "val_mAP": last_validation(out), "seconds": time.perf_counter() - start})
+        last = [r for r in RunDir(out).records() if r.get("kind") == "epoch"][-1]
+        runs.append({"seed": seed, "val_mAP": last["val_metric"], "steps": last["step"],
+                     "seconds": time.perf_counter() - start})
     return runs
-
-
-def last_validation(run: Path) -> float:
-    return [r["val_metric"] for r in RunDir(run).records() if r.get("kind") == "epoch"][-1]
 
 
 def probe_on_validation(root: Path, seed: int) -> float:
@@ -89,11 +88,12 @@ def probe_on_validation(root: Path, seed: int) -> float:
     return mean_average_precision(scores["linear_probe"], data["val"].targets().numpy())[0]
 
 
-def test_runs(root: Path, recipe: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
-    """The demo's protocol: every training clip, the test report with its baselines."""
+def test_runs(root: Path, settings: list[str], seeds: int) -> list[dict[str, Any]]:
+    """The demo's protocol with the overrides ``settings``: every training clip, the test report with
+    its baselines."""
     runs = []
     for seed in range(seeds):
-        cfg = demo_config(root / "data", overrides(recipe, f"train.seed={seed}"))
+        cfg = demo_config(root / "data", [*settings, f"train.seed={seed}"])
         start = time.perf_counter()
         report = train(cfg, cache=root / "cache", out=Path(tempfile.mkdtemp(dir=root)), progress=False).report
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "head_mAP": report["mAP"],
@@ -118,7 +118,7 @@ def main() -> None:
         probe = [probe_on_validation(root, seed) for seed in range(args.seeds)]
         candidates = []
         for name, recipe in CANDIDATES.items():
-            runs = validation_runs(root, recipe, args.seeds)
+            runs = validation_runs(root, overrides(recipe), args.seeds)
             candidates.append({"name": name, "overrides": overrides(recipe), "runs": runs,
                                "val_mAP": mean_std([r["val_mAP"] for r in runs]),
                                "seconds": statistics.mean(r["seconds"] for r in runs)})
@@ -126,7 +126,7 @@ def main() -> None:
         chosen = max(candidates, key=lambda c: c["val_mAP"]["mean"])
         tests = {}
         for name in dict.fromkeys((chosen["name"], "previous (30 epochs, lr 1e-3, mixing)")):
-            runs = test_runs(root, CANDIDATES[name], args.seeds)
+            runs = test_runs(root, overrides(CANDIDATES[name]), args.seeds)
             tests[name] = {"runs": runs, **{key: mean_std([r[key] for r in runs]) for key in runs[0] if key != "seed"}}
             print(name, tests[name]["head_mAP"], tests[name]["linear_probe_mAP"], flush=True)
     save("demo_recipe", {"seeds": args.seeds, "threads": args.threads, "probe_val_mAP": probe,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ import torch
 from anim_clip.cache.extract import extract
 from anim_clip.data.demo import make_demo_data
 from anim_clip.demo import demo_config
-from anim_clip.runtime.rundir import RunDir
-from anim_clip.train.engine import train
 from benchmarks.bench_demo_recipe import mean_std, probe_on_validation
+from benchmarks.bench_demo_recipe import test_runs as recipe_test_runs
+from benchmarks.bench_demo_recipe import validation_runs as recipe_validation_runs
 from benchmarks.common import save
 
 PREVIOUS = {"train.epochs": 100, "train.head_lr": 1e-2, "train.batch_size": 32, "train.min_steps_per_epoch": 1}
@@ -59,30 +58,14 @@ def prepare(root: Path, clips: int) -> Path:
 
 
 def validation_runs(folder: Path, clips: int, recipe: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
-    """The last epoch's validation mAP and the training time of each seed."""
-    runs = []
-    for seed in range(seeds):
-        cfg = demo_config(folder / "data", overrides(recipe, "train.val_fraction=0.2", f"train.seed={seed}"))
-        out = Path(tempfile.mkdtemp(dir=folder))
-        start = time.perf_counter()
-        train(cfg, cache=folder / "cache", out=out, progress=False)
-        epochs = [r for r in RunDir(out).records() if r.get("kind") == "epoch"]
-        runs.append({"clips": clips, "seed": seed, "val_mAP": epochs[-1]["val_metric"], "steps": epochs[-1]["step"],
-                     "seconds": time.perf_counter() - start})
-    return runs
+    """The last epoch's validation mAP, the steps and the training time of each seed, on ``clips`` clips."""
+    return [{"clips": clips, **run} for run in recipe_validation_runs(folder, overrides(recipe), seeds)]
 
 
 def test_runs(folder: Path, recipe: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
-    """Every training clip; the test report's mAP and the linear probe's."""
-    runs = []
-    for seed in range(seeds):
-        cfg = demo_config(folder / "data", overrides(recipe, f"train.seed={seed}"))
-        start = time.perf_counter()
-        report = train(cfg, cache=folder / "cache", out=Path(tempfile.mkdtemp(dir=folder)), progress=False).report
-        probe = report["baselines"]["linear_probe"]["mAP"]
-        runs.append({"seed": seed, "seconds": time.perf_counter() - start, "head_mAP": report["mAP"],
-                     "linear_probe_mAP": probe, "gap": probe - report["mAP"]})
-    return runs
+    """Every training clip; the test report's mAP, its baselines' and the linear probe's lead."""
+    return [{**run, "gap": run["linear_probe_mAP"] - run["head_mAP"]}
+            for run in recipe_test_runs(folder, overrides(recipe), seeds)]
 
 
 def main() -> None:
